@@ -1,0 +1,77 @@
+"""Loading trained models back from Lightning checkpoints, safely (no unpickling of code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ddpm_lab.diffusion import GaussianDiffusion
+from ddpm_lab.samplers import Sampler
+
+CHECKPOINT_KEY = "ddpm_lab"
+# Bumped when what a checkpoint stores changes shape.
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or not one of ours; the message says which and why."""
+
+
+@dataclass
+class LoadedModel:
+    net: nn.Module
+    diffusion: GaussianDiffusion
+    sampler: Sampler
+    config: dict[str, Any]
+    global_step: int
+    path: Path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, never arbitrary objects."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass ckpt=<run>/checkpoints/last.ckpt")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the save was interrupted; use an earlier one")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, code-carrying pickle refused by weights_only
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} safely: {first[:300]}") from e
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a ddpm_lab checkpoint (no '{CHECKPOINT_KEY}' entry): train one with ddpm_lab.train")
+    return ckpt
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", weights: str = "auto") -> LoadedModel:
+    """Rebuild net, diffusion and sampler from a ddpm_lab checkpoint alone.
+
+    ``weights``: ``auto`` (EMA weights when the checkpoint has them), ``ema`` or ``raw``.
+    """
+    from ddpm_lab.config import build_components
+
+    ckpt = read_checkpoint(path)
+    config = ckpt[CHECKPOINT_KEY]["config"]
+    try:
+        net, diffusion, sampler = build_components(config, trusted=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot rebuild the model stored in {path}: {e}") from e
+    state = ckpt["state_dict"]
+    prefix = "net."
+    ema_prefix = "ema_net."
+    has_ema = any(k.startswith(ema_prefix) for k in state)
+    if weights == "ema" and not has_ema:
+        raise CheckpointError(f"{path} holds no EMA weights: use weights=raw or train with EMA on")
+    use = ema_prefix if (weights in ("auto", "ema") and has_ema) else prefix
+    net_state = {k[len(use):]: v for k, v in state.items() if k.startswith(use)}
+    try:
+        net.load_state_dict(net_state)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in {path} do not fit its model config: {str(e).splitlines()[0]}") from e
+    net.to(device).eval()
+    return LoadedModel(net, diffusion.to(device), sampler, config, int(ckpt.get("global_step", 0)), Path(path))
