@@ -56,7 +56,7 @@ class InMemoryLoader:
         return -(-len(range(self.rank, n, self.world_size)) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx = self._indices()
+        idx = self._indices().to(self.images.device)  # slice where the data lives (CPU, or GPU with on_device)
         self.epoch += 1  # Lightning only calls set_epoch on DataLoader samplers; advance ourselves too
         for start in range(0, len(idx), self.batch_size):
             batch = idx[start : start + self.batch_size]
