@@ -1,0 +1,23 @@
+"""Datasets as LightningDataModules (uint8 in memory, [−1, 1] floats on the device)."""
+
+from ddpm_lab.data.datamodule import (
+    CIFAR10DataModule,
+    DecodedImageDataModule,
+    ImageDataModule,
+    ImageFolderDataModule,
+    MNISTDataModule,
+    StanfordCarsDataModule,
+)
+from ddpm_lab.data.loader import InMemoryLoader
+from ddpm_lab.data.sources import DatasetError
+
+__all__ = [
+    "CIFAR10DataModule",
+    "DatasetError",
+    "DecodedImageDataModule",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "InMemoryLoader",
+    "MNISTDataModule",
+    "StanfordCarsDataModule",
+]
