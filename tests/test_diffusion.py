@@ -18,7 +18,7 @@ def diffusion() -> GaussianDiffusion:
 def test_forward_process_mean_and_variance_empirical(diffusion: GaussianDiffusion) -> None:
     g = torch.Generator().manual_seed(0)
     x0 = torch.tensor([0.7, -0.4], dtype=torch.float64).view(1, 2)
-    n = 200_000
+    n = 50_000
     for t in (0, 10, 250, 600, 999):
         tt = torch.full((n,), t)
         xt = diffusion.q_sample(x0.expand(n, 2), tt, torch.randn(n, 2, generator=g, dtype=torch.float64))
