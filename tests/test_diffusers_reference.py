@@ -9,6 +9,8 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
+# diffusers' own numpy-2 deprecation noise in DPMSolverMultistepScheduler.set_timesteps
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler  # noqa: E402
 from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr as diffusers_rescale  # noqa: E402
 
