@@ -41,13 +41,9 @@ def posterior_coefficients(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor
     β̃ = β(1 − ᾱ_prev)/(1 − ᾱ_t),  μ̃ = β√ᾱ_prev/(1 − ᾱ_t)·x_0 + (1 − ᾱ_prev)√(1 − β)/(1 − ᾱ_t)·x_t.
     """
     beta = 1.0 - alpha_bar / alpha_bar_prev
-    variance = beta * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
-    # β̃ is 0 at the first step; log-variance borrows the next value (as in Ho et al.'s code).
-    log_variance_clipped = torch.log(torch.cat([variance[1:2], variance[1:]])) if len(variance) > 1 else torch.log(variance.clamp(min=1e-20))
     return {
         "beta": beta,
-        "posterior_variance": variance,
-        "posterior_log_variance_clipped": log_variance_clipped,
+        "posterior_variance": beta * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar),
         "posterior_mean_coef1": beta * alpha_bar_prev.sqrt() / (1.0 - alpha_bar),
         "posterior_mean_coef2": (1.0 - alpha_bar_prev) * (1.0 - beta).sqrt() / (1.0 - alpha_bar),
     }
@@ -88,13 +84,19 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         if min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
+        alphas_cumprod = torch.cumprod(1.0 - betas, 0)
+        if prediction == "eps" and float(alphas_cumprod[-1]) == 0.0:
+            # x̂_0 = (x_t − √(1−ᾱ) ε̂)/√ᾱ is 0/0 at ᾱ_T = 0: an ε-predictor cannot say anything about x_0 there.
+            raise ValueError(
+                "prediction=eps cannot recover x0 at the last timestep of a zero-terminal-SNR schedule (alpha_bar_T = 0); "
+                "use diffusion.prediction=v (Lin et al., 2023) or x0, or set schedule.zero_terminal_snr=false"
+            )
         self.prediction = prediction
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = float(min_snr_gamma)
         self.num_timesteps = int(betas.numel())
 
         alphas = 1.0 - betas
-        alphas_cumprod = torch.cumprod(alphas, 0)
         alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
         tables = {
             "betas": betas,
@@ -110,6 +112,9 @@ class GaussianDiffusion(nn.Module):
         }
         post = posterior_coefficients(alphas_cumprod, alphas_cumprod_prev)
         tables.update({k: v for k, v in post.items() if k != "beta"})
+        # β̃_0 = 0: its log borrows β̃_1, as in Ho et al.'s code.
+        variance = post["posterior_variance"]
+        tables["posterior_log_variance_clipped"] = torch.log(torch.cat([variance[1:2], variance[1:]]) if len(variance) > 1 else variance.clamp(min=1e-20))
         # Derived from β alone, so not persisted in checkpoints; kept in float64 and cast at use.
         for name, value in tables.items():
             self.register_buffer(name, value, persistent=False)
@@ -168,7 +173,8 @@ class GaussianDiffusion(nn.Module):
             return torch.ones(t.shape, dtype=torch.float32, device=t.device)
         snr = self.snr.to(t.device)[t]
         clipped = snr.clamp(max=self.min_snr_gamma)
-        weight = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1.0)}[self.prediction]
+        # eps: min(SNR, γ)/SNR written as min(1, γ/SNR), finite at SNR = 0.
+        weight = {"eps": (self.min_snr_gamma / snr).clamp(max=1.0), "x0": clipped, "v": clipped / (snr + 1.0)}[self.prediction]
         return weight.float()
 
     def sample_timesteps(self, batch: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -6,6 +6,7 @@ is β at step t = i + 1 (index 0 is the first noising step).
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from typing import Callable
@@ -77,7 +78,9 @@ def sigmoid_betas(timesteps: int = 1000, beta_start: float = 1e-4, beta_end: flo
 
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Lin et al. (2023), Alg. 1: shift and scale √ᾱ so that √ᾱ_T = 0 while √ᾱ_1 is unchanged."""
+    """Lin et al. (2023), Alg. 1: shift and scale √ᾱ so that √ᾱ_T = 0 while √ᾱ_1 is unchanged (β_T becomes 1)."""
+    if betas.numel() < 2:
+        raise ValueError("zero_terminal_snr needs a schedule with at least 2 timesteps")
     sqrt_ab = torch.cumprod(1.0 - betas.double(), 0).sqrt()
     first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
     sqrt_ab = (sqrt_ab - last) * first / (first - last)
@@ -106,6 +109,10 @@ def make_betas(
     """
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    accepted = [p for p in inspect.signature(SCHEDULES[name]).parameters if p != "timesteps"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"the {name} schedule takes no parameter {', '.join(unknown)}; its parameters are {accepted}")
     betas = SCHEDULES[name](timesteps=timesteps, **kwargs)
     if zero_terminal_snr:
         betas = rescale_zero_terminal_snr(betas)
