@@ -24,11 +24,9 @@ class ResumeError(ValueError):
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:
-    """``<run>/checkpoints/last.ckpt``, else the newest ``.ckpt`` there."""
+    """The newest ``.ckpt`` in ``<run>/checkpoints`` (``last.ckpt`` on a tie; a kill can fall between the two saves)."""
     folder = Path(run_dir) / "checkpoints"
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
     if not candidates:
         raise ResumeError(f"resume={run_dir}: no checkpoint in {folder} (the run stopped before its first one)")
     return candidates[-1]
