@@ -114,21 +114,21 @@ class DiffusionModule(pl.LightningModule):
         """Stop before a NaN/inf loss reaches the weights (all ranks agree, so none is left waiting)."""
         bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
         if bad:
-            raise NonFiniteLossError(f"train/loss is {loss.item()} {self._where()}")
+            raise NonFiniteLossError(f"train/loss is {loss.item()} {self._where(self.trainer.global_step + 1)}")
 
-    def _where(self) -> str:
+    def _where(self, step: int) -> str:
         trainer = self.trainer
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
-        return (
-            f"at step {trainer.global_step} (lr {lr:.3g}, precision {trainer.precision}); training stopped, "
-            f"last good checkpoint: {last}. Lower optimizer.lr, raise warmup_steps or use trainer.precision=32-true"
-        )
+        fix = "lower optimizer.lr or raise warmup_steps"
+        if trainer.precision == "16-mixed":
+            fix += ", or use trainer.precision=bf16-mixed (float16 overflows)"
+        return f"at step {step} (lr {lr:.3g}, precision {trainer.precision}); training stopped, last good checkpoint: {last}. Fix: {fix}"
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if not all(bool(p.isfinite().all()) for p in self.net.parameters()):
             # Raising here keeps the last good checkpoint on disk instead of overwriting it with NaNs.
-            raise NonFiniteLossError(f"the weights are non-finite {self._where()}")
+            raise NonFiniteLossError(f"the weights are non-finite {self._where(self.trainer.global_step)}")
         checkpoint[CHECKPOINT_KEY] = {"format": CHECKPOINT_FORMAT, "config": self.config}
         checkpoint["rng_states"] = self._gather_rng_states()
 

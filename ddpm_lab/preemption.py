@@ -57,12 +57,33 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class CheckpointOnSigterm(pl.Callback):
-    """Save ``last.ckpt`` when SIGTERM (SLURM before a time limit, ``kill``, ``scancel``) stops training.
+class PreemptionGuard(pl.Callback):
+    """Keep what a kill leaves behind consistent with the checkpoints.
 
-    Lightning turns SIGTERM into ``SIGTERMException`` once the running step has finished (on every rank);
-    this saves at that step into the ``ModelCheckpoint`` folder, where ``resume=<run>`` looks.
+    * SIGTERM (SLURM before a time limit, ``kill``, ``scancel``): Lightning turns it into ``SIGTERMException``
+      once the running step has finished, on every rank; this then saves ``last.ckpt`` at that step into the
+      ``ModelCheckpoint`` folder, where ``resume=<run>`` looks.
+    * Loggers are flushed with each checkpoint and again at the next step's start (Lightning logs a step's
+      metrics after its checkpoint), so after ``kill -9`` the TensorBoard curve reaches the checkpoint that
+      ``resume`` continues from, missing at most the checkpoint step's own point.
     """
+
+    def __init__(self) -> None:
+        self._flush_pending = False
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._flush(trainer)
+        self._flush_pending = True
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._flush_pending:
+            self._flush(trainer)
+            self._flush_pending = False
+
+    @staticmethod
+    def _flush(trainer: pl.Trainer) -> None:
+        for logger in trainer.loggers:
+            logger.save()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):

@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ddpm_lab.config import build_components, config_dir, stored_config
 from ddpm_lab.module import DiffusionModule
-from ddpm_lab.preemption import AtomicCheckpointIO, CheckpointOnSigterm, remove_stale_temp_files
+from ddpm_lab.preemption import AtomicCheckpointIO, PreemptionGuard, remove_stale_temp_files
 from ddpm_lab.resume import checkpoint_step, continue_tensorboard, last_checkpoint, resumed_config
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def _callbacks(cfg: DictConfig) -> list[pl.Callback]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     # Weight averaging first: its per-step update must land before sample grids (and checkpoints) read it.
     callbacks.sort(key=lambda cb: not isinstance(cb, WeightAveraging))
-    return [*callbacks, CheckpointOnSigterm()]
+    return [*callbacks, PreemptionGuard()]
 
 
 def _refuse_multirun_with_subprocess_ddp(trainer: pl.Trainer) -> None:
