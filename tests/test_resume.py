@@ -26,19 +26,25 @@ def wait_for(pattern: str, root: Path, proc: subprocess.Popen, log: Path, timeou
         if proc.poll() is not None:
             raise AssertionError(f"training exited {proc.returncode} before {pattern} appeared:\n{log.read_text()[-4000:]}")
         time.sleep(0.02)
-    proc.kill()
     raise AssertionError(f"{pattern} did not appear in {timeout} s")
 
 
-def test_sigkill_then_resume_continues_the_same_run(image_folder, tmp_path):
-    log = tmp_path / "first.log"
-    proc = start_cli("ddpm_lab.train", *LONG, f"dataset.root={image_folder}", "callbacks.model_checkpoint.every_n_train_steps=2",
-                     "callbacks.sample_grid=null", cwd=tmp_path, log=log)
+def train_until(pattern: str, tmp_path: Path, image_folder: Path, *overrides: str) -> tuple[subprocess.Popen, Path, Path]:
+    """Start a long training run; once a file matching ``pattern`` exists, return (process, that file, log)."""
+    log = tmp_path / "train.log"
+    proc = start_cli("ddpm_lab.train", *LONG, f"dataset.root={image_folder}", *overrides, cwd=tmp_path, log=log)
     try:
-        first = wait_for("outputs/train/*/checkpoints/step_0000004.ckpt", tmp_path, proc, log)
-    finally:
+        return proc, wait_for(pattern, tmp_path, proc, log), log
+    except BaseException:
         proc.kill()
-        proc.wait()
+        raise
+
+
+def test_sigkill_then_resume_continues_the_same_run(image_folder, tmp_path):
+    proc, first, _ = train_until("outputs/train/*/checkpoints/step_0000004.ckpt", tmp_path, image_folder,
+                                 "callbacks.model_checkpoint.every_n_train_steps=2", "callbacks.sample_grid=null")
+    proc.kill()
+    proc.wait()
     run = first.parents[1]
     for ckpt in run.glob("checkpoints/*.ckpt"):  # whatever the kill interrupted, every checkpoint is whole
         read_checkpoint(ckpt)
@@ -68,12 +74,10 @@ def test_sigkill_then_resume_continues_the_same_run(image_folder, tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_at_the_step_it_arrived(image_folder, tmp_path):
-    log = tmp_path / "train.log"
-    proc = start_cli("ddpm_lab.train", *LONG, f"dataset.root={image_folder}", "callbacks.model_checkpoint.every_n_train_steps=1000",
-                     "callbacks.sample_grid.every_n_steps=2", cwd=tmp_path, log=log)
+    proc, grid, log = train_until("outputs/train/*/samples/step_0000004.png", tmp_path, image_folder,
+                                  "callbacks.model_checkpoint.every_n_train_steps=1000", "callbacks.sample_grid.every_n_steps=2")
+    proc.send_signal(signal.SIGTERM)
     try:
-        grid = wait_for("outputs/train/*/samples/step_0000004.png", tmp_path, proc, log)
-        proc.send_signal(signal.SIGTERM)
         returncode = proc.wait(timeout=120)
     finally:
         proc.kill()
