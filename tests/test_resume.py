@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY_TRAIN, run_cli, start_cli
@@ -40,6 +41,7 @@ def train_until(pattern: str, tmp_path: Path, image_folder: Path, *overrides: st
         raise
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues_the_same_run(image_folder, tmp_path):
     proc, first, _ = train_until("outputs/train/*/checkpoints/step_0000004.ckpt", tmp_path, image_folder,
                                  "callbacks.model_checkpoint.every_n_train_steps=2", "callbacks.sample_grid=null")
@@ -73,6 +75,7 @@ def test_sigkill_then_resume_continues_the_same_run(image_folder, tmp_path):
     assert "max_steps: 8" in (resumed / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_at_the_step_it_arrived(image_folder, tmp_path):
     proc, grid, log = train_until("outputs/train/*/samples/step_0000004.png", tmp_path, image_folder,
                                   "callbacks.model_checkpoint.every_n_train_steps=1000", "callbacks.sample_grid.every_n_steps=2")

@@ -59,6 +59,7 @@ def test_bf16_mixed_trains_finite_on_cpu_with_ema_sampling(image_folder, tmp_pat
     assert any(not torch.equal(ema_net[k], raw_net[k]) for k in ema_net)
 
 
+@pytest.mark.slow
 def test_ddp_sim_trains_checkpoints_and_keeps_ema_identical(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
     run_cli("ddpm_lab.train", *SHORT, "trainer=ddp_sim", f"dataset.root={image_folder}", PROBE, cwd=tmp_path, timeout=400)
@@ -77,6 +78,7 @@ def test_ddp_sim_trains_checkpoints_and_keeps_ema_identical(image_folder, tmp_pa
     assert len(list((run / "tensorboard").glob("events.*"))) == 1  # logged from rank zero only
 
 
+@pytest.mark.slow
 def test_multirun_keeps_every_finished_job_and_names_the_non_finite_one(image_folder, tmp_path):
     proc = run_cli("ddpm_lab.train", "-m", *SHORT, f"dataset.root={image_folder}", "callbacks.model_checkpoint.every_n_train_steps=1",
                    "optimizer.lr=1e-3,1e30,2e-3", cwd=tmp_path, check=False, timeout=400)
@@ -94,6 +96,7 @@ def test_multirun_keeps_every_finished_job_and_names_the_non_finite_one(image_fo
     assert kept["global_step"] == 1 and all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_multirun_refuses_subprocess_ddp_at_once(image_folder, tmp_path):
     proc = run_cli("ddpm_lab.train", "-m", *SHORT, "trainer=ddp_sim", f"dataset.root={image_folder}", "seed=1,2",
                    cwd=tmp_path, check=False, timeout=300)
