@@ -55,20 +55,22 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", weights: st
     """
     from ddpm_lab.config import build_components
 
+    if weights not in ("auto", "ema", "raw"):
+        raise CheckpointError(f"weights must be auto, ema or raw, got {weights!r}")
     ckpt = read_checkpoint(path)
     config = ckpt[CHECKPOINT_KEY]["config"]
     try:
         net, diffusion, sampler = build_components(config, trusted=False)
     except Exception as e:
         raise CheckpointError(f"cannot rebuild the model stored in {path}: {e}") from e
-    state = ckpt["state_dict"]
-    prefix = "net."
-    ema_prefix = "ema_net."
-    has_ema = any(k.startswith(ema_prefix) for k in state)
+    # With EMA on (ddpm_lab.ema.EMA, a Lightning WeightAveraging), state_dict holds the averaged weights and
+    # current_model_state the raw ones; without EMA, state_dict holds the raw weights.
+    raw_state = ckpt.get("current_model_state")
+    has_ema = raw_state is not None
     if weights == "ema" and not has_ema:
-        raise CheckpointError(f"{path} holds no EMA weights: use weights=raw or train with EMA on")
-    use = ema_prefix if (weights in ("auto", "ema") and has_ema) else prefix
-    net_state = {k[len(use):]: v for k, v in state.items() if k.startswith(use)}
+        raise CheckpointError(f"{path} holds no EMA weights: use weights=raw or train with EMA on (callbacks.ema)")
+    state = raw_state if (weights == "raw" and has_ema) else ckpt["state_dict"]
+    net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     try:
         net.load_state_dict(net_state)
     except RuntimeError as e:

@@ -34,6 +34,9 @@ def run_name(override_dirname: str, max_len: int = 96) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", run_name)
+    from ddpm_lab.resume import register_resolvers as register_resume_resolvers
+
+    register_resume_resolvers()
 
 
 register_resolvers()

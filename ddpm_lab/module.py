@@ -11,9 +11,14 @@ from torch import nn
 
 from ddpm_lab.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY
 from ddpm_lab.diffusion import GaussianDiffusion
+from ddpm_lab.ema import find_ema
 from ddpm_lab.samplers import Sampler
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or the weights) became NaN/inf; the message says at which step, lr and precision."""
 
 
 class DiffusionModule(pl.LightningModule):
@@ -27,6 +32,7 @@ class DiffusionModule(pl.LightningModule):
         warmup_steps: linear learning-rate warm-up from 0, in optimizer steps.
         config: the plain-dict config stored in every checkpoint, enough to rebuild net, diffusion and sampler.
         val_seed: seed of the fixed noise and timesteps behind ``val/loss``.
+        compile_net: run training steps through ``torch.compile(net)`` (validation and sampling stay eager).
     """
 
     def __init__(
@@ -38,6 +44,7 @@ class DiffusionModule(pl.LightningModule):
         warmup_steps: int = 0,
         config: dict[str, Any] | None = None,
         val_seed: int = 1234,
+        compile_net: bool = False,
     ) -> None:
         super().__init__()
         if warmup_steps < 0:
@@ -49,18 +56,33 @@ class DiffusionModule(pl.LightningModule):
         self.warmup_steps = warmup_steps
         self.config = config or {}
         self.val_seed = val_seed
+        self.compile_net = compile_net
+        self._train_forward: Callable[..., torch.Tensor] | None = None
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.trainer.world_size > 1:
+            # Ranks start from the same seed; offset them so each draws its own t and ε.
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+        if self.compile_net and self._train_forward is None:
+            # A compiled bound method, not a submodule: checkpoint keys stay ``net.*`` and the EMA copy stays eager.
+            self._train_forward = torch.compile(self.net.forward)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(x_t, t)
 
     @property
     def sampling_net(self) -> nn.Module:
-        """The weights samples are drawn from."""
-        return self.net
+        """The weights samples are drawn from: the EMA average while the trainer has an ``EMA`` callback."""
+        ema = find_ema(self._trainer)
+        averaged = ema.averaged_net(self) if ema is not None else None
+        return self.net if averaged is None else averaged
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0 = batch[0]
-        loss = self.diffusion.loss(self.net, x0)
+        loss = self.diffusion.loss(self._train_forward or self.net, x0)
+        self._check_finite(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         return loss
 
@@ -88,5 +110,46 @@ class DiffusionModule(pl.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """Stop before a NaN/inf loss reaches the weights (all ranks agree, so none is left waiting)."""
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+        if bad:
+            raise NonFiniteLossError(f"train/loss is {loss.item()} {self._where(self.trainer.global_step + 1)}")
+
+    def _where(self, step: int) -> str:
+        trainer = self.trainer
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+        fix = "lower optimizer.lr or raise warmup_steps"
+        if trainer.precision == "16-mixed":
+            fix += ", or use trainer.precision=bf16-mixed (float16 overflows)"
+        return f"at step {step} (lr {lr:.3g}, precision {trainer.precision}); training stopped, last good checkpoint: {last}. Fix: {fix}"
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not all(bool(p.isfinite().all()) for p in self.net.parameters()):
+            # Raising here keeps the last good checkpoint on disk instead of overwriting it with NaNs.
+            raise NonFiniteLossError(f"the weights are non-finite {self._where(self.trainer.global_step)}")
         checkpoint[CHECKPOINT_KEY] = {"format": CHECKPOINT_FORMAT, "config": self.config}
+        checkpoint["rng_states"] = self._gather_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "current_model_state" in checkpoint and find_ema(self._trainer) is None:
+            # An EMA checkpoint keeps the average in state_dict; without EMA, continue from the raw weights.
+            checkpoint["state_dict"] = checkpoint["current_model_state"]
+        self._restore_rng_states(checkpoint.get("rng_states"))
+
+    def _gather_rng_states(self) -> dict[str, torch.Tensor]:
+        """The torch RNG states (CPU and this rank's GPU) of every rank, as (world_size, n) uint8 tensors."""
+        states = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.trainer.world_size == 1:
+            return {k: v[None] for k, v in states.items()}
+        return {k: self.all_gather(v.to(self.device)).cpu() for k, v in states.items()}
+
+    def _restore_rng_states(self, states: dict[str, torch.Tensor] | None) -> None:
+        if not states or len(states["cpu"]) != self.trainer.world_size:
+            return  # none saved, or another number of ranks: keep this run's seeding
+        torch.set_rng_state(states["cpu"][self.global_rank])
+        if "cuda" in states and self.device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda"][self.global_rank], self.device)

@@ -17,17 +17,28 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def run_cli(module: str, *overrides: str, cwd: Path, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> <overrides>`` in a subprocess that imports this checkout's ddpm_lab."""
+def cli_env() -> dict[str, str]:
+    """The environment of a subprocess that imports this checkout's ddpm_lab."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def run_cli(module: str, *overrides: str, cwd: Path, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> <overrides>`` in a subprocess that imports this checkout's ddpm_lab."""
     proc = subprocess.run(
-        [sys.executable, "-m", module, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *overrides], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(overrides)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+def start_cli(module: str, *overrides: str, cwd: Path, log: Path) -> subprocess.Popen:
+    """Start ``python -m <module> <overrides>`` without waiting (to signal it), stdout and stderr into ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", module, *overrides], cwd=cwd, env=cli_env(), stdout=out, stderr=subprocess.STDOUT)
 
 
 def write_image_folder(root: Path, n_per_class: int = 24, size: int = 20, classes: tuple[str, ...] = ("a", "b"), mode: str = "RGB") -> Path:
