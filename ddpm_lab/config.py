@@ -25,15 +25,25 @@ def config_dir() -> str:
     raise FileNotFoundError(f"ddpm_lab configs not found next to {here}: reinstall the package")
 
 
-def run_name(override_dirname: str, max_len: int = 96) -> str:
-    """A folder- and TensorBoard-friendly run name from Hydra's ``override_dirname``."""
-    name = re.sub(r"[^A-Za-z0-9=,._+-]+", "-", override_dirname.replace("/", "-")).strip("-.")
+def run_name(override_dirname: str, max_len: int = 120) -> str:
+    """A folder- and TensorBoard-friendly run name from Hydra's ``override_dirname``.
+
+    Group choices (``schedule=cosine``) come first and dotted keys are shortened to their last part
+    (``optimizer.lr=1e-3`` → ``lr=1e-3``), so what tells runs apart survives the length limit.
+    """
+    items = [i for i in override_dirname.split(",") if i]
+    groups = [i for i in items if "." not in i.split("=", 1)[0]]
+    values = [i.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + i.split("=", 1)[-1] if "=" in i else i for i in items if i not in groups]
+    name = ",".join(groups + values)
+    name = re.sub(r"[^A-Za-z0-9=,._+-]+", "-", name.replace("/", "-")).strip("-.")
     return (name[:max_len] or "default").rstrip("-.,")
 
 
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", run_name)
+    if not OmegaConf.has_resolver("floordiv"):  # e.g. attention at ${floordiv:${dataset.image_size},4}
+        OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b))
     from ddpm_lab.resume import register_resolvers as register_resume_resolvers
 
     register_resume_resolvers()

@@ -16,9 +16,10 @@ MODELS = sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml"))
 
 
 def model_config(name: str, channels: int, size: int):
-    cfg = OmegaConf.load(Path(config_dir()) / "model" / f"{name}.yaml")
-    cfg.in_channels, cfg.image_size = channels, size
-    return cfg
+    import ddpm_lab.config  # noqa: F401  (registers the resolvers model configs use)
+
+    model = OmegaConf.load(Path(config_dir()) / "model" / f"{name}.yaml")
+    return OmegaConf.create({"dataset": {"channels": channels, "image_size": size}, "model": model}).model
 
 
 @pytest.mark.parametrize("name", MODELS)
