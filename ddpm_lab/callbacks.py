@@ -42,6 +42,19 @@ def tensorboard(trainer: pl.Trainer):
     return logger.experiment if logger is not None else None
 
 
+def first_images(datamodule: pl.LightningDataModule, n: int) -> torch.Tensor | None:
+    """The first ``n`` images of the first validation batch (training batch without validation), in [−1, 1], on CPU.
+
+    Goes through the datamodule's own loaders and ``on_after_batch_transfer``, so any dataset option works.
+    """
+    for make_loader in (datamodule.val_dataloader, datamodule.train_dataloader):
+        loader = make_loader()
+        batch = next(iter(loader), None) if loader else None
+        if batch is not None:
+            return datamodule.on_after_batch_transfer(batch, 0)[0][:n].detach().cpu()
+    return None
+
+
 @contextmanager
 def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
     """Switch ``net`` to eval for the block (dropout off), then back to what it was."""
@@ -172,11 +185,7 @@ class DiffusionStrips(EveryNSteps):
     def real_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
         """The first ``n`` validation images in [−1, 1], read from the datamodule once and kept."""
         if self._real is None and trainer.datamodule is not None:
-            loader = trainer.datamodule.val_dataloader()
-            batch = next(iter(loader), None) if loader else None
-            if batch is not None:
-                batch = trainer.datamodule.on_after_batch_transfer(batch, 0)
-                self._real = batch[0][: self.n].detach().cpu()
+            self._real = first_images(trainer.datamodule, self.n)
         return None if self._real is None else self._real.to(pl_module.device)
 
     def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:

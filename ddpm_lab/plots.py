@@ -150,3 +150,10 @@ def save_gif(frames: Sequence[torch.Tensor], path: str | Path, duration_ms: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0, optimize=False)
     return path
+
+
+def refuse_existing(paths: Sequence[Path]) -> None:
+    """Raise before any work when an output file is already there: nothing gets overwritten."""
+    taken = [str(p) for p in paths if Path(p).exists()]
+    if taken:
+        raise FileExistsError(f"refusing to overwrite {taken[0]}: choose another output folder (hydra.run.dir=...)")
