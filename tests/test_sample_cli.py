@@ -6,11 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import run_cli
+from ddpm_lab.sample import check
 
 
+@pytest.mark.slow
 def test_sample_cli(tmp_path: Path, tiny_run: Path) -> None:
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
     overrides = (f"ckpt='{ckpt}'", "n=5", "batch_size=3", "sampler=ddpm", "sampler.steps=10", "strip_n=2", "gif_n=3",
@@ -38,6 +41,10 @@ def test_sample_cli(tmp_path: Path, tiny_run: Path) -> None:
         assert gif.n_frames == 4  # 3 chosen steps + the output
 
 
-def test_sample_refuses_bad_settings_before_loading(tmp_path: Path) -> None:
-    proc = run_cli("ddpm_lab.sample", "ckpt=missing.ckpt", "n=0", cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and "n must be >= 1, got 0" in proc.stderr
+def test_bad_settings_are_refused_before_loading() -> None:
+    base = {"n": 4, "batch_size": 2, "strip_n": 1, "gif_n": 1, "gif_frames": 2, "gif_ms": 10, "weights": "auto"}
+    check(OmegaConf.create(base))
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        check(OmegaConf.create({**base, "n": 0}))
+    with pytest.raises(ValueError, match="weights must be one of"):
+        check(OmegaConf.create({**base, "weights": "best"}))

@@ -12,6 +12,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from ddpm_lab.callbacks import main_hparams
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*val_dataloader.*")
+
 
 @pytest.fixture(scope="module")
 def events(tiny_run: Path) -> EventAccumulator:

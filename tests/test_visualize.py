@@ -50,6 +50,7 @@ def test_refuse_existing(tmp_path: Path) -> None:
         refuse_existing([tmp_path / "b.png", tmp_path / "a.png"])
 
 
+@pytest.mark.slow
 def test_visualize_cli(tmp_path: Path, image_folder: Path) -> None:
     proc = run_cli(
         "ddpm_lab.visualize", "dataset=image_folder", f"dataset.root={image_folder}", "dataset.image_size=16",
