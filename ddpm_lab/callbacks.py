@@ -1,36 +1,114 @@
-"""Lightning callbacks that show the model's progress in TensorBoard and in the run folder."""
+"""Lightning callbacks that show the model's progress in TensorBoard and in the run folder.
+
+Everything here runs on rank zero only and stays silent under ``fast_dev_run`` and the sanity check.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
 
 from ddpm_lab.diffusion import randn
 from ddpm_lab.images import image_grid, save_png
+from ddpm_lab.plots import evenly_spaced, schedule_figure, strip_grid
 from ddpm_lab.samplers import Sampler
 
 log = logging.getLogger(__name__)
 
+# Config sections whose scalar leaves fill TensorBoard's HPARAMS table, and single top-level keys.
+HPARAM_SECTIONS = ("schedule", "diffusion", "model", "sampler", "optimizer")
+HPARAM_KEYS = ("dataset.batch_size", "dataset.image_size", "warmup_steps", "seed", "trainer.max_steps", "trainer.precision")
+
+
+def tensorboard_logger(trainer: pl.Trainer):
+    """The trainer's first ``TensorBoardLogger``, or None."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
 
 def tensorboard(trainer: pl.Trainer):
     """The TensorBoard ``SummaryWriter`` of the trainer's first TensorBoard logger, or None."""
-    from pytorch_lightning.loggers import TensorBoardLogger
+    logger = tensorboard_logger(trainer)
+    return logger.experiment if logger is not None else None
 
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
+
+def first_images(datamodule: pl.LightningDataModule, n: int) -> torch.Tensor | None:
+    """The first ``n`` images of the first validation batch (training batch without validation), in [−1, 1], on CPU.
+
+    Goes through the datamodule's own loaders and ``on_after_batch_transfer``, so any dataset option works.
+    """
+    for make_loader in (datamodule.val_dataloader, datamodule.train_dataloader):
+        loader = make_loader()
+        batch = next(iter(loader), None) if loader else None
+        if batch is not None:
+            return datamodule.on_after_batch_transfer(batch, 0)[0][:n].detach().cpu()
     return None
 
 
-class SampleGrid(pl.Callback):
+@contextmanager
+def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
+    """Switch ``net`` to eval for the block (dropout off), then back to what it was."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
+
+
+class EveryNSteps(pl.Callback):
+    """Base: ``log_step`` every ``every_n_steps`` optimizer steps and once more at the end of training.
+
+    Rank zero only, silent under ``fast_dev_run`` and the sanity check; each call's cost is logged at DEBUG.
+    ``every_n_steps=0`` keeps only the final call.
+    """
+
+    def __init__(self, every_n_steps: int) -> None:
+        super().__init__()
+        if every_n_steps < 0:
+            raise ValueError(f"{type(self).__name__} needs every_n_steps >= 0, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+            self.run(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self.run(trainer, pl_module)
+
+    @rank_zero_only
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        self._last_step = trainer.global_step
+        start = time.perf_counter()
+        with torch.no_grad(), eval_mode(pl_module.sampling_net):
+            self.log_step(trainer, pl_module, trainer.global_step)
+        log.debug("%s at step %d took %.3f s", type(self).__name__, trainer.global_step, time.perf_counter() - start)
+
+    def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        raise NotImplementedError
+
+
+class SampleGrid(EveryNSteps):
     """Every ``every_n_steps`` optimizer steps (and at the end), sample ``n`` images from fixed noise.
 
     The grid goes to TensorBoard as ``samples/grid`` (one tag over training: use the step slider) and to
-    ``<run>/samples/step_XXXXXXX.png``. Same seed every time, so grids differ only by the weights.
+    ``<run>/samples/step_XXXXXXX.png``. Same seed every time, so grids differ only by the weights, which
+    are ``pl_module.sampling_net`` (the EMA copy when EMA is on).
 
     Args:
         every_n_steps: sampling interval; 0 turns periodic grids off (the final one stays).
@@ -48,44 +126,25 @@ class SampleGrid(pl.Callback):
         sampler: Sampler | None = None,
         out_dir: str | None = None,
     ) -> None:
-        super().__init__()
-        if every_n_steps < 0 or n < 1:
-            raise ValueError(f"SampleGrid needs every_n_steps >= 0 and n >= 1, got {every_n_steps}, {n}")
-        self.every_n_steps, self.n, self.seed = every_n_steps, n, seed
+        super().__init__(every_n_steps)
+        if n < 1:
+            raise ValueError(f"SampleGrid needs n >= 1, got {n}")
+        self.n, self.seed = n, seed
         self.sampler = sampler
         self.out_dir = out_dir
-        self._last_step = -1
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
-            self.log_grid(trainer, pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step != self._last_step:
-            self.log_grid(trainer, pl_module)
 
     @torch.no_grad()
     def sample(self, pl_module: pl.LightningModule) -> torch.Tensor:
         net = pl_module.sampling_net
-        was_training = net.training
-        net.eval()
-        try:
+        with eval_mode(net):
             shape = (self.n, net.in_channels, net.image_size, net.image_size)
             x_T = randn(shape, torch.Generator().manual_seed(self.seed), pl_module.device)
             return pl_module.diffusion.sample(
                 net, x_T=x_T, sampler=self.sampler or pl_module.sampler,
                 generator=torch.Generator().manual_seed(self.seed + 1),
             )
-        finally:
-            net.train(was_training)
 
-    @rank_zero_only
-    def log_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.fast_dev_run or trainer.sanity_checking:
-            return
-        step = trainer.global_step
-        self._last_step = step
+    def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         grid = image_grid(self.sample(pl_module))
         writer = tensorboard(trainer)
         if writer is not None:
@@ -93,3 +152,151 @@ class SampleGrid(pl.Callback):
         out = Path(self.out_dir or trainer.default_root_dir) / "samples" / f"step_{step:07d}.png"
         save_png(grid, out)
         log.info("sample grid at step %d: %s", step, out)
+
+
+class DiffusionStrips(EveryNSteps):
+    """Strips of the diffusion in TensorBoard, a row per image and a column per timestep (step slider).
+
+    - ``diffusion/denoising``: x_t of ``n`` samples from fixed noise, from t = T−1 down to the output x_0;
+    - ``diffusion/x0_pred``: the model's x̂_0 from the forward strip's x_t, one column per t;
+    - ``diffusion/forward`` (once; it does not depend on the weights): ``n`` real validation images
+      noised to x_t with fixed ε at ``frames`` timesteps spread over [0, T−1].
+
+    Args:
+        every_n_steps: logging interval; 0 keeps only the strips at the end of training.
+        n: images (rows) per strip.
+        frames: columns per strip.
+        seed: seed of x_T, of the sampler's noise and of the forward strip's ε.
+        sampler: overrides the module's sampler for the denoising strip (a respaced chain keeps it cheap).
+    """
+
+    def __init__(self, every_n_steps: int = 1000, n: int = 4, frames: int = 8, seed: int = 0, sampler: Sampler | None = None) -> None:
+        super().__init__(every_n_steps)
+        if n < 1 or frames < 2:
+            raise ValueError(f"DiffusionStrips needs n >= 1 and frames >= 2, got {n}, {frames}")
+        self.n, self.frames, self.seed, self.sampler = n, frames, seed, sampler
+        self._real: torch.Tensor | None = None
+        self._forward_logged = False
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._real is None and not trainer.sanity_checking:
+            self._real = batch[0][: self.n].detach().cpu()
+
+    def real_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
+        """The first ``n`` validation images in [−1, 1], read from the datamodule once and kept."""
+        if self._real is None and trainer.datamodule is not None:
+            self._real = first_images(trainer.datamodule, self.n)
+        return None if self._real is None else self._real.to(pl_module.device)
+
+    def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        writer = tensorboard(trainer)
+        if writer is None:
+            return
+        net, diffusion = pl_module.sampling_net, pl_module.diffusion
+        T = diffusion.num_timesteps
+        x0 = self.real_images(trainer, pl_module)
+        if x0 is not None:
+            ts = evenly_spaced(list(range(T)), self.frames)
+            noise = randn(x0.shape, torch.Generator().manual_seed(self.seed), x0.device)
+            x_ts = [diffusion.q_sample(x0, torch.full((len(x0),), t, device=x0.device), noise) for t in ts]
+            if not self._forward_logged:
+                writer.add_image("diffusion/forward", strip_grid(x_ts), global_step=step)
+                self._forward_logged = True
+            preds = []
+            for t, x_t in zip(ts, x_ts):
+                tt = torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)
+                preds.append(diffusion.predict_x0(x_t, tt, net(x_t, tt).float()).clamp(-1, 1))
+            writer.add_image("diffusion/x0_pred", strip_grid(preds), global_step=step)
+
+        sampler = self.sampler or pl_module.sampler
+        keep = evenly_spaced(sampler.timesteps(T), self.frames - 1)
+        shape = (self.n, net.in_channels, net.image_size, net.image_size)
+        x_T = randn(shape, torch.Generator().manual_seed(self.seed), pl_module.device)
+        out, kept = diffusion.sample(net, x_T=x_T, sampler=sampler, keep=keep,
+                                     generator=torch.Generator().manual_seed(self.seed + 1))
+        writer.add_image("diffusion/denoising", strip_grid([kept[t] for t in keep] + [out.cpu()]), global_step=step)
+
+
+def hydra_run_config() -> tuple[DictConfig | None, dict[str, str]]:
+    """The running Hydra job's config (as Hydra saved it in ``.hydra/config.yaml``) and its group choices."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None, {}
+    hc = HydraConfig.get()
+    choices = {k: str(v) for k, v in hc.runtime.choices.items() if v is not None and not k.startswith("hydra")}
+    path = Path(hc.runtime.output_dir) / (hc.output_subdir or "") / "config.yaml"
+    return (OmegaConf.load(path) if hc.output_subdir and path.is_file() else None), choices
+
+
+def _select(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def main_hparams(config: dict[str, Any], choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """The hyperparameters a sweep compares: group choices, scalar leaves of the model/diffusion sections, a few keys."""
+    params: dict[str, Any] = {f"choice/{k}": v for k, v in (choices or {}).items()}
+    for section in HPARAM_SECTIONS:
+        for key, value in (config.get(section) or {}).items():
+            if key.startswith("_") or isinstance(value, dict):
+                continue
+            params[f"{section}/{key}"] = str(value) if isinstance(value, (list, tuple)) or value is None else value
+    for dotted in HPARAM_KEYS:
+        value = _select(config, dotted)
+        if value is not None:
+            params[dotted.replace(".", "/")] = value
+    return params
+
+
+class RunSummary(pl.Callback):
+    """Once per run: the schedule figure and the resolved config at the start, the HPARAMS table at the end.
+
+    - ``schedule`` (figure): β_t, ᾱ_t, √ᾱ_t and log-SNR against t of the run's diffusion;
+    - ``config`` (text): the resolved Hydra config (the checkpoint's stored config outside Hydra);
+    - HPARAMS: :func:`main_hparams` with the final ``val/loss`` (``train/loss`` when there is no validation).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._config: dict[str, Any] = {}
+        self._choices: dict[str, str] = {}
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = tensorboard(trainer)
+        if trainer.fast_dev_run or writer is None:
+            return
+        start = time.perf_counter()
+        cfg, self._choices = hydra_run_config()
+        text = None
+        if cfg is not None:
+            try:
+                self._config = OmegaConf.to_container(cfg, resolve=True)
+                text = OmegaConf.to_yaml(self._config)
+            except Exception as e:  # an interpolation that only resolves elsewhere: show it unresolved
+                log.warning("config shown unresolved in TensorBoard: %s", e)
+                self._config, text = OmegaConf.to_container(cfg), OmegaConf.to_yaml(cfg)
+        else:
+            self._config = dict(getattr(pl_module, "config", {}) or {})
+            text = OmegaConf.to_yaml(OmegaConf.create(self._config))
+        # Markdown: indent by four spaces so TensorBoard renders the YAML as a code block.
+        writer.add_text("config", "\n".join("    " + line for line in text.splitlines()), global_step=0)
+        name = _select(self._config, "schedule.name") or "schedule"
+        fig = schedule_figure({name: pl_module.diffusion.betas}, title=f"{name}, T={pl_module.diffusion.num_timesteps}")
+        writer.add_figure("schedule", fig, global_step=0)
+        log.debug("RunSummary at start took %.3f s", time.perf_counter() - start)
+
+    @rank_zero_only
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = tensorboard_logger(trainer)
+        if trainer.fast_dev_run or logger is None:
+            return
+        metrics = {k: float(trainer.callback_metrics[k]) for k in ("val/loss", "train/loss") if k in trainer.callback_metrics}
+        metrics = {"val/loss": metrics["val/loss"]} if "val/loss" in metrics else metrics
+        if metrics:
+            logger.log_hyperparams(main_hparams(self._config, self._choices), metrics=metrics, step=trainer.global_step)

@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import grad_norm
 from torch import nn
 
 from ddpm_lab.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY
@@ -81,10 +82,32 @@ class DiffusionModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0 = batch[0]
-        loss = self.diffusion.loss(self._train_forward or self.net, x0)
+        t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
+        per_sample = self.diffusion.loss(self._train_forward or self.net, x0, t=t, reduction="none")
+        loss = per_sample.mean()
         self._check_finite(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        if self._logs_this_step():
+            self._log_loss_quarters(per_sample.detach(), t)
         return loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning writes this step's logs (``log_every_n_steps``): extra diagnostics only then."""
+        return self._trainer is not None and (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0
+
+    def _log_loss_quarters(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
+        """``train/loss_q0..q3``: the batch loss split by t in [0, T/4), …, [3T/4, T) (improved-diffusion)."""
+        quarter = (t * 4) // self.diffusion.num_timesteps
+        for q in range(4):
+            mask = quarter == q
+            if bool(mask.any()):
+                self.log(f"train/loss_q{q}", per_sample[mask].mean(), batch_size=int(mask.sum()))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Before clipping: the raw gradient norm, on logged steps only (it synchronizes on GPUs).
+        norms = grad_norm(self.net, norm_type=2) if self._logs_this_step() else {}
+        if norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # Fixed t and ε per batch: val/loss is comparable across steps, runs and checkpoints.

@@ -77,3 +77,11 @@ TINY_TRAIN = (
     "dataset.batch_size=8",
     "dataset.val_size=8",
 )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Path:
+    """One finished TINY_TRAIN run (every TensorBoard interval fires within its 6 steps), shared by the tests."""
+    cwd = tmp_path_factory.mktemp("tiny_run")
+    run_cli("ddpm_lab.train", *TINY_TRAIN, f"dataset.root={image_folder}", "hydra.run.dir=run", cwd=cwd)
+    return cwd / "run"
