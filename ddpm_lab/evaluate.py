@@ -14,13 +14,24 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lab.checkpoint import LoadedModel, load_model
 from ddpm_lab.config import _check_safe, config_dir
 from ddpm_lab.images import image_grid, save_png, to_uint8
-from ddpm_lab.metrics import FeatureExtractor, FeatureSet, cache_key, cached_features, chunks, extract_features, format_scores, scores
+from ddpm_lab.metrics import (
+    FeatureExtractor,
+    FeatureSet,
+    WeightsMissingError,
+    cache_key,
+    cached_features,
+    chunks,
+    extract_features,
+    format_scores,
+    scores,
+)
 from ddpm_lab.samplers import Sampler
 
 log = logging.getLogger(__name__)
@@ -30,6 +41,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def build_features(node: DictConfig) -> FeatureExtractor:
+    """Instantiate the extractor; a missing weights file surfaces as its own one-line error, not Hydra's wrapper."""
+    try:
+        return instantiate(node)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, WeightsMissingError):
+            raise e.__cause__ from None
+        raise
 
 
 def dataset_config(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
@@ -115,7 +136,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     # Everything a user can get wrong is checked before any sampling: checkpoint, extractor weights, dataset.
     loaded = load_model(cfg.ckpt, device=device, weights=cfg.weights)
-    extractor: FeatureExtractor = instantiate(cfg.features)
+    extractor = build_features(cfg.features)
     sampler: Sampler = instantiate(cfg.sampler) if cfg.get("sampler") is not None else loaded.sampler
     dataset = dataset_config(cfg, loaded)
 
