@@ -328,7 +328,8 @@ def main() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data_root = write_images(tmp / "data", max(4 * args.batch, 64), args.image_size)
+        # One epoch covers every step: epoch boundaries (rare in real training) stay out of the comparison.
+        data_root = write_images(tmp / "data", (args.warmup + args.steps + 1) * args.batch, args.image_size)
         cfg = compose_cfg(args, data_root, tmp / "run")
         from ddpm_lab.config import build_components
 
