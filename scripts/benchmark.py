@@ -6,7 +6,8 @@
 
 All speed comparisons run in this one process, with the same threads, batch, U-Net and optimizer, warm-up
 steps excluded and the methods interleaved over ``--rounds`` (median reported), so they come out as ratios.
-Peak memory is measured in a fresh subprocess per method (``--measure``): CPU max RSS, or CUDA max allocated.
+Peak memory is measured in a fresh subprocess per method (``--measure``): CPU peak RSS (VmHWM, reset after
+imports), or CUDA max allocated.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -221,18 +221,36 @@ def sample_seconds(cfg, args, name: str) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------- memory
-def peak_memory_mib(device: str) -> float:
+def status_mib(field: str) -> float:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB."""
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def measure_peak(device: str, run: Callable[[], Any]) -> dict[str, float]:
+    """Peak memory of ``run``: CUDA max allocated, or on CPU the peak RSS above the RSS before it.
+
+    Imports are done before the peak is reset (``/proc/self/clear_refs``), so their transient peak,
+    the same for every method, does not hide the difference the training loop or sampler makes.
+    """
+    import diffusers  # noqa: F401  (every method pays the same imports)
+    import ddpm_lab.train  # noqa: F401
+
     if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        return {"peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
+    before = status_mib("VmRSS")
+    run()
+    peak = status_mib("VmHWM")
+    return {"peak_mib": peak - before, "rss_before_mib": before}
 
 
 def run_one(args, measure: str, data_root: Path, out_dir: Path) -> dict[str, Any]:
     """One measurement (in this process): ``train:<method>`` or ``sample:<sampler>``."""
     kind, name = measure.split(":")
     cfg = compose_cfg(args, data_root, out_dir)
-    if kind == "baseline":  # imports and config only: what every process pays before any model exists
-        return {}
     if kind == "sample":
         seconds, n = sample_seconds(cfg, args, name), args.sample_batch
     elif name == "ddpm_lab":
@@ -254,7 +272,9 @@ def memory_in_subprocess(args, measure: str, data_root: Path, out_dir: Path) -> 
     if proc.returncode != 0:
         print(f"memory of {measure} failed:\n{proc.stderr[-1500:]}", file=sys.stderr)
         return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    memory_in_subprocess.rss_before = result.get("rss_before_mib")
+    return result["peak_mib"]
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -298,10 +318,11 @@ def report(args, train: dict, params: dict, sampling: dict, memory: dict) -> str
         else:
             lines.append(f"| {name} | {SAMPLER_STEPS[name]} | {res['images_per_s']:.3f} | {res['images_per_cpu_s']:.3f} | "
                          f"{res['seconds']:.2f} | {'n/a' if mem is None else f'{mem:.0f}'} |")
-    base = memory.get("baseline:none")
-    lines += ["", f"Peak memory is the max RSS of a fresh process per row (a 20-step chain for samplers); "
-              f"a process that only imports torch, Lightning, Hydra and ddpm_lab and composes the config "
-              f"peaks at {'n/a' if base is None else f'{base:.0f}'} MiB."]
+    what = ("CUDA max allocated" if args.device == "cuda" else
+            "peak RSS above the RSS after imports (torch, Lightning, Hydra, diffusers, ddpm_lab: "
+            f"{getattr(memory_in_subprocess, 'rss_before', None) or 0:.0f} MiB, the same for every row)")
+    lines += ["", f"Peak memory: {what}, in a fresh process per row; samplers run a 20-step chain there "
+              "(memory does not grow with the number of steps)."]
     return "\n".join(lines)
 
 
@@ -330,8 +351,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.measure:  # a memory subprocess: one measurement, one JSON line
-        run_one(args, args.measure, args.data_root, args.out_dir)
-        print(json.dumps({"peak_mib": peak_memory_mib(args.device)}))
+        print(json.dumps(measure_peak(args.device, lambda: run_one(args, args.measure, args.data_root, args.out_dir))))
         return
     import logging
 
@@ -359,7 +379,7 @@ def main() -> None:
                 sampling[name] = str(e)
             print(f"sampling {name}: {sampling[name]}", file=sys.stderr)
         memory = {m: memory_in_subprocess(args, m, data_root, tmp)
-                  for m in ["baseline:none"] + [f"train:{k}" for k in TRAIN_METHODS] + [f"sample:{n}" for n, r in sampling.items() if not isinstance(r, str)]}
+                  for m in [f"train:{k}" for k in TRAIN_METHODS] + [f"sample:{n}" for n, r in sampling.items() if not isinstance(r, str)]}
     settings = (f"model={args.model} {' '.join(args.override)}, {args.image_size}x{args.image_size} RGB, batch {args.batch}, "
                 f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} interleaved rounds, "
                 f"precision {args.precision}, sampling batch {args.sample_batch}")
