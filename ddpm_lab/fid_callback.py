@@ -1,0 +1,87 @@
+"""Optional Lightning callback: FID (and KID) of a few samples every N steps, logged as ``fid/fid``, ``fid/kid``.
+
+Off by default; turn it on with ``callbacks=fid`` (see ``configs/callbacks/fid.yaml``). With a small ``n``
+the numbers are noisy and biased upwards: use them to follow a run, and ``ddpm_lab.evaluate`` to report.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+
+from ddpm_lab.diffusion import randn
+from ddpm_lab.images import to_uint8
+from ddpm_lab.metrics import FeatureExtractor, FeatureSet, chunks, extract_features, scores
+from ddpm_lab.samplers import Sampler
+
+log = logging.getLogger(__name__)
+
+
+class FIDCallback(pl.Callback):
+    """Every ``every_n_steps`` optimizer steps, sample ``n`` images and score them against training images.
+
+    Args:
+        features: the feature extractor (a ``features`` config option).
+        every_n_steps: interval in optimizer steps (> 0).
+        n: generated images per evaluation; also the number of real training images used.
+        batch_size: sampling and feature-extraction batch.
+        sampler: overrides the module's sampler (a respaced chain keeps this affordable).
+        seed: fixed noise, so successive scores differ only by the weights.
+    """
+
+    def __init__(
+        self,
+        features: FeatureExtractor,
+        every_n_steps: int = 5000,
+        n: int = 1000,
+        batch_size: int = 100,
+        sampler: Sampler | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if every_n_steps < 1 or n < 2 or batch_size < 1:
+            raise ValueError(f"FIDCallback needs every_n_steps >= 1, n >= 2, batch_size >= 1; got {every_n_steps}, {n}, {batch_size}")
+        self.features, self.every_n_steps, self.n, self.batch_size = features, every_n_steps, n, batch_size
+        self.sampler, self.seed = sampler, seed
+        self.real: FeatureSet | None = None
+        self._last_step = -1
+
+    def real_features(self, trainer: pl.Trainer, device: torch.device) -> FeatureSet:
+        """Features of ``n`` training images (uint8, already in memory), computed once per run."""
+        if self.real is None:
+            images = trainer.datamodule.train_images
+            keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))[: self.n]
+            self.real = extract_features(self.features, chunks(images[keep], self.batch_size), device)
+        return self.real
+
+    @torch.no_grad()
+    def generate(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        net = pl_module.sampling_net
+        was_training = net.training
+        net.eval()
+        generator = torch.Generator().manual_seed(self.seed)
+        try:
+            out = []
+            for start in range(0, self.n, self.batch_size):
+                b = min(self.batch_size, self.n - start)
+                x_T = randn((b, net.in_channels, net.image_size, net.image_size), generator, pl_module.device)
+                x = pl_module.diffusion.sample(net, x_T=x_T, sampler=self.sampler or pl_module.sampler, generator=generator)
+                out.append(to_uint8(x))
+            return torch.cat(out)
+        finally:
+            net.train(was_training)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps or step == self._last_step or trainer.sanity_checking:
+            return
+        self._last_step = step
+        real = self.real_features(trainer, pl_module.device)
+        fake = extract_features(self.features, chunks(self.generate(pl_module), self.batch_size), pl_module.device)
+        result = scores(real, fake, kid_subsets=10, seed=self.seed)
+        pl_module.log("fid/fid", result["fid"], rank_zero_only=True)
+        pl_module.log("fid/kid", result["kid_mean"], rank_zero_only=True)
+        log.info("step %d: FID %.3f, KID %.5f (n=%d generated vs %d training images, %s features)",
+                 step, result["fid"], result["kid_mean"], result["n_fake"], result["n_real"], self.features.name)

@@ -1,0 +1,393 @@
+"""Benchmark ddpm_lab against a bare PyTorch loop and diffusers; writes a Markdown table.
+
+    python scripts/benchmark.py                       # CPU, small settings, a few minutes
+    python scripts/benchmark.py --device cuda --model unet_ddpm_cifar10 --image-size 32 --batch 128 \
+        --steps 100 --warmup 20 --precision bf16-mixed
+
+All speed comparisons run in this one process, with the same threads, batch, U-Net and optimizer, warm-up
+steps excluded and the methods interleaved over ``--rounds`` (median reported), so they come out as ratios.
+Peak memory is measured in a fresh subprocess per method (``--measure``): CPU peak RSS (VmHWM, reset after
+imports), or CUDA max allocated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SAMPLER_STEPS = {"ddpm": 1000, "ddim": 50, "dpm_solver": 20}
+TRAIN_METHODS = ("ddpm_lab", "bare", "diffusers")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def clock(device: torch.device) -> tuple[float, float]:
+    """(wall, process CPU) seconds. On a shared CPU the process's CPU time is the steadier measure."""
+    sync(device)
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float], device: torch.device) -> dict[str, float]:
+    end = clock(device)
+    return {"wall": end[0] - start[0], "cpu": end[1] - start[1]}
+
+
+# ----------------------------------------------------------------------------------------------- setup
+def write_images(root: Path, n: int, size: int) -> Path:
+    """Random uint8 PNGs: training speed does not depend on what the pictures show."""
+    from ddpm_lab.images import save_png
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        save_png(torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8), root / "x" / f"{i:04d}.png")
+    return root
+
+
+def compose_cfg(args: argparse.Namespace, data_root: Path, out_dir: Path):
+    """The real train config, composed with Hydra's compose API, trimmed to the training loop itself."""
+    from hydra import compose, initialize_config_dir
+
+    from ddpm_lab.config import config_dir
+
+    overrides = [
+        f"model={args.model}", "dataset=image_folder", f"dataset.root={data_root}",
+        f"dataset.image_size={args.image_size}", f"dataset.batch_size={args.batch}", "dataset.val_size=0",
+        f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}", f"trainer.precision={args.precision}",
+        f"trainer.max_steps={args.warmup + args.steps}", "trainer.enable_model_summary=false",
+        "+trainer.enable_progress_bar=false", "callbacks.sample_grid=null", "callbacks.model_checkpoint=null",
+        "callbacks.progress_bar=null", f"paths.output_dir={out_dir}", f"paths.output_root={out_dir}",
+        *args.override,
+    ]
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def param_count(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def diffusers_unet(model_cfg: Any, image_size: int, channels: int):
+    """A diffusers ``UNet2DModel`` laid out like ddpm_lab's U-Net (same widths, blocks, attention levels)."""
+    from diffusers import UNet2DModel
+
+    mults = list(model_cfg.channel_mults)
+    res = [image_size // 2**i for i in range(len(mults))]
+    attn = set(model_cfg.attention_resolutions)
+    down = [("AttnDownBlock2D" if r in attn else "DownBlock2D") for r in res]
+    up = [("AttnUpBlock2D" if r in attn else "UpBlock2D") for r in reversed(res)]
+    return UNet2DModel(
+        sample_size=image_size, in_channels=channels, out_channels=channels,
+        block_out_channels=[model_cfg.base_channels * m for m in mults], layers_per_block=model_cfg.num_res_blocks,
+        down_block_types=down, up_block_types=up, attention_head_dim=None, norm_num_groups=model_cfg.groups,
+        dropout=model_cfg.dropout,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- training
+class StepTimer(pl.Callback):
+    """Wall time of the optimizer steps after ``warmup``, kept on the class so the caller can read it."""
+
+    elapsed: dict[str, float] = {}
+
+    def __init__(self, warmup: int, device: str) -> None:
+        self.warmup, self.device, self.t0 = warmup, torch.device(device), 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.warmup:
+            self.t0 = clock(self.device)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == trainer.max_steps:
+            StepTimer.elapsed = since(self.t0, self.device)
+
+
+def train_ddpm_lab(cfg, args) -> dict[str, float]:
+    """ddpm_lab as users run it: ``ddpm_lab.train.train(cfg)`` builds the DiffusionModule and Trainer."""
+    from omegaconf import OmegaConf
+
+    from ddpm_lab.train import train
+
+    timer = {"_target_": f"{__name__}.StepTimer", "warmup": args.warmup, "device": args.device}
+    OmegaConf.update(cfg, "callbacks.step_timer", timer, force_add=True)
+    StepTimer.elapsed = {}
+    train(cfg)
+    return StepTimer.elapsed
+
+
+def _autocast(args):
+    dtype = torch.bfloat16 if args.precision.startswith("bf16") else None
+    return torch.autocast(args.device, dtype=dtype, enabled=dtype is not None)
+
+
+def bare_loop(args, images: torch.Tensor, step_fn: Callable[[torch.Tensor], torch.Tensor], params, optimizer, clip: float) -> dict[str, float]:
+    """Warm-up then timed steps of: random batch -> [-1, 1] -> loss -> backward -> clip -> optimizer step."""
+    device = torch.device(args.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    g = torch.Generator().manual_seed(0)
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            t0 = clock(device)
+        idx = torch.randint(len(images), (args.batch,), generator=g)
+        x0 = images[idx].to(device, non_blocking=True).float().div(127.5).sub(1.0)
+        with _autocast(args):
+            loss = step_fn(x0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+    return since(t0, device)
+
+
+def train_bare(cfg, args, images) -> dict[str, float]:
+    """The same U-Net, diffusion loss and optimizer, in a plain PyTorch loop."""
+    from hydra.utils import instantiate
+
+    from ddpm_lab.config import build_components
+
+    net, diffusion, _ = build_components(cfg)
+    net, diffusion = net.to(args.device).train(), diffusion.to(args.device)
+    optimizer = instantiate(cfg.optimizer)(net.parameters())
+    return bare_loop(args, images, lambda x0: diffusion.loss(net, x0), list(net.parameters()), optimizer,
+                     float(cfg.trainer.gradient_clip_val))
+
+
+def train_diffusers(cfg, args, images) -> dict[str, float]:
+    """diffusers' UNet2DModel + DDPMScheduler.add_noise, ε-prediction MSE, same optimizer and clipping."""
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from hydra.utils import instantiate
+
+    net = diffusers_unet(cfg.model, args.image_size, 3).to(args.device).train()
+    scheduler = DDPMScheduler(num_train_timesteps=int(cfg.schedule.timesteps), beta_schedule="linear")
+    optimizer = instantiate(cfg.optimizer)(net.parameters())
+
+    def step(x0: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        return F.mse_loss(net(scheduler.add_noise(x0, noise, t), t).sample.float(), noise)
+
+    return bare_loop(args, images, step, list(net.parameters()), optimizer, float(cfg.trainer.gradient_clip_val))
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+def make_named_sampler(name: str, max_steps: int | None = None):
+    """(sampler, None) or (None, why it is unavailable) — samplers may not be registered in every checkout.
+
+    ``max_steps`` shortens the chain (memory runs: a step frees the previous one, so peak memory does not grow).
+    """
+    from ddpm_lab.samplers import make_sampler
+
+    steps = min(SAMPLER_STEPS[name], max_steps or SAMPLER_STEPS[name])
+    try:
+        return make_sampler(name, steps=None if steps == 1000 and name == "ddpm" else steps), None
+    except (ValueError, TypeError) as e:
+        return None, str(e).splitlines()[0]
+
+
+@torch.no_grad()
+def sample_seconds(cfg, args, name: str) -> dict[str, float]:
+    from ddpm_lab.config import build_components
+    from ddpm_lab.samplers import DDPMSampler
+
+    sampler, why = make_named_sampler(name, max_steps=20 if args.measure else None)
+    if sampler is None:
+        raise RuntimeError(why)
+    net, diffusion, _ = build_components(cfg)
+    net, diffusion = net.to(args.device).eval(), diffusion.to(args.device)
+    shape = (args.sample_batch, 3, args.image_size, args.image_size)
+    with _autocast(args):
+        diffusion.sample(net, shape, sampler=DDPMSampler(steps=2), generator=torch.Generator().manual_seed(0), device=args.device)  # warm-up
+        t0 = clock(torch.device(args.device))
+        diffusion.sample(net, shape, sampler=sampler, generator=torch.Generator().manual_seed(0), device=args.device)
+        return since(t0, torch.device(args.device))
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def status_mib(field: str) -> float:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB."""
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def measure_peak(device: str, run: Callable[[], Any]) -> dict[str, float]:
+    """Peak memory of ``run``: CUDA max allocated, or on CPU the peak RSS above the RSS before it.
+
+    Imports are done before the peak is reset (``/proc/self/clear_refs``), so their transient peak,
+    the same for every method, does not hide the difference the training loop or sampler makes.
+    """
+    import diffusers  # noqa: F401  (every method pays the same imports)
+    import ddpm_lab.train  # noqa: F401
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        return {"peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
+    before = status_mib("VmRSS")
+    run()
+    peak = status_mib("VmHWM")
+    return {"peak_mib": peak - before, "rss_before_mib": before}
+
+
+def run_one(args, measure: str, data_root: Path, out_dir: Path) -> dict[str, Any]:
+    """One measurement (in this process): ``train:<method>`` or ``sample:<sampler>``."""
+    kind, name = measure.split(":")
+    cfg = compose_cfg(args, data_root, out_dir)
+    if kind == "sample":
+        seconds, n = sample_seconds(cfg, args, name), args.sample_batch
+    elif name == "ddpm_lab":
+        seconds, n = train_ddpm_lab(cfg, args), args.steps * args.batch
+    else:
+        from ddpm_lab.data.sources import load_image_folder
+
+        images = load_image_folder(data_root, args.image_size, 3)[0]
+        seconds, n = (train_bare if name == "bare" else train_diffusers)(cfg, args, images), args.steps * args.batch
+    return {"seconds": seconds["wall"], "images_per_s": n / seconds["wall"], "images_per_cpu_s": n / seconds["cpu"]}
+
+
+def memory_in_subprocess(args, measure: str, data_root: Path, out_dir: Path) -> float | None:
+    cmd = [sys.executable, __file__, "--measure", measure, "--data-root", str(data_root), "--out-dir", str(out_dir / measure.replace(":", "_"))]
+    for key in ("device", "model", "image_size", "batch", "precision", "threads", "sample_batch"):
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    cmd += ["--steps", str(max(2, args.steps // 4)), "--warmup", "1"] + [f"--override={o}" for o in args.override]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"memory of {measure} failed:\n{proc.stderr[-1500:]}", file=sys.stderr)
+        return None
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    memory_in_subprocess.rss_before = result.get("rss_before_mib")
+    return result["peak_mib"]
+
+
+# ----------------------------------------------------------------------------------------------- report
+def machine(args) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if args.device == "cuda" else ", no GPU"
+    return (f"{cpu}, {torch.get_num_threads()} torch threads of {__import__('os').cpu_count()} cores{gpu}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def report(args, train: dict, params: dict, sampling: dict, memory: dict) -> str:
+    """Markdown tables; on CPU the ratios use images per CPU-second of the process (robust to a busy machine)."""
+    key = "images_per_cpu_s" if args.device == "cpu" else "images_per_s"
+    med = {k: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for k, runs in train.items()}
+    lines = [
+        "| training loop | parameters | images/s (wall, median) | images per CPU-second (median) | runs (images per CPU-s) "
+        "| vs bare loop | peak memory (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k in TRAIN_METHODS:
+        runs = ", ".join(f"{r['images_per_cpu_s']:.1f}" for r in train[k])
+        mem = memory.get(f"train:{k}")
+        lines.append(f"| {k} | {params[k] / 1e6:.3f}M | {med[k]['images_per_s']:.1f} | {med[k]['images_per_cpu_s']:.1f} | "
+                     f"{runs} | {med[k][key] / med['bare'][key]:.3f} | {'n/a' if mem is None else f'{mem:.0f}'} |")
+    overhead = 1 - med["ddpm_lab"][key] / med["bare"][key]
+    wall_overhead = 1 - med["ddpm_lab"]["images_per_s"] / med["bare"]["images_per_s"]
+    lines += ["", f"- ddpm_lab overhead vs the bare loop: **{100 * overhead:.1f}%** ({key.replace('_', ' ')}; "
+              f"{100 * wall_overhead:.1f}% in wall-clock images/s) (target < 3%).",
+              f"- ddpm_lab vs diffusers UNet2DModel + DDPMScheduler: **{med['ddpm_lab'][key] / med['diffusers'][key]:.2f}x** "
+              f"({key.replace('_', ' ')}) at {params['diffusers'] / params['ddpm_lab']:.3f}x the parameters.", "",
+              "| sampler | steps | images/s (wall) | images per CPU-second | seconds per batch | peak memory (MiB) |",
+              "|---|---|---|---|---|---|"]
+    for name, res in sampling.items():
+        mem = memory.get(f"sample:{name}")
+        if isinstance(res, str):
+            lines.append(f"| {name} | {SAMPLER_STEPS[name]} | unavailable: {res} | | | |")
+        else:
+            lines.append(f"| {name} | {SAMPLER_STEPS[name]} | {res['images_per_s']:.3f} | {res['images_per_cpu_s']:.3f} | "
+                         f"{res['seconds']:.2f} | {'n/a' if mem is None else f'{mem:.0f}'} |")
+    what = ("CUDA max allocated" if args.device == "cuda" else
+            "peak RSS above the RSS after imports (torch, Lightning, Hydra, diffusers, ddpm_lab: "
+            f"{getattr(memory_in_subprocess, 'rss_before', None) or 0:.0f} MiB, the same for every row)")
+    lines += ["", f"Peak memory: {what}, in a fresh process per row; samplers run a 20-step chain there "
+              "(memory does not grow with the number of steps)."]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--model", default="unet_small", help="a configs/model option")
+    p.add_argument("--image-size", type=int, default=16)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run")
+    p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before them")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of each training loop")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared CPU more threads mostly wait)")
+    p.add_argument("--precision", default="32-true", help="Lightning precision (32-true | bf16-mixed)")
+    p.add_argument("--sample-batch", type=int, default=8)
+    p.add_argument("--override", action="append", default=[], help="extra train-config override, e.g. model.attention_resolutions=[8]")
+    p.add_argument("--output", type=Path, default=None, help="write the Markdown table here")
+    p.add_argument("--measure", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--data-root", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.measure:  # a memory subprocess: one measurement, one JSON line
+        print(json.dumps(measure_peak(args.device, lambda: run_one(args, args.measure, args.data_root, args.out_dir))))
+        return
+    import logging
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # One epoch covers every step: epoch boundaries (rare in real training) stay out of the comparison.
+        data_root = write_images(tmp / "data", (args.warmup + args.steps + 1) * args.batch, args.image_size)
+        cfg = compose_cfg(args, data_root, tmp / "run")
+        from ddpm_lab.config import build_components
+
+        params = {"ddpm_lab": param_count(build_components(cfg)[0])}
+        params["bare"] = params["ddpm_lab"]
+        params["diffusers"] = param_count(diffusers_unet(cfg.model, args.image_size, 3))
+        train: dict[str, list[dict[str, float]]] = {k: [] for k in TRAIN_METHODS}
+        for r in range(args.rounds):
+            for k in TRAIN_METHODS:
+                train[k].append(run_one(args, f"train:{k}", data_root, tmp / f"run{r}{k}"))
+                print(f"round {r}: {k} {train[k][-1]}", file=sys.stderr)
+        sampling: dict[str, Any] = {}
+        for name in SAMPLER_STEPS:
+            try:
+                sampling[name] = run_one(args, f"sample:{name}", data_root, tmp / f"s_{name}")
+            except RuntimeError as e:
+                sampling[name] = str(e)
+            print(f"sampling {name}: {sampling[name]}", file=sys.stderr)
+        memory = {m: memory_in_subprocess(args, m, data_root, tmp)
+                  for m in [f"train:{k}" for k in TRAIN_METHODS] + [f"sample:{n}" for n, r in sampling.items() if not isinstance(r, str)]}
+    settings = (f"model={args.model} {' '.join(args.override)}, {args.image_size}x{args.image_size} RGB, batch {args.batch}, "
+                f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} interleaved rounds, "
+                f"precision {args.precision}, sampling batch {args.sample_batch}")
+    text = f"Machine: {machine(args)}\n\nSettings: {settings}\n\n{report(args, train, params, sampling, memory)}\n"
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
