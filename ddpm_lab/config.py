@@ -28,15 +28,16 @@ def config_dir() -> str:
 def run_name(override_dirname: str, max_len: int = 120) -> str:
     """A folder- and TensorBoard-friendly run name from Hydra's ``override_dirname``.
 
-    Group choices (``schedule=cosine``) come first and dotted keys are shortened to their last part
-    (``optimizer.lr=1e-3`` → ``lr=1e-3``), so what tells runs apart survives the length limit.
+    Group choices (``schedule=cosine`` → ``schedule-cosine``) come first and dotted keys are shortened to their last
+    part (``optimizer.lr=1e-3`` → ``lr-1e-3``), so what tells runs apart survives the length limit.
     """
     items = [i for i in override_dirname.split(",") if i]
     groups = [i for i in items if "." not in i.split("=", 1)[0]]
     values = [i.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + i.split("=", 1)[-1] if "=" in i else i for i in items if i not in groups]
-    name = ",".join(groups + values)
-    name = re.sub(r"[^A-Za-z0-9=,._+-]+", "-", name.replace("/", "-")).strip("-.")
-    return (name[:max_len] or "default").rstrip("-.,")
+    # '=' and ',' are Hydra override syntax: keep them out, so a run folder can be passed as a value unquoted.
+    name = "_".join(i.replace("=", "-") for i in groups + values)
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "-", name.replace("/", "-")).strip("-._")
+    return (name[:max_len] or "default").rstrip("-._")
 
 
 def register_resolvers() -> None:

@@ -39,8 +39,8 @@ def resume_run_dir(resume: str | None, fresh: str) -> str:
     run = Path(resume).expanduser()
     if not (run / ".hydra" / "overrides.yaml").is_file():
         raise ResumeError(
-            f"resume={resume} is not a training run folder (no .hydra/overrides.yaml): pass one in quotes, "
-            f"\"resume='outputs/train/<run>'\" (run names hold = and , which Hydra would parse)"
+            f"resume={resume} is not a training run folder (no .hydra/overrides.yaml): pass the folder of "
+            "a run, e.g. resume=outputs/train/<run>"
         )
     last_checkpoint(run)
     return str(run)

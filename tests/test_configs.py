@@ -75,7 +75,8 @@ def test_model_follows_dataset_shape(tmp_path: Path):
 
 def test_run_name_is_folder_safe():
     assert run_name("") == "default"
-    assert run_name("model=unet_small,schedule=cosine") == "model=unet_small,schedule=cosine"
-    assert run_name("optimizer.lr=0.001,schedule=cosine") == "schedule=cosine,lr=0.001"
+    assert run_name("model=unet_small,schedule=cosine") == "model-unet_small_schedule-cosine"
+    assert run_name("optimizer.lr=0.001,schedule=cosine") == "schedule-cosine_lr-0.001"
     name = run_name(",".join([f"trainer.some_long_key_{i}=1" for i in range(20)] + ["schedule=cosine", "dataset.root=/a/b c/d"]))
-    assert name.startswith("schedule=cosine,") and "/" not in name and " " not in name and len(name) <= 120
+    assert name.startswith("schedule-cosine_") and len(name) <= 120
+    assert not set(name) & set("/ =,")

@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Pat
 
 
 def quoted(path: Path) -> str:
-    return f"'{path}'"  # run folder names hold '=' and ',': Hydra needs the value quoted
+    return f"'{path}'"  # quoted: pytest's tmp paths are arbitrary
 
 
 def compose_eval(tmp_path: Path, *overrides: str):

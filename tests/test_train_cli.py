@@ -35,7 +35,7 @@ def test_run_folder_layout(tiny_run: Path):
     assert (tiny_run / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in (tiny_run / "checkpoints").glob("step_*.ckpt")) == ["step_0000003.ckpt", "step_0000006.ckpt"]
     assert sorted(p.name for p in (tiny_run / "samples").glob("*.png")) == ["step_0000003.png", "step_0000006.png"]
-    assert "debug=default" in tiny_run.name  # readable run names from the overrides
+    assert "debug-default" in tiny_run.name  # readable run names from the overrides
 
 
 def test_tensorboard_has_loss_and_sample_grid(tiny_run: Path):
@@ -70,7 +70,7 @@ def test_multirun_gives_each_job_its_own_folder(tmp_path: Path, image_folder: Pa
     runs = run_dirs(tmp_path / "multirun")
     assert len(runs) == 2
     assert {r.name.split("_", 1)[0] for r in runs} == {"0", "1"}
-    assert any("schedule=cosine" in r.name for r in runs) and any("schedule=linear" in r.name for r in runs)
+    assert any("schedule-cosine" in r.name for r in runs) and any("schedule-linear" in r.name for r in runs)
     for r in runs:
         assert (r / "checkpoints" / "last.ckpt").is_file()
         assert list((r / "tensorboard").glob("events.out.tfevents.*"))
