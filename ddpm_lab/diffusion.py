@@ -209,16 +209,27 @@ class GaussianDiffusion(nn.Module):
         x_T: torch.Tensor | None = None,
     ) -> Iterator[SampleStep]:
         """Yield every reverse step from x_T ~ N(0, I) (or the given ``x_T``) down to x_0."""
+        sampler, x_T = self._start(shape, sampler, generator, device, x_T)
+        yield from sampler.steps(self, model, x_T, generator)
+
+    def _start(
+        self,
+        shape: Iterable[int] | None,
+        sampler: "Sampler | None",
+        generator: torch.Generator | None,
+        device: torch.device | str | None,
+        x_T: torch.Tensor | None,
+    ) -> tuple["Sampler", torch.Tensor]:
+        """The sampler to use (DDPM by default) and x_T on the target device."""
         from ddpm_lab.samplers import DDPMSampler
 
-        sampler = DDPMSampler() if sampler is None else sampler
         if device is None:
             device = self.betas.device if x_T is None else x_T.device
         if x_T is None:
             if shape is None:
                 raise ValueError("sample needs a shape or an x_T")
             x_T = randn(shape, generator, device)
-        yield from sampler.steps(self, model, x_T.to(device), generator)
+        return (DDPMSampler() if sampler is None else sampler), x_T.to(device)
 
     @torch.no_grad()
     def sample(
@@ -238,14 +249,8 @@ class GaussianDiffusion(nn.Module):
         *before* denoising step t, so ``keep=[T-1]`` returns x_T. With ``keep`` the result is
         ``(x_0, {t: x_t})`` on the CPU.
         """
-        from ddpm_lab.samplers import DDPMSampler
-
-        sampler = DDPMSampler() if sampler is None else sampler
-        if x_T is None:
-            if shape is None:
-                raise ValueError("sample needs a shape or an x_T")
-            x_T = randn(shape, generator, self.betas.device if device is None else device)
-        steps: Iterable[SampleStep] = self.sample_loop(model, sampler=sampler, generator=generator, device=device, x_T=x_T)
+        sampler, x_T = self._start(shape, sampler, generator, device, x_T)
+        steps: Iterable[SampleStep] = self.sample_loop(model, sampler=sampler, generator=generator, x_T=x_T)
         if progress:
             from tqdm.auto import tqdm
 

@@ -158,7 +158,7 @@ def test_dpm_solver_trajectory_matches_diffusers(prediction: str, steps: int, sp
     betas = ours_betas("cosine" if spacing == "linspace" else "linear", T)
     diffusion = GaussianDiffusion(betas, prediction=prediction)
     model = smooth_model(diffusion)
-    sampler = make_sampler("dpm_solver", steps=steps, spacing=spacing)
+    sampler = make_sampler("dpm_solver", steps=steps, spacing=spacing, clip_denoised=False)  # diffusers: no clipping
     ref = DPMSolverMultistepScheduler(num_train_timesteps=T, trained_betas=betas.numpy(), algorithm_type="dpmsolver++",
                                       solver_order=2, prediction_type=PREDICTIONS[prediction], timestep_spacing=spacing)
     ref.set_timesteps(steps)

@@ -28,7 +28,7 @@ SAMPLERS = {
     "ddpm_fixed_large_100": (("ddpm", {"variance": "fixed_large", "steps": 100, "clip_denoised": False}), 0.02, 0.025),
     "ddim_eta0_100": (("ddim", {"steps": 100, "eta": 0.0, "clip_denoised": False}), 0.02, 0.045),
     "ddim_eta1_100": (("ddim", {"steps": 100, "eta": 1.0, "clip_denoised": False}), 0.02, 0.10),
-    "dpm_solver_20": (("dpm_solver", {"steps": 20}), 0.02, 0.07),
+    "dpm_solver_20": (("dpm_solver", {"steps": 20, "clip_denoised": False}), 0.02, 0.07),
 }
 SCHEDULES = {"linear": {}, "quadratic": {}, "cosine": {}, "sigmoid": {}}
 
@@ -95,9 +95,9 @@ def test_zero_terminal_snr_chains_recover_gaussian_data(prediction: str) -> None
 @pytest.mark.parametrize(
     "prediction,kind,options",
     [
-        ("eps", "dpm_solver", {"steps": 50}),
-        ("x0", "dpm_solver", {"steps": 50}),
-        ("v", "dpm_solver", {"steps": 50}),
+        ("eps", "dpm_solver", {"steps": 50, "clip_denoised": False}),
+        ("x0", "dpm_solver", {"steps": 50, "clip_denoised": False}),
+        ("v", "dpm_solver", {"steps": 50, "clip_denoised": False}),
         ("eps", "ddim", {"steps": 200, "eta": 0.0, "clip_denoised": False}),
     ],
 )
