@@ -52,8 +52,9 @@ def ours_checkpoint(path: Path, overrides: list[str]) -> Path:
     return path
 
 
-@pytest.fixture
-def files(tmp_path: Path, image_folder: Path) -> dict[str, Path]:
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> dict[str, Path]:
+    tmp_path = tmp_path_factory.mktemp("errors")
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "empty.ckpt").write_bytes(b"")
     (tmp_path / "random.ckpt").write_bytes(os.urandom(4096))
