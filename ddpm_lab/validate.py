@@ -106,12 +106,18 @@ def validate_model_config(cfg: DictConfig) -> None:
         _build("model", cfg.model)
 
 
+def _literal_values(annotation: Any) -> list[Any]:
+    """The values of a (union of) ``Literal`` type(s), e.g. Lightning's accepted precisions."""
+    args = typing.get_args(annotation)
+    return [v for a in args for v in _literal_values(a)] if typing.get_origin(annotation) is not typing.Literal else list(args)
+
+
 def validate_trainer_config(cfg: DictConfig) -> None:
     """A precision and accelerator Lightning knows, and no more devices than this machine has."""
-    from lightning_fabric.connector import _PRECISION_INPUT_STR
+    from lightning_fabric.connector import _PRECISION_INPUT
     from pytorch_lightning.accelerators import AcceleratorRegistry
 
-    precisions = typing.get_args(_PRECISION_INPUT_STR)
+    precisions = [str(p) for p in _literal_values(_PRECISION_INPUT)]
     precision = str(_get(cfg, "trainer.precision"))
     if precision not in precisions:
         raise ConfigError(f"trainer.precision={precision} is unknown: use one of {', '.join(precisions)}")
