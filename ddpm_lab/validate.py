@@ -49,13 +49,16 @@ def _check_number(value: Any, key: str, kind: type = float, low: float | None = 
     if not ok_type:
         raise ConfigError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}: set {key}=<number>")
     value = kind(value)
-    lo_bad = low is not None and (value <= low if low_open else value < low)
-    hi_bad = high is not None and (value >= high if high_open else value > high)
-    if lo_bad or hi_bad:
-        lo = "" if low is None else f"{'(' if low_open else '['}{low}"
-        hi = "" if high is None else f"{high}{')' if high_open else ']'}"
-        where = f"in {lo}, {hi}" if low is not None and high is not None else (f">{'' if low_open else '='} {low}" if low is not None else f"<{'' if high_open else '='} {high}")
-        raise ConfigError(f"{key} must be {where}, got {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        if low is not None and high is not None:
+            allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        elif low is not None:
+            allowed = f"{'>' if low_open else '>='} {low}"
+        else:
+            allowed = f"{'<' if high_open else '<='} {high}"
+        raise ConfigError(f"{key} must be {allowed}, got {value}")
     return value
 
 
