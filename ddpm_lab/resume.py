@@ -8,6 +8,7 @@ is composed again from the run's own overrides followed by the ones typed now (`
 from __future__ import annotations
 
 import functools
+import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -16,25 +17,55 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ddpm_lab.errors import UserError, exit_with
+
+log = logging.getLogger(__name__)
+
 RESUME_PREFIX = "resume_"
+# Fresh run folder -> its nearest ancestor that existed before Hydra created it (see config.discard_fresh_run_folder).
+EXISTED_BEFORE: dict[Path, Path] = {}
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """``resume=`` names something that cannot be resumed; the message says why and what to pass."""
 
 
-def last_checkpoint(run_dir: str | Path) -> Path:
-    """The newest ``.ckpt`` in ``<run>/checkpoints`` (``last.ckpt`` on a tie; a kill can fall between the two saves)."""
+def checkpoint_candidates(run_dir: str | Path) -> list[Path]:
+    """The run's ``.ckpt`` files, newest first (``last.ckpt`` first on a tie: a kill can fall between the two saves)."""
     folder = Path(run_dir) / "checkpoints"
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
     if not candidates:
         raise ResumeError(f"resume={run_dir}: no checkpoint in {folder} (the run stopped before its first one)")
-    return candidates[-1]
+    return candidates
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """The newest readable checkpoint of a run; damaged newer ones are skipped with a warning naming them."""
+    candidates = checkpoint_candidates(run_dir)
+    damaged = []
+    for path in candidates:
+        try:
+            checkpoint_step(path)
+        except Exception as e:  # truncated, empty or foreign file: whatever torch.load says, it cannot be resumed
+            damaged.append(path.name)
+            log.warning("cannot resume from %s (%s): trying the previous checkpoint", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            continue
+        if damaged:
+            log.warning("resuming from %s instead of the damaged %s (kept for inspection)", path.name, ", ".join(damaged))
+        return path
+    raise ResumeError(f"resume={run_dir}: every checkpoint in {Path(run_dir) / 'checkpoints'} is damaged "
+                      f"({', '.join(damaged)}): start a new run, or pass a good copy with ckpt_path=")
 
 
 def resume_run_dir(resume: str | None, fresh: str) -> str:
-    """Resolver for ``hydra.run.dir``: the run folder being resumed, checked before Hydra creates anything."""
+    """Resolver for ``hydra.run.dir``: the run folder being resumed, or a fresh one in a writable place.
+
+    Checked here, before Hydra creates anything.
+    """
     if not resume:
+        from ddpm_lab.validate import writable_folder
+
+        EXISTED_BEFORE.setdefault(Path(fresh).absolute(), writable_folder(fresh))
         return fresh
     run = Path(resume).expanduser()
     if not (run / ".hydra" / "overrides.yaml").is_file():
@@ -42,8 +73,23 @@ def resume_run_dir(resume: str | None, fresh: str) -> str:
             f"resume={resume} is not a training run folder (no .hydra/overrides.yaml): pass the folder of "
             "a run, e.g. resume=outputs/train/<run>"
         )
-    last_checkpoint(run)
+    checkpoint_candidates(run)
     return str(run)
+
+
+def _exit_on_user_error(resolver):
+    """A resolver that reports a UserError as one line and exit status 2.
+
+    Hydra resolves ``hydra.run.dir`` outside the task function and would print an exception it fails to format.
+    """
+    @functools.wraps(resolver)
+    def wrapped(*args):
+        try:
+            return resolver(*args)
+        except UserError as e:
+            exit_with(e)
+
+    return wrapped
 
 
 @functools.cache  # one name per process, however often Hydra resolves it
@@ -53,7 +99,7 @@ def resume_output_subdir(resume: str | None) -> str:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("resume_run_dir", resume_run_dir), ("resume_output_subdir", resume_output_subdir)):
+    for name, fn in (("resume_run_dir", _exit_on_user_error(resume_run_dir)), ("resume_output_subdir", resume_output_subdir)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

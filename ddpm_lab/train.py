@@ -18,10 +18,12 @@ from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from ddpm_lab.config import build_components, config_dir, stored_config
+from ddpm_lab.config import build_components, config_dir, discard_fresh_run_folder, stored_config
+from ddpm_lab.errors import user_errors
 from ddpm_lab.module import DiffusionModule
 from ddpm_lab.preemption import AtomicCheckpointIO, PreemptionGuard, remove_stale_temp_files
 from ddpm_lab.resume import checkpoint_step, continue_tensorboard, last_checkpoint, resumed_config
+from ddpm_lab.validate import validate_train_config
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +55,15 @@ def _refuse_multirun_with_subprocess_ddp(trainer: pl.Trainer) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Build data, model and trainer from ``cfg``, train, and return the final metrics."""
+    """Check ``cfg``, build data, model and trainer from it, train, and return the final metrics.
+
+    Raises ``ddpm_lab.errors.ConfigError`` (and the other user errors) before any data is read.
+    """
     ckpt_path = cfg.get("ckpt_path")
     if cfg.get("resume"):
         cfg = resumed_config(cfg)
+    validate_train_config(cfg)
+    if cfg.get("resume"):
         ckpt_path = last_checkpoint(cfg.paths.output_dir)
         remove_stale_temp_files(ckpt_path.parent)
         continue_tensorboard(cfg, checkpoint_step(ckpt_path))
@@ -91,7 +98,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2, no empty run folder
+        metrics = train(cfg)
     # The value Hydra sweepers (e.g. Optuna) minimise.
     return metrics.get(cfg.get("optimized_metric") or "", None)
 
