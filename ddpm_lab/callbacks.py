@@ -225,8 +225,10 @@ def hydra_run_config() -> tuple[DictConfig | None, dict[str, str]]:
         return None, {}
     hc = HydraConfig.get()
     choices = {k: str(v) for k, v in hc.runtime.choices.items() if v is not None and not k.startswith("hydra")}
-    path = Path(hc.runtime.output_dir) / (hc.output_subdir or "") / "config.yaml"
-    return (OmegaConf.load(path) if hc.output_subdir and path.is_file() else None), choices
+    if OmegaConf.is_missing(hc.runtime, "output_dir") or not hc.output_subdir:  # composed in-process, not launched
+        return None, choices
+    path = Path(hc.runtime.output_dir) / hc.output_subdir / "config.yaml"
+    return (OmegaConf.load(path) if path.is_file() else None), choices
 
 
 def _select(config: dict[str, Any], dotted: str) -> Any:

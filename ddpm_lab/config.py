@@ -24,6 +24,11 @@ SAFE_TARGETS = frozenset({
     "ddpm_lab.samplers.DDPMSampler",
     "ddpm_lab.samplers.DDIMSampler",
     "ddpm_lab.samplers.DPMSolverSampler",
+    # Datasets only read images; evaluate builds one from a run's .hydra/config.yaml.
+    "ddpm_lab.data.MNISTDataModule",
+    "ddpm_lab.data.CIFAR10DataModule",
+    "ddpm_lab.data.StanfordCarsDataModule",
+    "ddpm_lab.data.ImageFolderDataModule",
 })
 # Each stored config section must build one of these (so a section cannot be swapped for another allowed target).
 SECTION_TARGETS = {

@@ -19,7 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lab.checkpoint import LoadedModel, load_model
-from ddpm_lab.config import _check_safe, config_dir
+from ddpm_lab.config import _check_safe, config_dir, discard_fresh_run_folder
+from ddpm_lab.errors import ConfigError, user_errors
 from ddpm_lab.images import image_grid, save_png, to_uint8
 from ddpm_lab.metrics import (
     FeatureExtractor,
@@ -33,6 +34,7 @@ from ddpm_lab.metrics import (
     scores,
 )
 from ddpm_lab.samplers import Sampler
+from ddpm_lab.validate import validate_checkpoint_path, validate_sampler_config
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ def dataset_config(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
     else:
         run_config = Path(cfg.ckpt).expanduser().resolve().parent.parent / ".hydra" / "config.yaml"
         if not run_config.is_file():
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"no dataset to compare with: {run_config} (the training run's config) does not exist; "
                 f"pass dataset=<option> (e.g. dataset=image_folder dataset.root=DIR)"
             )
@@ -131,11 +133,14 @@ def generate(loaded: LoadedModel, sampler: Sampler, n: int, batch_size: int, see
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Sample ``cfg.n`` images from ``cfg.ckpt``, score them against real images, write ``results.json``."""
     if cfg.n < 2:
-        raise ValueError(f"n={cfg.n}: FID needs at least 2 generated images")
+        raise ConfigError(f"n={cfg.n}: FID needs at least 2 generated images")
+    validate_checkpoint_path(cfg.ckpt)
     out_dir = Path(cfg.paths.output_dir)
     device = resolve_device(cfg.device)
     # Everything a user can get wrong is checked before any sampling: checkpoint, extractor weights, dataset.
     loaded = load_model(cfg.ckpt, device=device, weights=cfg.weights)
+    if cfg.get("sampler") is not None:
+        validate_sampler_config(cfg.sampler, loaded.diffusion.num_timesteps)
     extractor = build_features(cfg.features)
     sampler: Sampler = instantiate(cfg.sampler) if cfg.get("sampler") is not None else loaded.sampler
     dataset = dataset_config(cfg, loaded)
@@ -165,7 +170,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    return evaluate(cfg)["fid"]
+    with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2
+        return evaluate(cfg)["fid"]
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+
+from ddpm_lab.errors import UserError
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -40,7 +42,7 @@ __all__ = [
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
 
-class WeightsMissingError(FileNotFoundError):
+class WeightsMissingError(UserError, FileNotFoundError):
     """The feature extractor's weights file is not where the config says; the message says where to put it."""
 
 

@@ -17,7 +17,9 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from ddpm_lab.checkpoint import load_model
-from ddpm_lab.config import config_dir
+from ddpm_lab.config import config_dir, discard_fresh_run_folder
+from ddpm_lab.errors import ConfigError, user_errors
+from ddpm_lab.validate import validate_checkpoint_path, validate_sampler_config
 from ddpm_lab.diffusion import randn
 from ddpm_lab.images import image_grid, save_png, to_uint8
 from ddpm_lab.plots import evenly_spaced, fit_timesteps, refuse_existing, save_figure, save_gif, strip_figure
@@ -41,19 +43,22 @@ def check(cfg: DictConfig) -> None:
     """Every user error in one place, before the checkpoint is even read."""
     for key in ("n", "batch_size", "strip_n", "gif_n", "gif_frames", "gif_ms"):
         if int(cfg[key]) < 1:
-            raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
+            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
     if cfg.weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {WEIGHTS}, got {cfg.weights!r}")
+        raise ConfigError(f"weights must be one of {WEIGHTS}, got {cfg.weights!r}")
 
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
     """Draw ``cfg.n`` samples from ``cfg.ckpt`` and write grid, single PNGs, npz, progression strip and GIF."""
     check(cfg)
+    validate_checkpoint_path(cfg.ckpt)
     out_dir = Path(cfg.paths.output_dir)
     outputs = {name: out_dir / name for name in ("grid.png", "samples", "samples.npz", "progression.png", "reverse.gif")}
     refuse_existing(list(outputs.values()))
     device = pick_device(str(cfg.device))
     model = load_model(cfg.ckpt, device=device, weights=str(cfg.weights))
+    if cfg.get("sampler") is not None:
+        validate_sampler_config(cfg.sampler, model.diffusion.num_timesteps)
     sampler = instantiate(cfg.sampler) if cfg.get("sampler") is not None else model.sampler
     diffusion, net = model.diffusion, model.net
     T = diffusion.num_timesteps
@@ -100,7 +105,9 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
 
 @hydra.main(config_path=config_dir(), config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    for path in sample(cfg).values():
+    with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2
+        paths = sample(cfg)
+    for path in paths.values():
         print(path)
 
 

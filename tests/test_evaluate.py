@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import TINY_TRAIN, run_cli
 from ddpm_lab.config import config_dir
+from ddpm_lab.errors import ConfigError
 from ddpm_lab.evaluate import evaluate
 from ddpm_lab.metrics import WeightsMissingError
 
@@ -51,7 +52,7 @@ def test_evaluate_cli_scores_a_checkpoint_against_the_runs_dataset(run_dir, tmp_
     (out,) = (tmp_path / "outputs" / "evaluate").iterdir()
     result = json.loads((out / "results.json").read_text())
     assert result["n_fake"] == 8 and result["n_real"] == 48 and result["fid"] > 0
-    assert result["global_step"] == 6 and "steps_count=3" in result["sampler"]
+    assert result["global_step"] == 6 and "steps=3" in result["sampler"]
     assert (out / "samples.png").is_file()
     (stats,) = (tmp_path / "outputs" / "fid_stats").iterdir()
     assert stats.name.startswith("ImageFolderDataModule_train_16px_tiny64")
@@ -82,5 +83,5 @@ def test_no_dataset_anywhere_is_one_clear_error(tmp_path, run_dir):
     lone.mkdir(parents=True)
     (lone / "last.ckpt").write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
     cfg = compose_eval(tmp_path, f"ckpt={quoted(lone / 'last.ckpt')}", *FAST_EVAL)
-    with pytest.raises(FileNotFoundError, match="pass dataset=<option>"):
+    with pytest.raises(ConfigError, match="pass dataset=<option>"):
         evaluate(cfg)
