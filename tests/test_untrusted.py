@@ -120,3 +120,24 @@ def test_broken_files_are_refused_by_name(content: bytes | None, tmp_path: Path)
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match="model.ckpt"):
         load_model(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["ddpm_lab.sample", "ddpm_lab.evaluate"])
+def test_sample_and_evaluate_refuse_malicious_checkpoints(command: str, clean: dict, tmp_path: Path):
+    """Through the real command lines: a pickle payload and an os.system config, each one line, exit 2, no file."""
+    from conftest import run_cli
+
+    marker = tmp_path / "pwned"
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save({**clean, "state_dict": Payload(marker)}, pickled)
+    configured = tmp_path / "configured.ckpt"
+    config = _set(clean["ddpm_lab"]["config"], "model", {"_target_": "os.system", "command": f"touch {marker}"})
+    torch.save({**clean, "ddpm_lab": {**clean["ddpm_lab"], "config": config}}, configured)
+    for path, message in ((pickled, "cannot read checkpoint"), (configured, "refusing the config stored in")):
+        proc = run_cli(command, f"ckpt='{path}'", "features=tiny" if command.endswith("evaluate") else "n=2",
+                       f"paths.output_root={tmp_path / 'out'}", cwd=tmp_path, check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+        assert not marker.exists()
+    assert not list(tmp_path.glob("out/**/*.png"))  # refused before any sampling
