@@ -155,6 +155,7 @@ def test_train_stops_before_training_when_data_is_missing(tmp_path: Path) -> Non
     proc = run_cli("ddpm_lab.train", "debug=default", "trainer=cpu", "dataset=mnist", f"dataset.root={tmp_path / 'none'}",
                    "dataset.download=false", "callbacks.progress_bar=null", f"hydra.run.dir={tmp_path / 'run'}",
                    cwd=tmp_path, check=False, timeout=120)
-    assert proc.returncode != 0
-    assert "DatasetError" in proc.stderr and "train-images-idx3-ubyte" in proc.stderr
+    assert proc.returncode == 2
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and "train-images-idx3-ubyte" in error_lines[0] and "Traceback" not in proc.stderr
     assert not list((tmp_path / "run").rglob("*.ckpt"))
