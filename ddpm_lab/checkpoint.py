@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ddpm_lab.diffusion import GaussianDiffusion
-from ddpm_lab.errors import UserError
+from ddpm_lab.errors import ConfigError, UserError
 from ddpm_lab.samplers import Sampler
 from ddpm_lab.validate import validate_checkpoint_path
 
@@ -31,6 +31,16 @@ class LoadedModel:
     config: dict[str, Any]
     global_step: int
     path: Path
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; anything else as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is visible: use device=cpu or device=auto")
+    return device
 
 
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_lab.checkpoint import LoadedModel, load_model
+from ddpm_lab.checkpoint import LoadedModel, load_model, pick_device
 from ddpm_lab.config import _check_safe, config_dir, discard_fresh_run_folder
 from ddpm_lab.errors import ConfigError, user_errors
 from ddpm_lab.images import image_grid, save_png, to_uint8
@@ -37,12 +37,6 @@ from ddpm_lab.samplers import Sampler
 from ddpm_lab.validate import validate_checkpoint_path, validate_sampler_config
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_features(node: DictConfig) -> FeatureExtractor:
@@ -136,7 +130,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"n={cfg.n}: FID needs at least 2 generated images")
     validate_checkpoint_path(cfg.ckpt)
     out_dir = Path(cfg.paths.output_dir)
-    device = resolve_device(cfg.device)
+    device = pick_device(str(cfg.device))
     # Everything a user can get wrong is checked before any sampling: checkpoint, extractor weights, dataset.
     loaded = load_model(cfg.ckpt, device=device, weights=cfg.weights)
     if cfg.get("sampler") is not None:

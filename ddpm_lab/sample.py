@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from ddpm_lab.checkpoint import load_model
+from ddpm_lab.checkpoint import load_model, pick_device
 from ddpm_lab.config import config_dir, discard_fresh_run_folder
 from ddpm_lab.errors import ConfigError, user_errors
 from ddpm_lab.validate import validate_checkpoint_path, validate_sampler_config
@@ -27,16 +27,6 @@ from ddpm_lab.plots import evenly_spaced, fit_timesteps, refuse_existing, save_f
 log = logging.getLogger(__name__)
 
 WEIGHTS = ("auto", "ema", "raw")
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; anything else as torch spells it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but no CUDA GPU is visible: use device=cpu or device=auto")
-    return device
 
 
 def check(cfg: DictConfig) -> None:
