@@ -1,23 +1,36 @@
 """ddpm_lab: configuration-driven DDPM diffusion models.
 
-The math and the networks are plain PyTorch and import nothing from Lightning or Hydra::
+The math, the networks and the checkpoint format are plain PyTorch and import nothing from Lightning or Hydra::
 
     import torch, ddpm_lab
     betas = ddpm_lab.make_betas("cosine", timesteps=1000)             # float64 tensor of β_t
     diffusion = ddpm_lab.GaussianDiffusion(betas, prediction="eps")    # "eps" | "x0" | "v"
-    sampler = ddpm_lab.make_sampler("ddim", steps=50, eta=0.0)         # same names and parameters as configs/sampler/*.yaml
-    net = ddpm_lab.UNet(in_channels=1, image_size=28, base_channels=32, channel_mults=(1, 2, 2), attention_resolutions=(7,))
-    x = diffusion.sample(net, shape=(16, 1, 28, 28), sampler=sampler, generator=torch.Generator().manual_seed(0))
+    sampler = ddpm_lab.make_sampler("ddim", steps=50, eta=0.0)         # as configs/sampler/ddim.yaml
+    net = ddpm_lab.UNet(in_channels=1, image_size=28, base_channels=32, channel_mults=(1, 2, 2),
+                        attention_resolutions=(7,))
+    x = ddpm_lab.generate(net, diffusion, 16, sampler=sampler, seed=0)  # (16, 1, 28, 28) in [-1, 1]
+
+    net, diffusion, sampler = ddpm_lab.load_model("outputs/train/<run>/checkpoints/last.ckpt")  # EMA weights
 
 Any callable ``model(x_t, t) -> prediction`` (t an integer tensor of shape (batch,)) can stand in for ``net``.
 """
 
-from ddpm_lab.diffusion import GaussianDiffusion, SampleStep
-from ddpm_lab.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, Sampler, make_sampler
-from ddpm_lab.schedules import make_betas
-from ddpm_lab.unet import UNet
+from ddpm_lab.artifacts.checkpoint import LoadedModel, load_model
+from ddpm_lab.diffusion import (
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverSampler,
+    GaussianDiffusion,
+    Sampler,
+    SampleStep,
+    generate,
+    make_betas,
+    make_sampler,
+)
+from ddpm_lab.models import UNet
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
 
 __all__ = [
     "GaussianDiffusion",
@@ -26,6 +39,9 @@ __all__ = [
     "DDPMSampler",
     "DDIMSampler",
     "DPMSolverSampler",
+    "LoadedModel",
+    "generate",
+    "load_model",
     "make_sampler",
     "make_betas",
     "UNet",

@@ -1,10 +1,16 @@
-"""Mistakes a user can fix (a bad setting, a bad file): reported as one line on stderr with exit status 2."""
+"""Mistakes a user can fix, and how they are reported: one line on stderr, exit status 2.
+
+Every error a user can cause (a bad setting, a missing or hostile file) is a :class:`UserError`; the message
+names the setting or file and says how to fix it. Value checks that constructors share live here too, so a
+``sampler.steps=abc`` reads the same whether it comes from a config or from a notebook.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, NoReturn
+from typing import Any, NoReturn
 
 EXIT_USER_ERROR = 2
 
@@ -14,18 +20,42 @@ class UserError(Exception):
 
 
 class ConfigError(UserError, ValueError):
-    """A composed config that cannot work: caught before any data is read or any file is written."""
+    """A setting that cannot work: caught before any data is read or any file is written."""
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Every exception type that means 'your input is wrong' rather than 'the program failed'."""
-    from ddpm_lab.data import DatasetError  # imported late: the data package pulls in torchvision
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint is missing, unreadable, unsafe or not one of ours; the message says which and why."""
 
-    return (UserError, DatasetError)
+
+class UnsafeConfigError(UserError, ValueError):
+    """A config read from disk asks for something outside the allow-list (see ``ddpm_lab.artifacts.allow_list``)."""
+
+
+class ResumeError(UserError, ValueError):
+    """``resume=`` names something that cannot be resumed; the message says why and what to pass."""
+
+
+class DatasetError(UserError, RuntimeError):
+    """A dataset is missing, empty or unreadable; the message says which files and how to fix it."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output file is already there; nothing is overwritten."""
+
+
+class WeightsMissingError(UserError, FileNotFoundError):
+    """A feature extractor's weights file is not where the config says; the message says where to put it."""
+
+
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text[:limit] if limit else text
 
 
 def one_line(error: BaseException) -> str:
-    """The message as one line (multi-line messages joined), without a traceback."""
+    """The whole message as one line (multi-line messages joined), without a traceback."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     return text or type(error).__name__
 
@@ -37,14 +67,58 @@ def exit_with(error: BaseException) -> NoReturn:
 
 @contextmanager
 def user_errors(cleanup: Callable[[], None] | None = None) -> Iterator[None]:
-    """Turn the project's user errors into ``error: <message>`` on stderr and exit status 2.
+    """Turn every :class:`UserError` into ``error: <message>`` on stderr and exit status 2.
 
     ``cleanup`` runs first (e.g. removing a run folder that holds nothing but Hydra's own files).
     Any other exception (a real bug, a non-finite loss) propagates with its traceback.
     """
     try:
         yield
-    except user_error_types() as e:
+    except UserError as e:
         if cleanup is not None:
             cleanup()
         exit_with(e)
+
+
+# ------------------------------------------------------------------------------------------------ value checks
+def check_number(
+    value: Any,
+    key: str,
+    kind: type = float,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> Any:
+    """``value`` (the setting ``key``) as a ``kind`` (int or float) within [low, high], open ends where asked.
+
+    Raises :class:`ConfigError` naming ``key``: ``8.0`` passes as an integer, ``8.5``, ``"abc"`` and ``True`` do not.
+    """
+    if value is None and optional:
+        return None
+    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        ok_type = ok_type and float(value) == int(value)
+    if not ok_type:
+        article = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{key} must be {article}, got {value!r}: set {key}=<number>")
+    value = kind(value)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        if low is not None and high is not None:
+            allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        elif low is not None:
+            allowed = f"{'>' if low_open else '>='} {low}"
+        else:
+            allowed = f"{'<' if high_open else '<='} {high}"
+        raise ConfigError(f"{key} must be {allowed}, got {value}")
+    return value
+
+
+def check_choice(value: Any, key: str, choices: Sequence[Any]) -> Any:
+    """``value`` (the setting ``key``) when it is one of ``choices``; else a :class:`ConfigError` listing them."""
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {tuple(choices)}, got {value!r}")
+    return value

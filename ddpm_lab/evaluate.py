@@ -14,18 +14,19 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_lab.checkpoint import LoadedModel, load_model, pick_device
-from ddpm_lab.config import _check_safe, config_dir, discard_fresh_run_folder
-from ddpm_lab.errors import ConfigError, user_errors
-from ddpm_lab.images import image_grid, save_png, to_uint8
+from ddpm_lab.artifacts.allow_list import check_safe, resolve_references
+from ddpm_lab.artifacts.atomic import atomic_write
+from ddpm_lab.artifacts.checkpoint import WEIGHTS, LoadedModel, checkpoint_file, load_model
+from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_png, to_uint8
+from ddpm_lab.config import build, check_sampler, config_dir, pick_device
+from ddpm_lab.config.run_folder import discard_fresh_run_folder
+from ddpm_lab.diffusion import Sampler, generate_batches
+from ddpm_lab.errors import ConfigError, check_choice, check_number, user_errors
 from ddpm_lab.metrics import (
     FeatureExtractor,
     FeatureSet,
-    WeightsMissingError,
     cache_key,
     cached_features,
     chunks,
@@ -33,20 +34,8 @@ from ddpm_lab.metrics import (
     format_scores,
     scores,
 )
-from ddpm_lab.samplers import Sampler
-from ddpm_lab.validate import validate_checkpoint_path, validate_sampler_config
 
 log = logging.getLogger(__name__)
-
-
-def build_features(node: DictConfig) -> FeatureExtractor:
-    """Instantiate the extractor; a missing weights file surfaces as its own one-line error, not Hydra's wrapper."""
-    try:
-        return instantiate(node)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, WeightsMissingError):
-            raise e.__cause__ from None
-        raise
 
 
 def dataset_config(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
@@ -64,9 +53,12 @@ def dataset_config(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
                 f"no dataset to compare with: {run_config} (the training run's config) does not exist; "
                 f"pass dataset=<option> (e.g. dataset=image_folder dataset.root=DIR)"
             )
-        dataset = OmegaConf.to_container(OmegaConf.load(run_config).dataset, resolve=True)
+        stored = OmegaConf.to_container(OmegaConf.load(run_config))  # unresolved: no resolver may run
         where = str(run_config)
-    _check_safe(dataset, f"dataset (from {where})")
+        if not isinstance(stored, dict) or not isinstance(stored.get("dataset"), dict):
+            raise ConfigError(f"{run_config} has no dataset section: pass dataset=<option>")
+        dataset = resolve_references(stored, stored["dataset"], f"dataset (from {where})")
+    check_safe(dataset, f"dataset (from {where})")
     stored = loaded.config.get("dataset", {})
     for key in ("image_size", "channels"):
         if key in stored and dataset.get(key) != stored[key]:
@@ -75,9 +67,11 @@ def dataset_config(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
     return dataset
 
 
-def real_features(cfg: DictConfig, dataset: dict[str, Any], extractor: FeatureExtractor, device: torch.device) -> tuple[FeatureSet, Path]:
+def real_features(
+    cfg: DictConfig, dataset: dict[str, Any], extractor: FeatureExtractor, device: torch.device
+) -> tuple[FeatureSet, Path]:
     """Features of the dataset's real images, computed once per dataset, resolution and extractor, then cached."""
-    datamodule = instantiate(dataset)
+    datamodule = build("dataset", OmegaConf.create(dataset))
     name = dataset["_target_"].rsplit(".", 1)[-1]
     root = dataset.get("root")
     description = {
@@ -92,7 +86,8 @@ def real_features(cfg: DictConfig, dataset: dict[str, Any], extractor: FeatureEx
     }
     n_tag = "all" if cfg.n_real is None else str(cfg.n_real)
     path = Path(cfg.cache_dir) / (
-        f"{name}_{dataset.get('split', 'train')}_{dataset['image_size']}px_{extractor.name}_{n_tag}_{cache_key(description)}.pt"
+        f"{name}_{dataset.get('split', 'train')}_{dataset['image_size']}px_{extractor.name}_{n_tag}_"
+        f"{cache_key(description)}.pt"
     )
 
     def compute() -> FeatureSet:
@@ -109,55 +104,76 @@ def real_features(cfg: DictConfig, dataset: dict[str, Any], extractor: FeatureEx
     return features, path
 
 
-@torch.no_grad()
-def generate(loaded: LoadedModel, sampler: Sampler, n: int, batch_size: int, seed: int, device: torch.device) -> torch.Tensor:
-    """``n`` uint8 samples on the CPU, in batches, from one seeded generator (reproducible for a given seed)."""
-    net = loaded.net
-    generator = torch.Generator().manual_seed(seed)
+def check(cfg: DictConfig) -> None:
+    """The settings of ``evaluate`` itself, before the checkpoint is even read."""
+    check_number(cfg.n, "n", int, low=2)
+    check_number(cfg.n_real, "n_real", int, low=2, optional=True)
+    check_number(cfg.batch_size, "batch_size", int, low=1)
+    check_number(cfg.seed, "seed", int)
+    check_number(cfg.kid_subsets, "kid_subsets", int, low=1)
+    check_number(cfg.kid_subset_size, "kid_subset_size", int, low=2)
+    check_number(cfg.is_splits, "is_splits", int, low=1)
+    check_choice(cfg.weights, "weights", WEIGHTS)
+
+
+def generate_uint8(loaded: LoadedModel, sampler: Sampler, cfg: DictConfig, device: torch.device) -> torch.Tensor:
+    """``cfg.n`` uint8 samples on the CPU from ``cfg.seed`` (see ``ddpm_lab.diffusion.generate``)."""
     out = []
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        x = loaded.diffusion.sample(net, (b, net.in_channels, net.image_size, net.image_size), sampler=sampler,
-                                    generator=generator, device=device)
-        out.append(to_uint8(x).cpu())
-        log.info("sampled %d / %d", start + b, n)
+    for batch in generate_batches(
+        loaded.net, loaded.diffusion, cfg.n, sampler=sampler, seed=cfg.seed, batch_size=cfg.batch_size, device=device
+    ):
+        out.append(to_uint8(batch.images).cpu())
+        log.info("sampled %d / %d", batch.start + len(batch.images), cfg.n)
     return torch.cat(out)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Sample ``cfg.n`` images from ``cfg.ckpt``, score them against real images, write ``results.json``."""
-    if cfg.n < 2:
-        raise ConfigError(f"n={cfg.n}: FID needs at least 2 generated images")
-    validate_checkpoint_path(cfg.ckpt)
+    check(cfg)
+    checkpoint_file(cfg.ckpt)
     out_dir = Path(cfg.paths.output_dir)
+    refuse_existing([out_dir / "results.json", out_dir / "samples.png"])
     device = pick_device(str(cfg.device))
     # Everything a user can get wrong is checked before any sampling: checkpoint, extractor weights, dataset.
     loaded = load_model(cfg.ckpt, device=device, weights=cfg.weights)
     if cfg.get("sampler") is not None:
-        validate_sampler_config(cfg.sampler, loaded.diffusion.num_timesteps)
-    extractor = build_features(cfg.features)
-    sampler: Sampler = instantiate(cfg.sampler) if cfg.get("sampler") is not None else loaded.sampler
+        check_sampler(cfg.sampler, loaded.diffusion.num_timesteps)
+    extractor: FeatureExtractor = build("features", cfg.features)
+    sampler: Sampler = build("sampler", cfg.sampler) if cfg.get("sampler") is not None else loaded.sampler
     dataset = dataset_config(cfg, loaded)
 
     real, cache_path = real_features(cfg, dataset, extractor, device)
     started = time.perf_counter()
-    images = generate(loaded, sampler, cfg.n, cfg.batch_size, cfg.seed, device)
+    images = generate_uint8(loaded, sampler, cfg, device)
     sampling_s = time.perf_counter() - started
     save_png(image_grid(images[:64].float() / 127.5 - 1.0), out_dir / "samples.png")
     fake = extract_features(extractor, chunks(images, cfg.batch_size), device)
-    result = scores(real, fake, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
-                    is_splits=cfg.is_splits, seed=cfg.seed)
+    result = scores(
+        real,
+        fake,
+        kid_subsets=cfg.kid_subsets,
+        kid_subset_size=cfg.kid_subset_size,
+        is_splits=cfg.is_splits,
+        seed=cfg.seed,
+    )
     result.update(
-        ckpt=str(cfg.ckpt), global_step=loaded.global_step, weights=cfg.weights, sampler=repr(sampler),
-        features=extractor.name, dataset=dataset["_target_"], real_stats=str(cache_path),
-        sampling_seconds=round(sampling_s, 3), seed=cfg.seed, device=str(device),
+        ckpt=str(cfg.ckpt),
+        global_step=loaded.global_step,
+        weights=cfg.weights,
+        sampler=repr(sampler),
+        features=extractor.name,
+        dataset=dataset["_target_"],
+        real_stats=str(cache_path),
+        sampling_seconds=round(sampling_s, 3),
+        seed=cfg.seed,
+        device=str(device),
     )
     line = format_scores(result, extractor.name)
     log.info("%s", line)
     print(line)
     path = out_dir / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    with atomic_write(path, durable=False) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
     log.info("results in %s", path)
     return result
 

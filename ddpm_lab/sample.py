@@ -6,89 +6,83 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
-from ddpm_lab.checkpoint import load_model, pick_device
-from ddpm_lab.config import config_dir, discard_fresh_run_folder
-from ddpm_lab.errors import ConfigError, user_errors
-from ddpm_lab.validate import validate_checkpoint_path, validate_sampler_config
-from ddpm_lab.diffusion import randn
-from ddpm_lab.images import image_grid, save_png, to_uint8
-from ddpm_lab.plots import evenly_spaced, fit_timesteps, refuse_existing, save_figure, save_gif, strip_figure
+from ddpm_lab.artifacts.atomic import atomic_write
+from ddpm_lab.artifacts.checkpoint import WEIGHTS, checkpoint_file, load_model
+from ddpm_lab.artifacts.figures import save_figure, strip_figure
+from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_gif, save_png, to_uint8
+from ddpm_lab.config import build, check_sampler, config_dir, pick_device
+from ddpm_lab.config.run_folder import discard_fresh_run_folder
+from ddpm_lab.diffusion import evenly_spaced, fit_timesteps, generate_batches
+from ddpm_lab.errors import check_choice, check_number, user_errors
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = ("auto", "ema", "raw")
-
 
 def check(cfg: DictConfig) -> None:
-    """Every user error in one place, before the checkpoint is even read."""
+    """The settings of ``sample`` itself, before the checkpoint is even read."""
     for key in ("n", "batch_size", "strip_n", "gif_n", "gif_frames", "gif_ms"):
-        if int(cfg[key]) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
-    if cfg.weights not in WEIGHTS:
-        raise ConfigError(f"weights must be one of {WEIGHTS}, got {cfg.weights!r}")
+        check_number(cfg[key], key, int, low=1)
+    check_number(cfg.seed, "seed", int)
+    check_choice(cfg.weights, "weights", WEIGHTS)
 
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
     """Draw ``cfg.n`` samples from ``cfg.ckpt`` and write grid, single PNGs, npz, progression strip and GIF."""
     check(cfg)
-    validate_checkpoint_path(cfg.ckpt)
+    checkpoint_file(cfg.ckpt)
     out_dir = Path(cfg.paths.output_dir)
-    outputs = {name: out_dir / name for name in ("grid.png", "samples", "samples.npz", "progression.png", "reverse.gif")}
+    outputs = {
+        name: out_dir / name for name in ("grid.png", "samples", "samples.npz", "progression.png", "reverse.gif")
+    }
     refuse_existing(list(outputs.values()))
     device = pick_device(str(cfg.device))
     model = load_model(cfg.ckpt, device=device, weights=str(cfg.weights))
+    T = model.diffusion.num_timesteps
     if cfg.get("sampler") is not None:
-        validate_sampler_config(cfg.sampler, model.diffusion.num_timesteps)
-    sampler = instantiate(cfg.sampler) if cfg.get("sampler") is not None else model.sampler
-    diffusion, net = model.diffusion, model.net
-    T = diffusion.num_timesteps
+        check_sampler(cfg.sampler, T)
+    sampler = build("sampler", cfg.sampler) if cfg.get("sampler") is not None else model.sampler
     visited = sampler.timesteps(T)
-    log.info("%s at step %d, %s on %s, sampler %r", model.path, model.global_step, diffusion, device, sampler)
+    log.info("%s at step %d, %s on %s, sampler %r", model.path, model.global_step, model.diffusion, device, sampler)
 
     # Frames: x_t entering each chosen step, the final column being the output x_0 itself.
     strip_ts = [t for t in fit_timesteps(list(cfg.timesteps), T, visited) if t != visited[-1]]
     gif_ts = evenly_spaced(visited, int(cfg.gif_frames) - 1)
-    keep = set(strip_ts) | set(gif_ts)
-    n_keep = max(int(cfg.strip_n), int(cfg.gif_n))
-    kept: dict[int, torch.Tensor] = {}
-
-    n, batch_size = int(cfg.n), int(cfg.batch_size)
-    shape = (net.in_channels, net.image_size, net.image_size)
-    generator = torch.Generator().manual_seed(int(cfg.seed))
-    batches = []
-    progress = tqdm(total=math.ceil(n / batch_size) * len(visited), desc="sampling", unit="step")
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            x = randn((min(batch_size, n - start), *shape), generator, device)
-            for step in diffusion.sample_loop(net, sampler=sampler, generator=generator, x_T=x):
-                if start == 0 and step.t in keep:  # x_t before this step, a few samples only
-                    kept[step.t] = x[:n_keep].cpu()
-                x = step.x
-                progress.update()
-            batches.append(x.cpu())
-    progress.close()
-    images = torch.cat(batches)
+    parts, first = [], None
+    for batch in generate_batches(
+        model.net,
+        model.diffusion,
+        int(cfg.n),
+        sampler=sampler,
+        seed=int(cfg.seed),
+        batch_size=int(cfg.batch_size),
+        device=device,
+        keep=set(strip_ts) | set(gif_ts),
+        progress=True,
+    ):
+        parts.append(batch.images.cpu())
+        first = first or batch  # the kept frames come from the first batch
+    images = torch.cat(parts)
 
     save_png(image_grid(images), outputs["grid.png"])
     for i, image in enumerate(images):
         save_png(image_grid(image[None], padding=0), outputs["samples"] / f"{i:05d}.png")
     # NHWC uint8 under arr_0, the layout of OpenAI's guided-diffusion evaluation suite.
-    np.savez(outputs["samples.npz"], to_uint8(images).permute(0, 2, 3, 1).numpy())
-    first = batches[0]  # the batch the kept frames come from
-    strip = [kept[t][: cfg.strip_n] for t in strip_ts] + [first[: cfg.strip_n]]
+    with atomic_write(outputs["samples.npz"], durable=False) as tmp, open(tmp, "wb") as f:
+        np.savez(f, to_uint8(images).permute(0, 2, 3, 1).numpy())
+    strip = [first.kept[t][: cfg.strip_n] for t in strip_ts] + [first.images[: cfg.strip_n].cpu()]
     titles = [f"t={t}" for t in strip_ts] + ["x_0 (output)"]
-    save_figure(strip_figure(strip, titles, suptitle=f"reverse process, {type(sampler).__name__}, {len(visited)} steps"), outputs["progression.png"])
-    gif_frames = [kept[t][: cfg.gif_n] for t in gif_ts] + [first[: cfg.gif_n]]
+    save_figure(
+        strip_figure(strip, titles, suptitle=f"reverse process, {type(sampler).__name__}, {len(visited)} steps"),
+        outputs["progression.png"],
+    )
+    gif_frames = [first.kept[t][: cfg.gif_n] for t in gif_ts] + [first.images[: cfg.gif_n].cpu()]
     save_gif([image_grid(f) for f in gif_frames], outputs["reverse.gif"], duration_ms=int(cfg.gif_ms))
     return outputs
 

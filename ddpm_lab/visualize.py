@@ -10,26 +10,30 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_lab.callbacks import first_images
-from ddpm_lab.config import config_dir
-from ddpm_lab.diffusion import GaussianDiffusion, randn
-from ddpm_lab.images import image_grid
-from ddpm_lab.plots import evenly_spaced, fit_timesteps, refuse_existing, save_figure, save_gif, schedule_figure, strip_figure
+from ddpm_lab.artifacts.figures import save_figure, schedule_figure, strip_figure
+from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_gif
+from ddpm_lab.config import build, config_dir
+from ddpm_lab.config.run_folder import discard_fresh_run_folder
+from ddpm_lab.data import first_images
+from ddpm_lab.diffusion import GaussianDiffusion, evenly_spaced, fit_timesteps, randn
+from ddpm_lab.errors import DatasetError, check_number, user_errors
 
 log = logging.getLogger(__name__)
 
 
 def schedule_options(timesteps: int, selected: DictConfig | None = None) -> dict[str, torch.Tensor]:
-    """β of every ``configs/schedule/*.yaml`` at ``timesteps`` steps; ``selected`` (the run's, with its overrides) replaces its own option."""
+    """β of every ``configs/schedule/*.yaml`` at ``timesteps`` steps.
+
+    ``selected`` (the run's schedule, with its overrides) replaces the option of the same name.
+    """
     schedules: dict[str, torch.Tensor] = {}
     for path in sorted(Path(config_dir(), "schedule").glob("*.yaml")):
         node = OmegaConf.load(path)
         if selected is not None and node.get("name") == selected.get("name"):
             node = selected
-        schedules[path.stem] = instantiate(node, timesteps=timesteps, warn=False)
+        schedules[path.stem] = build("schedule", node, timesteps=timesteps, warn=False)
     return schedules
 
 
@@ -37,22 +41,23 @@ def visualize(cfg: DictConfig) -> dict[str, Path]:
     """Write the schedule comparison, the forward strip and the forward GIF into ``cfg.paths.output_dir``."""
     out_dir = Path(cfg.paths.output_dir)
     outputs = {name: out_dir / name for name in ("schedules.png", "forward_strip.png", "forward.gif")}
-    if cfg.n_images < 1 or cfg.gif_frames < 1:
-        raise ValueError(f"n_images and gif_frames must be >= 1, got {cfg.n_images}, {cfg.gif_frames}")
+    for key in ("n_images", "gif_frames", "gif_ms"):
+        check_number(cfg[key], key, int, low=1)
+    check_number(cfg.seed, "seed", int)
     refuse_existing(list(outputs.values()))
-    diffusion = GaussianDiffusion(instantiate(cfg.schedule))
+    diffusion = GaussianDiffusion(build("schedule", cfg.schedule))
     T = diffusion.num_timesteps
     strip_ts = fit_timesteps(list(cfg.timesteps), T)
 
     schedules = schedule_options(T, cfg.schedule)
     save_figure(schedule_figure(schedules, title=f"noise schedules, T={T}"), outputs["schedules.png"])
 
-    datamodule = instantiate(cfg.dataset)
+    datamodule = build("dataset", cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup("fit")
     x0 = first_images(datamodule, int(cfg.n_images))
     if x0 is None:
-        raise ValueError(f"dataset {cfg.dataset._target_} served no images to show")
+        raise DatasetError(f"dataset {cfg.dataset._target_} served no images to show: check dataset.root")
     noise = randn(x0.shape, torch.Generator().manual_seed(int(cfg.seed)), "cpu")
 
     def x_t(t: int) -> torch.Tensor:
@@ -60,7 +65,11 @@ def visualize(cfg: DictConfig) -> dict[str, Path]:
         return diffusion.q_sample(x0, torch.full((len(x0),), t), noise)
 
     name = cfg.schedule.get("name", "schedule")
-    fig = strip_figure([x_t(t) for t in strip_ts], [f"t={t}" for t in strip_ts], suptitle=f"forward process q(x_t | x_0), {name}, T={T}")
+    fig = strip_figure(
+        [x_t(t) for t in strip_ts],
+        [f"t={t}" for t in strip_ts],
+        suptitle=f"forward process q(x_t | x_0), {name}, T={T}",
+    )
     save_figure(fig, outputs["forward_strip.png"])
     gif_ts = evenly_spaced(list(range(T)), int(cfg.gif_frames))
     save_gif([image_grid(x_t(t), nrow=len(x0)) for t in gif_ts], outputs["forward.gif"], duration_ms=int(cfg.gif_ms))
@@ -69,7 +78,9 @@ def visualize(cfg: DictConfig) -> dict[str, Path]:
 
 @hydra.main(config_path=config_dir(), config_name="visualize", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    for path in visualize(cfg).values():
+    with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2
+        paths = visualize(cfg)
+    for path in paths.values():
         print(path)
 
 

@@ -20,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -52,7 +53,7 @@ def since(start: tuple[float, float], device: torch.device) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- setup
 def write_images(root: Path, n: int, size: int) -> Path:
     """Random uint8 PNGs: training speed does not depend on what the pictures show."""
-    from ddpm_lab.images import save_png
+    from ddpm_lab.artifacts.images import save_png
 
     g = torch.Generator().manual_seed(0)
     for i in range(n):
@@ -67,12 +68,22 @@ def compose_cfg(args: argparse.Namespace, data_root: Path, out_dir: Path):
     from ddpm_lab.config import config_dir
 
     overrides = [
-        f"model={args.model}", "dataset=image_folder", f"dataset.root={data_root}",
-        f"dataset.image_size={args.image_size}", f"dataset.batch_size={args.batch}", "dataset.val_size=0",
-        f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}", f"trainer.precision={args.precision}",
-        f"trainer.max_steps={args.warmup + args.steps}", "trainer.enable_model_summary=false",
-        "+trainer.enable_progress_bar=false", "callbacks.sample_grid=null", "callbacks.model_checkpoint=null",
-        "callbacks.progress_bar=null", f"paths.output_dir={out_dir}", f"paths.output_root={out_dir}",
+        f"model={args.model}",
+        "dataset=image_folder",
+        f"dataset.root={data_root}",
+        f"dataset.image_size={args.image_size}",
+        f"dataset.batch_size={args.batch}",
+        "dataset.val_size=0",
+        f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
+        f"trainer.precision={args.precision}",
+        f"trainer.max_steps={args.warmup + args.steps}",
+        "trainer.enable_model_summary=false",
+        "+trainer.enable_progress_bar=false",
+        "callbacks.sample_grid=null",
+        "callbacks.model_checkpoint=null",
+        "callbacks.progress_bar=null",
+        f"paths.output_dir={out_dir}",
+        f"paths.output_root={out_dir}",
         *args.override,
     ]
     with initialize_config_dir(config_dir(), version_base="1.3"):
@@ -93,9 +104,15 @@ def diffusers_unet(model_cfg: Any, image_size: int, channels: int):
     down = [("AttnDownBlock2D" if r in attn else "DownBlock2D") for r in res]
     up = [("AttnUpBlock2D" if r in attn else "UpBlock2D") for r in reversed(res)]
     return UNet2DModel(
-        sample_size=image_size, in_channels=channels, out_channels=channels,
-        block_out_channels=[model_cfg.base_channels * m for m in mults], layers_per_block=model_cfg.num_res_blocks,
-        down_block_types=down, up_block_types=up, attention_head_dim=None, norm_num_groups=model_cfg.groups,
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=[model_cfg.base_channels * m for m in mults],
+        layers_per_block=model_cfg.num_res_blocks,
+        down_block_types=down,
+        up_block_types=up,
+        attention_head_dim=None,
+        norm_num_groups=model_cfg.groups,
         dropout=model_cfg.dropout,
     )
 
@@ -136,7 +153,9 @@ def _autocast(args):
     return torch.autocast(args.device, dtype=dtype, enabled=dtype is not None)
 
 
-def bare_loop(args, images: torch.Tensor, step_fn: Callable[[torch.Tensor], torch.Tensor], params, optimizer, clip: float) -> dict[str, float]:
+def bare_loop(
+    args, images: torch.Tensor, step_fn: Callable[[torch.Tensor], torch.Tensor], params, optimizer, clip: float
+) -> dict[str, float]:
     """Warm-up then timed steps of: random batch -> [-1, 1] -> loss -> backward -> clip -> optimizer step."""
     device = torch.device(args.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
@@ -165,8 +184,14 @@ def train_bare(cfg, args, images) -> dict[str, float]:
     net, diffusion, _ = build_components(cfg)
     net, diffusion = net.to(args.device).train(), diffusion.to(args.device)
     optimizer = instantiate(cfg.optimizer)(net.parameters())
-    return bare_loop(args, images, lambda x0: diffusion.loss(net, x0), list(net.parameters()), optimizer,
-                     float(cfg.trainer.gradient_clip_val))
+    return bare_loop(
+        args,
+        images,
+        lambda x0: diffusion.loss(net, x0),
+        list(net.parameters()),
+        optimizer,
+        float(cfg.trainer.gradient_clip_val),
+    )
 
 
 def train_diffusers(cfg, args, images) -> dict[str, float]:
@@ -193,7 +218,7 @@ def make_named_sampler(name: str, max_steps: int | None = None):
 
     ``max_steps`` shortens the chain (memory runs: a step frees the previous one, so peak memory does not grow).
     """
-    from ddpm_lab.samplers import make_sampler
+    from ddpm_lab.diffusion.samplers import make_sampler
 
     steps = min(SAMPLER_STEPS[name], max_steps or SAMPLER_STEPS[name])
     try:
@@ -205,7 +230,7 @@ def make_named_sampler(name: str, max_steps: int | None = None):
 @torch.no_grad()
 def sample_seconds(cfg, args, name: str) -> dict[str, float]:
     from ddpm_lab.config import build_components
-    from ddpm_lab.samplers import DDPMSampler
+    from ddpm_lab.diffusion.samplers import DDPMSampler
 
     sampler, why = make_named_sampler(name, max_steps=20 if args.measure else None)
     if sampler is None:
@@ -214,7 +239,9 @@ def sample_seconds(cfg, args, name: str) -> dict[str, float]:
     net, diffusion = net.to(args.device).eval(), diffusion.to(args.device)
     shape = (args.sample_batch, 3, args.image_size, args.image_size)
     with _autocast(args):
-        diffusion.sample(net, shape, sampler=DDPMSampler(steps=2), generator=torch.Generator().manual_seed(0), device=args.device)  # warm-up
+        diffusion.sample(
+            net, shape, sampler=DDPMSampler(steps=2), generator=torch.Generator().manual_seed(0), device=args.device
+        )  # warm-up
         t0 = clock(torch.device(args.device))
         diffusion.sample(net, shape, sampler=sampler, generator=torch.Generator().manual_seed(0), device=args.device)
         return since(t0, torch.device(args.device))
@@ -223,7 +250,7 @@ def sample_seconds(cfg, args, name: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- memory
 def status_mib(field: str) -> float:
     """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB."""
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
     return int(line.split()[1]) / 1024
 
 
@@ -234,6 +261,7 @@ def measure_peak(device: str, run: Callable[[], Any]) -> dict[str, float]:
     the same for every method, does not hide the difference the training loop or sampler makes.
     """
     import diffusers  # noqa: F401  (every method pays the same imports)
+
     import ddpm_lab.train  # noqa: F401
 
     if device == "cuda":
@@ -264,7 +292,16 @@ def run_one(args, measure: str, data_root: Path, out_dir: Path) -> dict[str, Any
 
 
 def memory_in_subprocess(args, measure: str, data_root: Path, out_dir: Path) -> float | None:
-    cmd = [sys.executable, __file__, "--measure", measure, "--data-root", str(data_root), "--out-dir", str(out_dir / measure.replace(":", "_"))]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--measure",
+        measure,
+        "--data-root",
+        str(data_root),
+        "--out-dir",
+        str(out_dir / measure.replace(":", "_")),
+    ]
     for key in ("device", "model", "image_size", "batch", "precision", "threads", "sample_batch"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     cmd += ["--steps", str(max(2, args.steps // 4)), "--warmup", "1"] + [f"--override={o}" for o in args.override]
@@ -281,12 +318,18 @@ def memory_in_subprocess(args, measure: str, data_root: Path, out_dir: Path) -> 
 def machine(args) -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        cpu = next(
+            x.split(":", 1)[1].strip()
+            for x in Path("/proc/cpuinfo").read_text().splitlines()
+            if x.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if args.device == "cuda" else ", no GPU"
-    return (f"{cpu}, {torch.get_num_threads()} torch threads of {__import__('os').cpu_count()} cores{gpu}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    return (
+        f"{cpu}, {torch.get_num_threads()} torch threads of {__import__('os').cpu_count()} cores{gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def report(args, train: dict, params: dict, sampling: dict, memory: dict) -> str:
@@ -294,35 +337,50 @@ def report(args, train: dict, params: dict, sampling: dict, memory: dict) -> str
     key = "images_per_cpu_s" if args.device == "cpu" else "images_per_s"
     med = {k: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for k, runs in train.items()}
     lines = [
-        "| training loop | parameters | images/s (wall, median) | images per CPU-second (median) | runs (images per CPU-s) "
+        "| training loop | parameters | images/s (wall, median) | images per CPU-second (median) "
+        "| runs (images per CPU-s) "
         "| vs bare loop | peak memory (MiB) |",
         "|---|---|---|---|---|---|---|",
     ]
     for k in TRAIN_METHODS:
         runs = ", ".join(f"{r['images_per_cpu_s']:.1f}" for r in train[k])
         mem = memory.get(f"train:{k}")
-        lines.append(f"| {k} | {params[k] / 1e6:.3f}M | {med[k]['images_per_s']:.1f} | {med[k]['images_per_cpu_s']:.1f} | "
-                     f"{runs} | {med[k][key] / med['bare'][key]:.3f} | {'n/a' if mem is None else f'{mem:.0f}'} |")
+        lines.append(
+            f"| {k} | {params[k] / 1e6:.3f}M | {med[k]['images_per_s']:.1f} | {med[k]['images_per_cpu_s']:.1f} | "
+            f"{runs} | {med[k][key] / med['bare'][key]:.3f} | {'n/a' if mem is None else f'{mem:.0f}'} |"
+        )
     overhead = 1 - med["ddpm_lab"][key] / med["bare"][key]
     wall_overhead = 1 - med["ddpm_lab"]["images_per_s"] / med["bare"]["images_per_s"]
-    lines += ["", f"- ddpm_lab overhead vs the bare loop: **{100 * overhead:.1f}%** ({key.replace('_', ' ')}; "
-              f"{100 * wall_overhead:.1f}% in wall-clock images/s) (target < 3%).",
-              f"- ddpm_lab vs diffusers UNet2DModel + DDPMScheduler: **{med['ddpm_lab'][key] / med['diffusers'][key]:.2f}x** "
-              f"({key.replace('_', ' ')}) at {params['diffusers'] / params['ddpm_lab']:.3f}x the parameters.", "",
-              "| sampler | steps | images/s (wall) | images per CPU-second | seconds per batch | peak memory (MiB) |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"- ddpm_lab overhead vs the bare loop: **{100 * overhead:.1f}%** ({key.replace('_', ' ')}; "
+        f"{100 * wall_overhead:.1f}% in wall-clock images/s) (target < 3%).",
+        f"- ddpm_lab vs diffusers UNet2DModel + DDPMScheduler: **{med['ddpm_lab'][key] / med['diffusers'][key]:.2f}x** "
+        f"({key.replace('_', ' ')}) at {params['diffusers'] / params['ddpm_lab']:.3f}x the parameters.",
+        "",
+        "| sampler | steps | images/s (wall) | images per CPU-second | seconds per batch | peak memory (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, res in sampling.items():
         mem = memory.get(f"sample:{name}")
         if isinstance(res, str):
             lines.append(f"| {name} | {SAMPLER_STEPS[name]} | unavailable: {res} | | | |")
         else:
-            lines.append(f"| {name} | {SAMPLER_STEPS[name]} | {res['images_per_s']:.3f} | {res['images_per_cpu_s']:.3f} | "
-                         f"{res['seconds']:.2f} | {'n/a' if mem is None else f'{mem:.0f}'} |")
-    what = ("CUDA max allocated" if args.device == "cuda" else
-            "peak RSS above the RSS after imports (torch, Lightning, Hydra, diffusers, ddpm_lab: "
-            f"{getattr(memory_in_subprocess, 'rss_before', None) or 0:.0f} MiB, the same for every row)")
-    lines += ["", f"Peak memory: {what}, in a fresh process per row; samplers run a 20-step chain there "
-              "(memory does not grow with the number of steps)."]
+            lines.append(
+                f"| {name} | {SAMPLER_STEPS[name]} | {res['images_per_s']:.3f} | {res['images_per_cpu_s']:.3f} | "
+                f"{res['seconds']:.2f} | {'n/a' if mem is None else f'{mem:.0f}'} |"
+            )
+    what = (
+        "CUDA max allocated"
+        if args.device == "cuda"
+        else "peak RSS above the RSS after imports (torch, Lightning, Hydra, diffusers, ddpm_lab: "
+        f"{getattr(memory_in_subprocess, 'rss_before', None) or 0:.0f} MiB, the same for every row)"
+    )
+    lines += [
+        "",
+        f"Peak memory: {what}, in a fresh process per row; samplers run a 20-step chain there "
+        "(memory does not grow with the number of steps).",
+    ]
     return "\n".join(lines)
 
 
@@ -338,7 +396,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared CPU more threads mostly wait)")
     p.add_argument("--precision", default="32-true", help="Lightning precision (32-true | bf16-mixed)")
     p.add_argument("--sample-batch", type=int, default=8)
-    p.add_argument("--override", action="append", default=[], help="extra train-config override, e.g. model.attention_resolutions=[8]")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="extra train-config override, e.g. model.attention_resolutions=[8]",
+    )
     p.add_argument("--output", type=Path, default=None, help="write the Markdown table here")
     p.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data-root", type=Path, default=None, help=argparse.SUPPRESS)
@@ -378,11 +441,16 @@ def main() -> None:
             except RuntimeError as e:
                 sampling[name] = str(e)
             print(f"sampling {name}: {sampling[name]}", file=sys.stderr)
-        memory = {m: memory_in_subprocess(args, m, data_root, tmp)
-                  for m in [f"train:{k}" for k in TRAIN_METHODS] + [f"sample:{n}" for n, r in sampling.items() if not isinstance(r, str)]}
-    settings = (f"model={args.model} {' '.join(args.override)}, {args.image_size}x{args.image_size} RGB, batch {args.batch}, "
-                f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} interleaved rounds, "
-                f"precision {args.precision}, sampling batch {args.sample_batch}")
+        memory = {
+            m: memory_in_subprocess(args, m, data_root, tmp)
+            for m in [f"train:{k}" for k in TRAIN_METHODS]
+            + [f"sample:{n}" for n, r in sampling.items() if not isinstance(r, str)]
+        }
+    settings = (
+        f"model={args.model} {' '.join(args.override)}, {args.image_size}x{args.image_size} RGB, batch {args.batch}, "
+        f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} interleaved rounds, "
+        f"precision {args.precision}, sampling batch {args.sample_batch}"
+    )
     text = f"Machine: {machine(args)}\n\nSettings: {settings}\n\n{report(args, train, params, sampling, memory)}\n"
     print(text)
     if args.output:

@@ -58,7 +58,9 @@ def train_rate(cfg, batch_size: int, steps: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"), help="holds mnist-raw/ and cifar10-subset/")
+    parser.add_argument(
+        "--data", type=Path, default=Path("/work/shared/data"), help="holds mnist-raw/ and cifar10-subset/"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=3)
     args = parser.parse_args(argv)
@@ -72,16 +74,35 @@ def main(argv: list[str] | None = None) -> int:
         # Only MNIST's test split is available offline, so the benchmark trains on split=test (10k images).
         setups = {
             "mnist": ["dataset=mnist", f"dataset.root={tmp}", "dataset.split=test", "dataset.download=false"],
-            "cifar10": ["dataset=image_folder", f"dataset.root={args.data / 'cifar10-subset'}", "dataset.image_size=32",
-                        "dataset.flip=true", "dataset.cache_min_files=null", "model.attention_resolutions=[8]"],
+            "cifar10": [
+                "dataset=image_folder",
+                f"dataset.root={args.data / 'cifar10-subset'}",
+                "dataset.image_size=32",
+                "dataset.flip=true",
+                "dataset.cache_min_files=null",
+                "model.attention_resolutions=[8]",
+            ],
         }
-        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                             enable_model_summary=False, enable_checkpointing=False)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
         rows = []
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             for name, overrides in setups.items():
-                cfg = compose("train", overrides=["model=unet_small", f"dataset.batch_size={args.batch_size}",
-                                                  "dataset.val_size=0", *overrides])
+                cfg = compose(
+                    "train",
+                    overrides=[
+                        "model=unet_small",
+                        f"dataset.batch_size={args.batch_size}",
+                        "dataset.val_size=0",
+                        *overrides,
+                    ],
+                )
                 dm: ImageDataModule = instantiate(cfg.dataset)
                 start = time.perf_counter()
                 dm.prepare_data()

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from ddpm_lab.checkpoint import load_model
+from ddpm_lab.artifacts.checkpoint import load_model
+from ddpm_lab.artifacts.figures import save_figure, strip_figure
+from ddpm_lab.artifacts.images import image_grid
 from ddpm_lab.diffusion import randn
-from ddpm_lab.images import image_grid
-from ddpm_lab.plots import save_figure, strip_figure
-from ddpm_lab.samplers import make_sampler
+from ddpm_lab.diffusion.samplers import make_sampler
 
 LINE_UP = [("ddpm", None), ("ddim", 50), ("ddim", 20), ("dpm_solver", 20), ("dpm_solver", 10)]
 
@@ -28,17 +28,25 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=36, help="images per sampler")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("samplers.png"))
-    parser.add_argument("--samplers", default=",".join(f"{n}:{s or 'all'}" for n, s in LINE_UP),
-                        help="name:steps,... (steps 'all' = every timestep)")
+    parser.add_argument(
+        "--samplers",
+        default=",".join(f"{n}:{s or 'all'}" for n, s in LINE_UP),
+        help="name:steps,... (steps 'all' = every timestep)",
+    )
     args = parser.parse_args()
     if args.out.exists():
         raise SystemExit(f"{args.out} exists: pass another --out")
 
     model = load_model(args.ckpt)
     net, diffusion = model.net, model.diffusion
-    x_T = randn((args.n, net.in_channels, net.image_size, net.image_size), torch.Generator().manual_seed(args.seed), "cpu")
+    x_T = randn(
+        (args.n, net.in_channels, net.image_size, net.image_size), torch.Generator().manual_seed(args.seed), "cpu"
+    )
     grids, titles = [], []
-    print(f"{'sampler':<12} {'steps':>5} {'seconds':>8} {'images/s':>9}   ({args.n} images, {torch.get_num_threads()} threads)")
+    print(
+        f"{'sampler':<12} {'steps':>5} {'seconds':>8} {'images/s':>9}   "
+        f"({args.n} images, {torch.get_num_threads()} threads)"
+    )
     line_up = [(n, None if s == "all" else int(s)) for n, s in (item.split(":") for item in args.samplers.split(","))]
     for name, steps in line_up:
         sampler = make_sampler(name, steps=steps)

@@ -19,8 +19,14 @@ import urllib.request
 from pathlib import Path
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
 )
 
 
@@ -47,7 +53,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a run folder (its tensorboard/ sub-folder is served) or any logdir")
     parser.add_argument("--out", type=Path, default=Path("tensorboard_images.png"))
-    parser.add_argument("--tab", default="images", help="dashboard in the URL fragment: images, scalars, hparams, text, ...")
+    parser.add_argument(
+        "--tab", default="images", help="dashboard in the URL fragment: images, scalars, hparams, text, ..."
+    )
     parser.add_argument("--size", default="1600,2400", help="window width,height in pixels")
     parser.add_argument("--wait-ms", type=int, default=15000, help="time Chromium gives the page to render")
     parser.add_argument("--timeout", type=float, default=120.0, help="limit for the server start and the screenshot")
@@ -65,16 +73,27 @@ def main() -> int:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(f"{base}/data/runs", args.timeout)
         with tempfile.TemporaryDirectory() as profile:
             subprocess.run(
-                [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={args.size}",
-                 f"--virtual-time-budget={args.wait_ms}", f"--screenshot={args.out.resolve()}", f"{base}/#{args.tab}"],
-                check=True, timeout=args.timeout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    chromium,
+                    *CHROMIUM_FLAGS,
+                    f"--user-data-dir={profile}",
+                    f"--window-size={args.size}",
+                    f"--virtual-time-budget={args.wait_ms}",
+                    f"--screenshot={args.out.resolve()}",
+                    f"{base}/#{args.tab}",
+                ],
+                check=True,
+                timeout=args.timeout,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
     finally:
         server.terminate()

@@ -1,18 +1,80 @@
-"""Shared fixtures: tiny on-disk datasets and a runner for the command-line entry points."""
+"""Shared fixtures: composed configs, tiny on-disk datasets, a ddpm_lab checkpoint, and a runner for the
+command-line entry points. Layout: ``unit/<package>/`` mirrors ``ddpm_lab/<package>/``; ``cli/`` runs the
+entry points in subprocesses; ``test_architecture.py`` keeps the layers."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 from PIL import Image
 
+from ddpm_lab.config import config_dir, stored_config
+from ddpm_lab.models import UNet
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def compose_config(name: str, overrides: Sequence[str] = (), hydra: bool = False) -> DictConfig:
+    """``configs/<name>.yaml`` composed with ``overrides`` as the command line would.
+
+    ``hydra=True`` also composes the ``hydra`` node and installs it as ``@hydra.main`` does, so ``${hydra:...}``
+    (e.g. ``paths.output_dir``) resolves.
+    """
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides), return_hydra_config=hydra)
+    if hydra:
+        HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+Composer = Callable[..., DictConfig]
+
+
+@pytest.fixture(scope="session")
+def cfg_train() -> Composer:
+    """``cfg_train(*overrides, hydra=False)``: a composed training config."""
+    return lambda *overrides, hydra=False: compose_config("train", overrides, hydra)
+
+
+@pytest.fixture(scope="session")
+def cfg_sample() -> Composer:
+    """``cfg_sample(*overrides)``: a composed ``sample`` config."""
+    return lambda *overrides, hydra=False: compose_config("sample", overrides, hydra)
+
+
+@pytest.fixture(scope="session")
+def cfg_eval() -> Composer:
+    """``cfg_eval(*overrides)``: a composed ``evaluate`` config."""
+    return lambda *overrides, hydra=False: compose_config("evaluate", overrides, hydra)
+
+
+def ours_checkpoint(path: Path, overrides: Sequence[str]) -> Path:
+    """A ddpm_lab checkpoint (untrained weights) for the model that ``overrides`` compose."""
+    cfg = compose_config("train", overrides)
+    net = UNet(**{k: v for k, v in stored_config(cfg)["model"].items() if k != "_target_"})
+    torch.save(
+        {
+            "ddpm_lab": {"config": stored_config(cfg)},
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "global_step": 0,
+        },
+        path,
+    )
+    return path
+
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -25,23 +87,37 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(module: str, *overrides: str, cwd: Path, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str, *overrides: str, cwd: Path, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run ``python -m <module> <overrides>`` in a subprocess that imports this checkout's ddpm_lab."""
     proc = subprocess.run(
-        [sys.executable, "-m", module, *overrides], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{module} {' '.join(overrides)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{module} {' '.join(overrides)} exited {proc.returncode}\n"
+            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
 def start_cli(module: str, *overrides: str, cwd: Path, log: Path) -> subprocess.Popen:
     """Start ``python -m <module> <overrides>`` without waiting (to signal it), stdout and stderr into ``log``."""
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", module, *overrides], cwd=cwd, env=cli_env(), stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *overrides], cwd=cwd, env=cli_env(), stdout=out, stderr=subprocess.STDOUT
+        )
 
 
-def write_image_folder(root: Path, n_per_class: int = 24, size: int = 20, classes: tuple[str, ...] = ("a", "b"), mode: str = "RGB") -> Path:
+def write_image_folder(
+    root: Path, n_per_class: int = 24, size: int = 20, classes: tuple[str, ...] = ("a", "b"), mode: str = "RGB"
+) -> Path:
     """A tiny image-folder dataset of smooth random blobs (PNG), one sub-folder per class."""
     rng = np.random.default_rng(0)
     for c in classes:

@@ -7,9 +7,10 @@ from ddpm_lab.data.datamodule import (
     ImageFolderDataModule,
     MNISTDataModule,
     StanfordCarsDataModule,
+    first_images,
 )
 from ddpm_lab.data.loader import InMemoryLoader
-from ddpm_lab.data.sources import DatasetError
+from ddpm_lab.errors import DatasetError
 
 __all__ = [
     "CIFAR10DataModule",
@@ -20,4 +21,5 @@ __all__ = [
     "InMemoryLoader",
     "MNISTDataModule",
     "StanfordCarsDataModule",
+    "first_images",
 ]

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from ddpm_lab.artifacts.images import to_model_range
 from ddpm_lab.data.loader import InMemoryLoader
-from ddpm_lab.images import to_model_range
 from ddpm_lab.data.sources import (
     CACHE_DIRNAME,
     CARS_HOW_TO_GET,
     ON_ERROR,
-    DatasetError,
     fit_images,
     load_cifar10,
     load_files,
@@ -22,6 +21,7 @@ from ddpm_lab.data.sources import (
     load_mnist,
     stanford_cars_files,
 )
+from ddpm_lab.errors import ConfigError, DatasetError, check_choice, check_number
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,13 @@ class ImageDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if channels not in (1, 3):
-            raise ValueError(f"dataset.channels must be 1 or 3, got {channels}")
-        if image_size < 1:
-            raise ValueError(f"dataset.image_size must be >= 1, got {image_size}")
-        if batch_size < 1:
-            raise ValueError(f"dataset.batch_size must be >= 1, got {batch_size}")
-        if split not in SPLITS:
-            raise ValueError(f"dataset.split must be one of {SPLITS}, got {split!r}")
+        channels = check_choice(channels, "dataset.channels", (1, 3))
+        image_size = check_number(image_size, "dataset.image_size", int, low=1)
+        batch_size = check_number(batch_size, "dataset.batch_size", int, low=1)
+        val_size = check_number(val_size, "dataset.val_size", float, low=0)
+        check_choice(split, "dataset.split", SPLITS)
+        if root is None or str(root) == "":
+            raise ConfigError("dataset.root is not set: set dataset.root=<folder of the dataset>")
         self.root = str(Path(root).expanduser())
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.val_size, self.split = batch_size, val_size, split
@@ -150,16 +149,27 @@ class ImageDataModule(pl.LightningDataModule):
                 f"(dataset.batch_size={self.batch_size}): lower the batch size or add images"
             )
         return InMemoryLoader(
-            self.train_images, self.train_labels, bs, shuffle=True, drop_last=True,
-            seed=self.seed, rank=self.rank, world_size=self.world_size,
+            self.train_images,
+            self.train_labels,
+            bs,
+            shuffle=True,
+            drop_last=True,
+            seed=self.seed,
+            rank=self.rank,
+            world_size=self.world_size,
         )
 
     def val_dataloader(self) -> InMemoryLoader | list:
         if len(self.val_images) == 0:
             return []
         return InMemoryLoader(
-            self.val_images, self.val_labels, self.per_device_batch_size(), shuffle=False, drop_last=False,
-            rank=self.rank, world_size=self.world_size,
+            self.val_images,
+            self.val_labels,
+            self.per_device_batch_size(),
+            shuffle=False,
+            drop_last=False,
+            rank=self.rank,
+            world_size=self.world_size,
         )
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
@@ -185,7 +195,8 @@ class MNISTDataModule(ImageDataModule):
         MNIST(self.root, download=True)
 
     def how_to_get(self) -> str:
-        return f"Copy the four IDX files (train-/t10k-images-idx3-ubyte, -labels-idx1-ubyte, .gz or not) into {Path(self.root) / 'MNIST' / 'raw'}"
+        raw = Path(self.root) / "MNIST" / "raw"
+        return f"Copy the four IDX files (train-/t10k-images-idx3-ubyte, -labels-idx1-ubyte, .gz or not) into {raw}"
 
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return load_mnist(self.root, train=train)
@@ -196,7 +207,9 @@ class CIFAR10DataModule(ImageDataModule):
 
     name = "cifar10"
 
-    def __init__(self, root: str = "data", image_size: int = 32, channels: int = 3, flip: bool = True, **kwargs) -> None:
+    def __init__(
+        self, root: str = "data", image_size: int = 32, channels: int = 3, flip: bool = True, **kwargs
+    ) -> None:
         super().__init__(root=root, image_size=image_size, channels=channels, flip=flip, **kwargs)
 
     def fetch(self) -> None:
@@ -223,8 +236,8 @@ class DecodedImageDataModule(ImageDataModule):
     """
 
     def __init__(self, on_error: str = "skip", cache_min_files: int | None = 5000, **kwargs) -> None:
-        if on_error not in ON_ERROR:
-            raise ValueError(f"dataset.on_error must be one of {ON_ERROR}, got {on_error!r}")
+        check_choice(on_error, "dataset.on_error", ON_ERROR)
+        check_number(cache_min_files, "dataset.cache_min_files", int, low=0, optional=True)
         kwargs.setdefault("download", False)
         super().__init__(**kwargs)
         self.on_error, self.cache_min_files = on_error, cache_min_files
@@ -243,18 +256,28 @@ class StanfordCarsDataModule(DecodedImageDataModule):
 
     name = "stanford_cars"
 
-    def __init__(self, root: str = "data", image_size: int = 64, channels: int = 3, flip: bool = True,
-                 cache_min_files: int | None = 0, **kwargs) -> None:
-        super().__init__(root=root, image_size=image_size, channels=channels, flip=flip,
-                         cache_min_files=cache_min_files, **kwargs)
+    def __init__(
+        self,
+        root: str = "data",
+        image_size: int = 64,
+        channels: int = 3,
+        flip: bool = True,
+        cache_min_files: int | None = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            root=root, image_size=image_size, channels=channels, flip=flip, cache_min_files=cache_min_files, **kwargs
+        )
 
     def prepare_data(self) -> None:
         # Nothing can be downloaded: fail here, before any work, if a needed split is missing.
         for train in {"train": [True], "test": [False], "all": [True, False]}[self.split]:
             stanford_cars_files(self.root, train)
         if self.download:
-            log.warning("stanford_cars: dataset.download is ignored, the public download is gone. %s",
-                        CARS_HOW_TO_GET.format(root=self.root))
+            log.warning(
+                "stanford_cars: dataset.download is ignored, the public download is gone. %s",
+                CARS_HOW_TO_GET.format(root=self.root),
+            )
 
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         files, labels, folder = stanford_cars_files(self.root, train)
@@ -283,5 +306,20 @@ class ImageFolderDataModule(DecodedImageDataModule):
         return self._load_folder(root)
 
     def _load_folder(self, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels, _ = load_image_folder(folder, self.image_size, self.channels, self.on_error, **self.cache_options())
+        images, labels, _ = load_image_folder(
+            folder, self.image_size, self.channels, self.on_error, **self.cache_options()
+        )
         return images, labels
+
+
+def first_images(datamodule: pl.LightningDataModule, n: int) -> torch.Tensor | None:
+    """The first ``n`` images of the first validation batch (training batch without validation), in [−1, 1], on CPU.
+
+    Goes through the datamodule's own loaders and ``on_after_batch_transfer``, so any dataset option works.
+    """
+    for make_loader in (datamodule.val_dataloader, datamodule.train_dataloader):
+        loader = make_loader()
+        batch = next(iter(loader), None) if loader else None
+        if batch is not None:
+            return datamodule.on_after_batch_transfer(batch, 0)[0][:n].detach().cpu()
+    return None

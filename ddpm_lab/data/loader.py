@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -33,9 +33,6 @@ class InMemoryLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def _indices(self) -> torch.Tensor:
         n = len(self.images)
         if not self.shuffle:
@@ -57,7 +54,7 @@ class InMemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self._indices().to(self.images.device)  # slice where the data lives (CPU, or GPU with on_device)
-        self.epoch += 1  # Lightning only calls set_epoch on DataLoader samplers; advance ourselves too
+        self.epoch += 1  # a new order every pass
         for start in range(0, len(idx), self.batch_size):
             batch = idx[start : start + self.batch_size]
             if self.drop_last and len(batch) < self.batch_size:

@@ -6,14 +6,17 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+
+from ddpm_lab.artifacts.atomic import atomic_write
+from ddpm_lab.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +34,8 @@ MNIST_FILES = {
 }
 
 
-class DatasetError(RuntimeError):
-    """A dataset is missing, empty or unreadable; the message says which files and how to fix it."""
-
-
 def fit_images(images: torch.Tensor, image_size: int, channels: int) -> torch.Tensor:
-    """Resize the shorter side to ``image_size``, center-crop square and convert to ``channels`` (uint8 in, uint8 out)."""
+    """Resize the shorter side to ``image_size``, center-crop square, convert to ``channels`` (uint8 in and out)."""
     if images.shape[1] != channels:
         if channels == 1:  # ITU-R 601-2 luma, as PIL's "L"
             images = TF.rgb_to_grayscale(images[:, :3])
@@ -53,8 +52,10 @@ def fit_images(images: torch.Tensor, image_size: int, channels: int) -> torch.Te
 def list_image_files(root: Path) -> list[Path]:
     """Image files under ``root`` (recursively, by extension), skipping hidden folders such as the cache."""
     return sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not any(s.startswith(".") for s in p.relative_to(root).parts[:-1])
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(s.startswith(".") for s in p.relative_to(root).parts[:-1])
         and p.is_file()
     )
 
@@ -152,7 +153,10 @@ def load_files(
         )
     cache = None
     if cache_dir is not None and len(files) >= cache_min_files:
-        cache = Path(cache_dir) / f"{where.name or 'images'}-{image_size}px-{channels}ch-{_cache_key(files, image_size, channels)}.pt"
+        cache = (
+            Path(cache_dir)
+            / f"{where.name or 'images'}-{image_size}px-{channels}ch-{_cache_key(files, image_size, channels)}.pt"
+        )
         if cache.is_file():
             stored = torch.load(cache, weights_only=True)
             report_bad_files(stored["bad"], where, on_error, len(stored["images"]))
@@ -163,10 +167,8 @@ def load_files(
     targets = torch.as_tensor(labels, dtype=torch.long)[torch.as_tensor(kept, dtype=torch.long)]
     if cache is not None:
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-            torch.save({"images": images, "labels": targets, "bad": bad}, tmp)
-            os.replace(tmp, cache)
+            with atomic_write(cache, durable=False) as tmp:
+                torch.save({"images": images, "labels": targets, "bad": bad}, tmp)
             log.info("wrote decoded cache %s (%.1f MB)", cache, images.numel() / 1e6)
         except OSError as e:  # a read-only dataset folder: decode again next time
             log.warning("could not write the decoded cache %s (%s): it will be decoded again next run", cache, e)
@@ -174,7 +176,7 @@ def load_files(
 
 
 def index_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Image files under ``root``, their labels (index of the first sub-folder; −1 directly in ``root``), class names."""
+    """Image files under ``root``, their labels (index of the first sub-folder; −1 directly in ``root``), classes."""
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist: set dataset.root to a folder of images")
     files = list_image_files(root)
@@ -203,7 +205,9 @@ def load_image_folder(
     return images, targets, classes
 
 
-def missing_files_error(name: str, folder: Path, expected: Sequence[str], how: str, cause: Exception | None = None) -> DatasetError:
+def missing_files_error(
+    name: str, folder: Path, expected: Sequence[str], how: str, cause: Exception | None = None
+) -> DatasetError:
     """The one message for a dataset that is not on disk: which folder, which files, how to get them."""
     reason = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
     return DatasetError(f"{name} not found in {folder}{reason}: expected {', '.join(expected)}. {how}")
@@ -222,15 +226,22 @@ def load_mnist(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tenso
             extract_archive(str(gz), str(raw))  # what torchvision's download does after fetching
     if not all(p.is_file() for p in paths):
         raise missing_files_error(
-            "MNIST", raw, [f"{n}(.gz)" for n in MNIST_FILES[train]],
-            "Set dataset.download=true on a machine with internet, or copy the files there and set dataset.download=false",
+            "MNIST",
+            raw,
+            [f"{n}(.gz)" for n in MNIST_FILES[train]],
+            "Set dataset.download=true on a machine with internet, "
+            "or copy the files there and set dataset.download=false",
         )
     try:
         images, labels = read_image_file(str(paths[0])), read_label_file(str(paths[1]))
     except (AssertionError, RuntimeError, ValueError) as e:
-        raise DatasetError(f"MNIST files in {raw} are corrupt ({type(e).__name__}: {e}): delete them and download again") from e
+        raise DatasetError(
+            f"MNIST files in {raw} are corrupt ({type(e).__name__}: {e}): delete them and download again"
+        ) from e
     if len(images) != len(labels):
-        raise DatasetError(f"MNIST in {raw}: {len(images)} images but {len(labels)} labels: delete the files and download again")
+        raise DatasetError(
+            f"MNIST in {raw}: {len(images)} images but {len(labels)} labels: delete the files and download again"
+        )
     return images.unsqueeze(1).contiguous(), labels.long()
 
 
@@ -244,7 +255,9 @@ def load_cifar10(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Ten
         folder = Path(root).expanduser() / CIFAR10.base_folder
         expected = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
         raise missing_files_error(
-            "CIFAR-10 (or a file of it with a wrong md5)", folder, expected,
+            "CIFAR-10 (or a file of it with a wrong md5)",
+            folder,
+            expected,
             f"Set dataset.download=true on a machine with internet, or unpack {CIFAR10.url} into {folder.parent} "
             "and set dataset.download=false",
         ) from e
@@ -275,9 +288,17 @@ def stanford_cars_files(root: str | Path, train: bool) -> tuple[list[Path], list
             ds = StanfordCars(str(root), split="train" if train else "test", loader=Path)
         except (RuntimeError, OSError, ValueError, KeyError) as e:
             raise missing_files_error(
-                "Stanford Cars", base, ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat",
-                                        "cars_test_annos_withlabels.mat", "cars_train/", "cars_test/"],
-                CARS_HOW_TO_GET.format(root=root), e,
+                "Stanford Cars",
+                base,
+                [
+                    "devkit/cars_meta.mat",
+                    "devkit/cars_train_annos.mat",
+                    "cars_test_annos_withlabels.mat",
+                    "cars_train/",
+                    "cars_test/",
+                ],
+                CARS_HOW_TO_GET.format(root=root),
+                e,
             ) from e
         samples = [ds[i] for i in range(len(ds))]
         return [p for p, _ in samples], [int(c) for _, c in samples], base / split
@@ -285,5 +306,9 @@ def stanford_cars_files(root: str | Path, train: bool) -> tuple[list[Path], list
         if folder.is_dir():
             files, labels, _ = index_image_folder(folder)
             return files, labels, folder
-    raise missing_files_error("Stanford Cars", root, [f"stanford_cars/devkit/ + stanford_cars/{split}/", f"{split}/"],
-                              CARS_HOW_TO_GET.format(root=root))
+    raise missing_files_error(
+        "Stanford Cars",
+        root,
+        [f"stanford_cars/devkit/ + stanford_cars/{split}/", f"{split}/"],
+        CARS_HOW_TO_GET.format(root=root),
+    )

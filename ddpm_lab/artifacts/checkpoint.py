@@ -1,0 +1,207 @@
+"""The checkpoint format, in one place: what a checkpoint holds, reading it safely, checking that it fits a
+model, finding a run's newest one, and loading a trained model back (plain PyTorch: no Lightning, no Hydra).
+
+A ddpm_lab checkpoint is a Lightning checkpoint (``state_dict`` with ``net.*`` weights, ``global_step``,
+optimizer and callback states) plus ``checkpoint["ddpm_lab"] = {"format": 1, "config": {...}}``: the resolved
+``model``, ``schedule``, ``diffusion`` and ``sampler`` sections (enough to rebuild the model without the run's
+config files), the dataset's name, size and channels, and the run's config for display. With EMA on,
+``state_dict`` holds the averaged weights and ``current_model_state`` the raw ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ddpm_lab.artifacts.allow_list import build_model, build_stored
+from ddpm_lab.diffusion import GaussianDiffusion, Sampler
+from ddpm_lab.errors import CheckpointError, UnsafeConfigError, check_choice, first_line
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "ddpm_lab"
+# Bumped when what a checkpoint stores changes shape.
+CHECKPOINT_FORMAT = 1
+WEIGHTS = ("auto", "ema", "raw")
+
+
+@dataclass
+class LoadedModel:
+    """A trained model rebuilt from a checkpoint: ``net`` (in eval mode), ``diffusion``, its default ``sampler``.
+
+    Unpacks as ``net, diffusion, sampler = load_model(path)``; ``config``, ``global_step`` and ``path`` say where
+    it came from.
+    """
+
+    net: nn.Module
+    diffusion: GaussianDiffusion
+    sampler: Sampler
+    config: dict[str, Any]
+    global_step: int
+    path: Path
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.net, self.diffusion, self.sampler))
+
+
+def checkpoint_file(path: str | os.PathLike, key: str = "ckpt") -> Path:
+    """``path`` when it names an existing, non-empty file (its contents are checked when it is read)."""
+    file = Path(str(path)).expanduser()
+    if file.is_dir():
+        raise CheckpointError(f"{key}={path} is a folder: pass a file, e.g. {key}={file / 'checkpoints' / 'last.ckpt'}")
+    if not file.is_file():
+        raise CheckpointError(f"{key}={path} does not exist: pass {key}=<run>/checkpoints/last.ckpt")
+    if file.stat().st_size == 0:
+        raise CheckpointError(f"{key}={path} is empty (0 bytes): the save was interrupted; use an earlier checkpoint")
+    return file
+
+
+def _load(path: str | os.PathLike, mmap: bool) -> dict[str, Any]:
+    """Any torch checkpoint as a dict of tensors and plain containers (``weights_only``: no code runs)."""
+    path = checkpoint_file(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # truncated zip, foreign pickle, code-carrying pickle refused by weights_only
+        raise CheckpointError(
+            f"cannot read checkpoint {path} safely (truncated, corrupt or not a torch checkpoint): {first_line(e, 300)}"
+        ) from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint")
+    return ckpt
+
+
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, never arbitrary objects.
+
+    ``mmap=True`` maps the tensors instead of reading them (a cheap look at a large checkpoint).
+    """
+    ckpt = _load(path, mmap)
+    if not isinstance(ckpt.get(CHECKPOINT_KEY), dict) or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"{path} is not a ddpm_lab checkpoint (no '{CHECKPOINT_KEY}' entry): train one with ddpm_lab.train"
+        )
+    return ckpt
+
+
+def write_entry(checkpoint: dict[str, Any], config: dict[str, Any]) -> None:
+    """Add what makes a Lightning checkpoint a ddpm_lab one: the format number and the stored config."""
+    checkpoint[CHECKPOINT_KEY] = {"format": CHECKPOINT_FORMAT, "config": config}
+
+
+def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """The config a checkpoint stores under ``ddpm_lab`` (unchecked: see ``allow_list.check_safe``)."""
+    config = ckpt[CHECKPOINT_KEY].get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path} stores no model config under '{CHECKPOINT_KEY}': it was not written by ddpm_lab.train"
+        )
+    return config
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The ``global_step`` stored in a checkpoint, read without loading its tensors into memory."""
+    step = _load(path, mmap=True).get("global_step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path} has no valid global_step ({step!r})")
+    return step
+
+
+def newest_checkpoint(folder: str | os.PathLike) -> Path:
+    """The checkpoint to continue from: the readable one of ``folder`` with the highest training step
+    (``last.ckpt`` on a tie).
+
+    The step comes from inside each file, not from file times (a copied folder has new ones). Damaged files are
+    skipped with a warning naming them.
+    """
+    folder = Path(folder)
+    candidates = sorted(folder.glob("*.ckpt"))
+    if not candidates:
+        raise CheckpointError(f"no checkpoint in {folder} (the run stopped before its first one)")
+    steps, damaged = {}, []
+    for path in candidates:
+        try:
+            steps[path] = checkpoint_step(path)
+        except CheckpointError as e:  # truncated, empty or foreign: whatever it is, it cannot be continued
+            damaged.append(path.name)
+            log.warning("skipping checkpoint %s: %s", path, e)
+    if not steps:
+        raise CheckpointError(
+            f"every checkpoint in {folder} is damaged ({', '.join(damaged)}): start a new run, "
+            "or pass a good copy with ckpt_path="
+        )
+    newest = max(steps, key=lambda p: (steps[p], p.name == "last.ckpt"))
+    if damaged:
+        log.warning(
+            "resuming from %s instead of the damaged %s (kept for inspection); it holds step %d",
+            newest.name,
+            ", ".join(damaged),
+            steps[newest],
+        )
+    return newest
+
+
+def net_weights(
+    ckpt: dict[str, Any], weights: str = "auto", path: str | os.PathLike = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """The network's weights (``net.`` prefix removed): ``auto`` (EMA when present), ``ema`` or ``raw``."""
+    check_choice(weights, "weights", WEIGHTS)
+    raw_state = ckpt.get("current_model_state")
+    has_ema = isinstance(raw_state, dict)
+    if weights == "ema" and not has_ema:
+        raise CheckpointError(f"{path} holds no EMA weights: use weights=raw or train with EMA on (callbacks.ema)")
+    state = raw_state if (weights == "raw" and has_ema) else ckpt["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: its state_dict is a {type(state).__name__}, not a mapping of tensors")
+    return {k[len("net.") :]: v for k, v in state.items() if isinstance(k, str) and k.startswith("net.")}
+
+
+def check_fits(net: nn.Module, state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse weights whose names or shapes differ from ``net`` (which may live on the meta device)."""
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = sorted(
+        k
+        for k in set(expected) & set(state)
+        if not isinstance(state[k], torch.Tensor) or expected[k].shape != state[k].shape
+    )
+    if missing or unexpected or reshaped:
+        example = (reshaped or missing or unexpected)[0]
+        raise CheckpointError(
+            f"weights in {path} do not fit the model its config builds ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, "
+            f"{len(reshaped)} of another shape, e.g. net.{example}): the file was edited or mixes two model configs"
+        )
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "auto") -> LoadedModel:
+    """Rebuild net, diffusion and sampler from a ddpm_lab checkpoint alone (EMA weights when present).
+
+    ``weights``: ``auto`` (EMA when the checkpoint has them), ``ema`` or ``raw``. The stored config is checked
+    against the allow-list and the network is sized on the meta device against the stored tensors before
+    anything is allocated, so a small hostile file cannot make us build a huge model.
+    """
+    check_choice(weights, "weights", WEIGHTS)
+    ckpt = read_checkpoint(path)
+    config = checkpoint_config(ckpt, path)
+    state = net_weights(ckpt, weights, path)
+    try:
+        with torch.device("meta"):
+            check_fits(build_model(config), state, path)
+        net, diffusion, sampler = build_stored(config)
+    except UnsafeConfigError as e:
+        raise CheckpointError(f"refusing the config stored in {path}: {e}") from e
+    except CheckpointError:
+        raise
+    except Exception as e:  # a value the constructors refuse, or a type they choke on: the file was edited
+        raise CheckpointError(f"cannot rebuild the model stored in {path}: {first_line(e)}") from e
+    net.load_state_dict(state)
+    net.to(device).eval()
+    return LoadedModel(net, diffusion.to(device), sampler, config, int(ckpt.get("global_step", 0)), Path(path))

@@ -1,0 +1,102 @@
+"""Figures of the diffusion process: schedule plots and labelled image strips over t.
+
+Figures are plain ``matplotlib.figure.Figure`` objects drawn by the Agg canvas, so nothing here touches
+pyplot's global state or needs a display. No Lightning, no Hydra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ddpm_lab.artifacts.atomic import atomic_write
+from ddpm_lab.artifacts.images import to_uint8
+
+# name → (axis title, y scale) of each curve :func:`schedule_curves` returns.
+CURVES: dict[str, tuple[str, str]] = {
+    "beta": ("β_t", "log"),
+    "alpha_bar": ("ᾱ_t = ∏ (1 − β_s)", "linear"),
+    "sqrt_alpha_bar": ("√ᾱ_t (signal scale)", "linear"),
+    "log_snr": ("log-SNR = log ᾱ_t / (1 − ᾱ_t)", "linear"),
+}
+
+
+# ------------------------------------------------------------------------------------------- curves
+def schedule_curves(betas: torch.Tensor) -> dict[str, np.ndarray]:
+    """β_t, ᾱ_t = ∏_{s≤t}(1 − β_s), √ᾱ_t and log-SNR_t = log ᾱ_t − log(1 − ᾱ_t) (−∞ where ᾱ_t = 0)."""
+    betas = torch.as_tensor(betas, dtype=torch.float64).cpu()
+    alpha_bar = torch.cumprod(1.0 - betas, 0)
+    with np.errstate(divide="ignore"):
+        log_snr = torch.log(alpha_bar) - torch.log1p(-alpha_bar)
+    return {
+        "beta": betas.numpy(),
+        "alpha_bar": alpha_bar.numpy(),
+        "sqrt_alpha_bar": alpha_bar.sqrt().numpy(),
+        "log_snr": log_snr.numpy(),
+    }
+
+
+def schedule_figure(
+    schedules: Mapping[str, torch.Tensor], curves: Sequence[str] = tuple(CURVES), title: str = ""
+) -> Figure:
+    """One panel per curve (β_t, ᾱ_t, √ᾱ_t, log-SNR) against t, one line per named β schedule."""
+    unknown = [c for c in curves if c not in CURVES]
+    if unknown:
+        raise ValueError(f"unknown curves {unknown}; choose from {list(CURVES)}")
+    fig = Figure(figsize=(4.0 * len(curves), 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    data = {name: schedule_curves(betas) for name, betas in schedules.items()}
+    for ax, curve in zip(axes, curves):
+        label, yscale = CURVES[curve]
+        for name, values in data.items():
+            ax.plot(np.arange(len(values[curve])), values[curve], label=f"{name} (T={len(values[curve])})")
+        ax.set_title(label)
+        ax.set_xlabel("t")
+        ax.set_yscale(yscale)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- strips
+def strip_figure(
+    frames: Sequence[torch.Tensor], titles: Sequence[str], suptitle: str = "", cell: float = 1.2
+) -> Figure:
+    """Frames as a labelled strip: a row per image, a column per frame, ``titles`` above the columns."""
+    if len(frames) != len(titles):
+        raise ValueError(f"{len(frames)} frames but {len(titles)} titles")
+    images = torch.stack([to_uint8(f.cpu()) for f in frames], 1)  # (N, K, C, H, W)
+    n, k = images.shape[:2]
+    fig = Figure(figsize=(cell * k, cell * n + (0.5 if suptitle else 0.2)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, k, squeeze=False)
+    for i in range(n):
+        for j in range(k):
+            img = images[i, j].permute(1, 2, 0).numpy()
+            ax = axes[i, j]
+            ax.imshow(
+                img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255, interpolation="nearest"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(titles[j], fontsize="small")
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write a figure as PNG (atomically), creating the folder."""
+    path = Path(path)
+    with atomic_write(path, durable=False) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    return path

@@ -1,0 +1,83 @@
+"""Pictures as files: [−1, 1] floats ⇄ uint8, grids and strips, PNG and GIF writing, the overwrite guard."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from ddpm_lab.artifacts.atomic import atomic_write
+from ddpm_lab.errors import OutputExistsError
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] → float [−1, 1]."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [−1, 1] → uint8 [0, 255], clamped."""
+    return ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
+    """(N, C, H, W) images in [−1, 1] → one (C', H', W') uint8 grid, near-square unless ``nrow`` is given."""
+    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
+    grid = make_grid(to_uint8(images).cpu(), nrow=nrow, padding=padding, pad_value=255)
+    return grid[:1] if images.shape[1] == 1 else grid
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> Path:
+    """Write a (C, H, W) uint8 image as PNG (atomically), creating the folder."""
+    path = Path(path)
+    with atomic_write(path, durable=False) as tmp:
+        _picture(image).save(tmp, format="PNG")
+    return path
+
+
+def _picture(image: torch.Tensor) -> Image.Image:
+    """A (C, H, W) uint8 tensor as a PIL image (grayscale for one channel)."""
+    array = image.detach().cpu().permute(1, 2, 0).numpy()
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def strip_grid(frames: Sequence[torch.Tensor], padding: int = 2) -> torch.Tensor:
+    """Frames (each (N, C, H, W) in [−1, 1]) → one uint8 grid with a row per image and a column per frame."""
+    stacked = torch.stack([f.detach().cpu().float() for f in frames], 1)  # (N, K, C, H, W)
+    n, k = stacked.shape[:2]
+    return image_grid(stacked.flatten(0, 1), nrow=k, padding=padding)
+
+
+def save_gif(
+    frames: Sequence[torch.Tensor],
+    path: str | Path,
+    duration_ms: int = 80,
+    hold_last_ms: int = 1500,
+    min_side: int = 128,
+) -> Path:
+    """Write uint8 (C, H, W) frames as a looping GIF, upscaled (nearest) so the short side is ≥ ``min_side``."""
+    if not frames:
+        raise ValueError("a GIF needs at least one frame")
+    scale = max(1, -(-min_side // min(frames[0].shape[1:])))
+    pictures = []
+    for frame in frames:
+        picture = _picture(frame)
+        pictures.append(picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST))
+    durations = [duration_ms] * (len(pictures) - 1) + [hold_last_ms]
+    path = Path(path)
+    with atomic_write(path, durable=False) as tmp:
+        pictures[0].save(
+            tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0, optimize=False
+        )
+    return path
+
+
+def refuse_existing(paths: Sequence[Path]) -> None:
+    """Raise before any work when an output file is already there: nothing gets overwritten."""
+    taken = [str(p) for p in paths if Path(p).exists()]
+    if taken:
+        raise OutputExistsError(f"refusing to overwrite {taken[0]}: choose another output folder (hydra.run.dir=...)")

@@ -1,0 +1,131 @@
+"""Building objects from trusted (composed) configs, and what a training run stores in its checkpoints."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ddpm_lab.diffusion import GaussianDiffusion, Sampler
+from ddpm_lab.errors import ConfigError, UserError, first_line
+from ddpm_lab.training import DiffusionModule
+
+# What a constructor raises for a value it refuses (ours raise ConfigError, a ValueError), and Hydra for a
+# _target_ it cannot import.
+_REFUSALS = (UserError, ValueError, TypeError, ImportError, OmegaConfBaseException)
+
+
+def _reason(error: BaseException) -> BaseException:
+    """The exception behind Hydra's ``InstantiationException`` wrappers (the constructor's own)."""
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _name_key(message: str, key: str) -> str:
+    """A constructor's message with the config key it names rewritten for where the node really sits.
+
+    ``sampler.steps must be ...`` raised while building ``callbacks.sample_grid.sampler`` becomes
+    ``callbacks.sample_grid.sampler.steps must be ...``; a message naming no key gets ``key: `` in front.
+    """
+    section = key.rsplit(".", 1)[-1]
+    if message.startswith(key + ".") or message.startswith(key + "="):
+        return message
+    if message.startswith(section + ".") or message.startswith(section + "="):
+        return key + message[len(section) :]
+    return f"{key}: {message}"
+
+
+def build(key: str, node: Any, **kwargs: Any) -> Any:
+    """``instantiate(node)``, with a refused value reported as one line naming ``key`` and the real reason.
+
+    A :class:`UserError` keeps its class (e.g. a missing weights file); other refusals become
+    :class:`ConfigError`. Anything else (a bug) propagates with its traceback.
+    """
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as e:
+        reason = _reason(e)
+        if isinstance(e, InstantiationException) and reason is e:  # Hydra's own: e.g. a _target_ that does not exist
+            raise ConfigError(_name_key(first_line(e), key)) from e
+        if not isinstance(reason, _REFUSALS):
+            raise reason from None  # a bug: its own exception and traceback, not Hydra's wrapper
+        message = _name_key(first_line(reason), key)
+        if isinstance(reason, UserError):
+            raise type(reason)(message) from e
+        raise ConfigError(message) from e
+
+
+def build_all(group: DictConfig | None, key: str) -> list[Any]:
+    """Build every entry of a dict-of-configs group (callbacks, loggers), skipping nulls."""
+    if not group:
+        return []
+    return [build(f"{key}.{name}", node) for name, node in group.items() if node is not None and "_target_" in node]
+
+
+def build_components(
+    cfg: DictConfig, device: str | torch.device | None = None, warn: bool = True
+) -> tuple[Any, GaussianDiffusion, Sampler]:
+    """(net, diffusion, sampler) from a composed config.
+
+    ``device="meta"`` sizes the network without memory (for checks); ``warn`` is the schedule's small-T warning.
+    """
+    betas = build("schedule", cfg.schedule, warn=warn)
+    diffusion = build("diffusion", cfg.diffusion, betas=betas)
+    sampler = build("sampler", cfg.sampler)
+    with torch.device(device) if device is not None else nullcontext():
+        net = build("model", cfg.model)
+    return net, diffusion, sampler
+
+
+def build_module(cfg: DictConfig, net: Any, diffusion: GaussianDiffusion, sampler: Sampler) -> DiffusionModule:
+    """The LightningModule of a training config, around already built components."""
+    try:
+        return DiffusionModule(
+            net=net,
+            diffusion=diffusion,
+            sampler=sampler,
+            optimizer=build("optimizer", cfg.optimizer),
+            warmup_steps=cfg.warmup_steps,
+            config=stored_config(cfg),
+            compile_net=bool(cfg.get("compile", False)),
+        )
+    except UserError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(first_line(e)) from e
+
+
+def group_choices() -> dict[str, str]:
+    """The config-group options this Hydra job was composed from (``{"model": "unet_small", ...}``)."""
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {k: str(v) for k, v in choices.items() if v is not None and not k.startswith("hydra")}
+
+
+def _resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The run config as plain data, resolved where it can be (``${hydra:...}`` only resolves inside a launch)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def stored_config(cfg: DictConfig) -> dict[str, Any]:
+    """What every checkpoint of a run stores: the resolved model sections (enough to rebuild the model), the
+    dataset's name, size and channels, and the whole run config with its group choices (for display)."""
+    keep = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "schedule", "diffusion", "sampler")}
+    keep["dataset"] = {
+        "name": cfg.dataset.get("_target_", "").rsplit(".", 1)[-1],
+        "image_size": int(cfg.dataset.image_size),
+        "channels": int(cfg.dataset.channels),
+    }
+    keep["run"] = {"config": _resolved(cfg), "choices": group_choices()}
+    return keep

@@ -1,0 +1,47 @@
+"""Custom OmegaConf resolvers used by the configs; registered once when ``ddpm_lab.config`` is imported."""
+
+from __future__ import annotations
+
+import re
+
+from omegaconf import OmegaConf
+
+from ddpm_lab.config.run_folder import exit_on_user_error, resume_output_subdir, resume_run_dir
+
+
+def run_name(override_dirname: str, max_len: int = 120) -> str:
+    """A folder- and TensorBoard-friendly run name from Hydra's ``override_dirname``.
+
+    Group choices (``schedule=cosine`` → ``schedule-cosine``) come first and dotted keys are shortened to their last
+    part (``optimizer.lr=1e-3`` → ``lr-1e-3``), so what tells runs apart survives the length limit.
+    """
+    items = [i for i in override_dirname.split(",") if i]
+    groups = [i for i in items if "." not in i.split("=", 1)[0]]
+    values = [
+        i.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + i.split("=", 1)[-1] if "=" in i else i
+        for i in items
+        if i not in groups
+    ]
+    # '=' and ',' are Hydra override syntax: keep them out, so a run folder can be passed as a value unquoted.
+    name = "_".join(i.replace("=", "-") for i in groups + values)
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "-", name.replace("/", "-")).strip("-._")
+    return (name[:max_len] or "default").rstrip("-._")
+
+
+def floordiv(a: int, b: int) -> int:
+    """``${floordiv:${dataset.image_size},4}``: e.g. the feature-map side that gets attention."""
+    return int(a) // int(b)
+
+
+RESOLVERS = {
+    "run_name": run_name,
+    "floordiv": floordiv,
+    "resume_run_dir": exit_on_user_error(resume_run_dir),
+    "resume_output_subdir": resume_output_subdir,
+}
+
+
+def register_resolvers() -> None:
+    for name, fn in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)

@@ -1,0 +1,65 @@
+"""What the Gaussian process and the samplers share: the denoiser type, noise, coefficient helpers, one step.
+
+Plain PyTorch. :class:`Process` says what a sampler needs from a diffusion process, so samplers depend on this
+module and not on :class:`~ddpm_lab.diffusion.gaussian.GaussianDiffusion` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+
+Prediction = Literal["eps", "x0", "v"]
+PREDICTIONS = ("eps", "x0", "v")
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
+# A denoiser: model(x_t, t) -> prediction, t an integer tensor of shape (batch,).
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def extract(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Gather ``table[t]`` (float64) and reshape to broadcast over ``x``, in ``x``'s dtype."""
+    return table.to(x.device)[t.to(x.device)].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+
+
+def randn(shape: Iterable[int], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, then moved: same numbers on every device."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=gen_device).to(device)
+
+
+def posterior_coefficients(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Coefficients of q(x_prev | x_t, x_0) between two noise levels ᾱ_t < ᾱ_prev (Ho et al., eq. 6–7).
+
+    With β = 1 − ᾱ_t/ᾱ_prev (the step's own β, also for respaced chains):
+    β̃ = β(1 − ᾱ_prev)/(1 − ᾱ_t),  μ̃ = β√ᾱ_prev/(1 − ᾱ_t)·x_0 + (1 − ᾱ_prev)√(1 − β)/(1 − ᾱ_t)·x_t.
+    """
+    beta = 1.0 - alpha_bar / alpha_bar_prev
+    return {
+        "beta": beta,
+        "posterior_variance": beta * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar),
+        "posterior_mean_coef1": beta * alpha_bar_prev.sqrt() / (1.0 - alpha_bar),
+        "posterior_mean_coef2": (1.0 - alpha_bar_prev) * (1.0 - beta).sqrt() / (1.0 - alpha_bar),
+    }
+
+
+@dataclass
+class SampleStep:
+    """One reverse step: the timestep just denoised, the new x (x_{t−1}) and the model's x̂_0 at t."""
+
+    t: int
+    x: torch.Tensor
+    x0_pred: torch.Tensor
+
+
+class Process(Protocol):
+    """The part of a diffusion process that samplers use (``GaussianDiffusion`` is one)."""
+
+    num_timesteps: int
+    alphas_cumprod: torch.Tensor
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor: ...
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor: ...

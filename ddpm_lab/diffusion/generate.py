@@ -1,0 +1,94 @@
+"""Drawing n images from a denoiser in batches: the one loop that ``sample``, ``evaluate``, the FID callback,
+sample grids and denoising strips all use. Plain PyTorch.
+
+What ``seed`` means, everywhere in ddpm_lab: it seeds one CPU ``torch.Generator``; batch after batch (of
+``batch_size`` images, the last one smaller), x_T ~ N(0, I) is drawn from it and then every noise the sampler
+adds, in order. Noise is drawn on the CPU and then moved, so the same seed, batch size and sampler give the same
+images on every device, and a larger ``n`` starts with the full batches of a smaller one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ddpm_lab.diffusion.core import Denoiser, randn
+from ddpm_lab.diffusion.gaussian import GaussianDiffusion
+from ddpm_lab.diffusion.samplers import DDPMSampler, Sampler
+from ddpm_lab.errors import check_number
+
+
+@dataclass
+class Batch:
+    """One batch of generated images: its position, x_0 on the sampling device, the kept x_t (first batch only)."""
+
+    start: int
+    images: torch.Tensor
+    kept: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def image_shape(net: Denoiser) -> tuple[int, int, int]:
+    """(C, H, W) of the images a ddpm_lab network makes (``in_channels`` and ``image_size`` attributes)."""
+    try:
+        return (int(net.in_channels), int(net.image_size), int(net.image_size))  # type: ignore[attr-defined]
+    except AttributeError as e:
+        raise TypeError("pass shape=(C, H, W): this network has no in_channels/image_size attributes") from e
+
+
+def _device_of(net: Denoiser) -> torch.device:
+    if isinstance(net, nn.Module):
+        for tensor in net.parameters():
+            return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def generate_batches(
+    net: Denoiser,
+    diffusion: GaussianDiffusion,
+    n: int,
+    sampler: Sampler | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    shape: Sequence[int] | None = None,
+    keep: Iterable[int] = (),
+    progress: bool = False,
+) -> Iterator[Batch]:
+    """Yield ``n`` samples as :class:`Batch` es of at most ``batch_size``, reproducibly from ``seed`` (see module doc).
+
+    ``keep``: timesteps whose x_t (the state *before* denoising step t) the first batch hands back on the CPU,
+    for strips and GIFs (only the first batch: later ones would only cost memory).
+    ``device``: where sampling runs (the network's device by default). ``sampler``: DDPM ancestral by default.
+    """
+    n = check_number(n, "n", int, low=1)
+    batch_size = check_number(batch_size, "batch_size", int, low=1)
+    sampler = DDPMSampler() if sampler is None else sampler
+    shape = tuple(shape) if shape is not None else image_shape(net)
+    device = torch.device(device) if device is not None else _device_of(net)
+    keep = {int(t) for t in keep}
+    generator = torch.Generator().manual_seed(int(seed))
+    steps = len(sampler.timesteps(diffusion.num_timesteps))
+    bar = tqdm(total=math.ceil(n / batch_size) * steps, desc="sampling", unit="step", disable=not progress, leave=False)
+    try:
+        for start in range(0, n, batch_size):
+            x = randn((min(batch_size, n - start), *shape), generator, device)
+            kept: dict[int, torch.Tensor] = {}
+            for step in diffusion.sample_loop(net, sampler=sampler, generator=generator, x_T=x):
+                if start == 0 and step.t in keep:
+                    kept[step.t] = x.cpu()
+                x = step.x
+                bar.update()
+            yield Batch(start, x, kept)
+    finally:
+        bar.close()
+
+
+def generate(net: Denoiser, diffusion: GaussianDiffusion, n: int, **kwargs) -> torch.Tensor:
+    """``n`` samples in [−1, 1] as one (n, C, H, W) CPU tensor; keyword arguments as :func:`generate_batches`."""
+    return torch.cat([batch.images.cpu() for batch in generate_batches(net, diffusion, n, **kwargs)])

@@ -1,0 +1,5 @@
+"""Denoising networks, plain PyTorch: ``net(x_t, t) -> prediction``."""
+
+from ddpm_lab.models.unet import UNet
+
+__all__ = ["UNet"]

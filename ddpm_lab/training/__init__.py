@@ -1,0 +1,21 @@
+"""Training with PyTorch Lightning: the LightningModule, EMA, callbacks (sample grids, strips, run summary,
+FID, preemption) and atomic checkpoint IO. Imports neither Hydra nor OmegaConf."""
+
+from ddpm_lab.training.callbacks import DiffusionStrips, RunSummary, SampleGrid
+from ddpm_lab.training.checkpoint_io import AtomicCheckpointIO
+from ddpm_lab.training.ema import EMA
+from ddpm_lab.training.fid import FIDCallback
+from ddpm_lab.training.module import DiffusionModule, NonFiniteLossError
+from ddpm_lab.training.preemption import PreemptionGuard
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "DiffusionModule",
+    "DiffusionStrips",
+    "EMA",
+    "FIDCallback",
+    "NonFiniteLossError",
+    "PreemptionGuard",
+    "RunSummary",
+    "SampleGrid",
+]

@@ -1,0 +1,295 @@
+"""Lightning callbacks that show the model's progress in TensorBoard and in the run folder.
+
+Everything here runs on rank zero only and stays silent under ``fast_dev_run`` and the sanity check.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
+
+from ddpm_lab.artifacts.figures import schedule_figure
+from ddpm_lab.artifacts.images import image_grid, save_png, strip_grid
+from ddpm_lab.data import first_images
+from ddpm_lab.diffusion import Sampler, evenly_spaced, generate, generate_batches, randn
+from ddpm_lab.errors import check_number
+
+log = logging.getLogger(__name__)
+
+# Config sections whose scalar leaves fill TensorBoard's HPARAMS table, and single top-level keys.
+HPARAM_SECTIONS = ("schedule", "diffusion", "model", "sampler", "optimizer")
+HPARAM_KEYS = (
+    "dataset.batch_size",
+    "dataset.image_size",
+    "warmup_steps",
+    "seed",
+    "trainer.max_steps",
+    "trainer.precision",
+)
+
+
+def tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
+    """The trainer's first ``TensorBoardLogger``, or None."""
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def tensorboard(trainer: pl.Trainer):
+    """The TensorBoard ``SummaryWriter`` of the trainer's first TensorBoard logger, or None."""
+    logger = tensorboard_logger(trainer)
+    return logger.experiment if logger is not None else None
+
+
+@contextmanager
+def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
+    """Switch ``net`` to eval for the block (dropout off), then back to what it was."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
+
+
+class EveryNSteps(pl.Callback):
+    """Base: ``log_step`` every ``every_n_steps`` optimizer steps and once more at the end of training.
+
+    Rank zero only, silent under ``fast_dev_run`` and the sanity check; each call's cost is logged at DEBUG.
+    ``every_n_steps=0`` keeps only the final call.
+    """
+
+    def __init__(self, every_n_steps: int) -> None:
+        super().__init__()
+        self.every_n_steps = check_number(every_n_steps, "every_n_steps", int, low=0)
+        self._last_step = -1
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+            self.run(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self.run(trainer, pl_module)
+
+    @rank_zero_only
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        self._last_step = trainer.global_step
+        start = time.perf_counter()
+        with torch.no_grad(), eval_mode(pl_module.sampling_net):
+            self.log_step(trainer, pl_module, trainer.global_step)
+        log.debug("%s at step %d took %.3f s", type(self).__name__, trainer.global_step, time.perf_counter() - start)
+
+    def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        raise NotImplementedError
+
+
+class SampleGrid(EveryNSteps):
+    """Every ``every_n_steps`` optimizer steps (and at the end), sample ``n`` images from fixed noise.
+
+    The grid goes to TensorBoard as ``samples/grid`` (one tag over training: use the step slider) and to
+    ``<run>/samples/step_XXXXXXX.png``. Same seed every time, so grids differ only by the weights, which
+    are ``pl_module.sampling_net`` (the EMA copy when EMA is on).
+
+    Args:
+        every_n_steps: sampling interval; 0 turns periodic grids off (the final one stays).
+        n: images per grid.
+        seed: seed of x_T and of the sampler's noise.
+        sampler: overrides the module's sampler (e.g. a respaced DDPM to keep grids cheap).
+        out_dir: where PNGs go; defaults to the trainer's ``default_root_dir``.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 1000,
+        n: int = 64,
+        seed: int = 0,
+        sampler: Sampler | None = None,
+        out_dir: str | None = None,
+    ) -> None:
+        super().__init__(every_n_steps)
+        self.n, self.seed = check_number(n, "callbacks.sample_grid.n", int, low=1), seed
+        self.sampler = sampler
+        self.out_dir = out_dir
+
+    def sample(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        """``n`` samples of the module's sampling weights from ``seed`` (see ``ddpm_lab.diffusion.generate``)."""
+        net = pl_module.sampling_net
+        with eval_mode(net):
+            return generate(
+                net,
+                pl_module.diffusion,
+                self.n,
+                sampler=self.sampler or pl_module.sampler,
+                seed=self.seed,
+                batch_size=self.n,
+                device=pl_module.device,
+            )
+
+    def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        grid = image_grid(self.sample(pl_module))
+        writer = tensorboard(trainer)
+        if writer is not None:
+            writer.add_image("samples/grid", grid, global_step=step)
+        out = Path(self.out_dir or trainer.default_root_dir) / "samples" / f"step_{step:07d}.png"
+        save_png(grid, out)
+        log.info("sample grid at step %d: %s", step, out)
+
+
+class DiffusionStrips(EveryNSteps):
+    """Strips of the diffusion in TensorBoard, a row per image and a column per timestep (step slider).
+
+    - ``diffusion/denoising``: x_t of ``n`` samples from fixed noise, from t = T−1 down to the output x_0;
+    - ``diffusion/x0_pred``: the model's x̂_0 from the forward strip's x_t, one column per t;
+    - ``diffusion/forward`` (once; it does not depend on the weights): ``n`` real validation images
+      noised to x_t with fixed ε at ``frames`` timesteps spread over [0, T−1].
+
+    Args:
+        every_n_steps: logging interval; 0 keeps only the strips at the end of training.
+        n: images (rows) per strip.
+        frames: columns per strip.
+        seed: seed of x_T, of the sampler's noise and of the forward strip's ε.
+        sampler: overrides the module's sampler for the denoising strip (a respaced chain keeps it cheap).
+    """
+
+    def __init__(
+        self, every_n_steps: int = 1000, n: int = 4, frames: int = 8, seed: int = 0, sampler: Sampler | None = None
+    ) -> None:
+        super().__init__(every_n_steps)
+        self.n = check_number(n, "callbacks.diffusion_strips.n", int, low=1)
+        self.frames = check_number(frames, "callbacks.diffusion_strips.frames", int, low=2)
+        self.seed, self.sampler = seed, sampler
+        self._real: torch.Tensor | None = None
+        self._forward_logged = False
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._real is None and not trainer.sanity_checking:
+            self._real = batch[0][: self.n].detach().cpu()
+
+    def real_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
+        """The first ``n`` validation images in [−1, 1], read from the datamodule once and kept."""
+        if self._real is None and trainer.datamodule is not None:
+            self._real = first_images(trainer.datamodule, self.n)
+        return None if self._real is None else self._real.to(pl_module.device)
+
+    def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        writer = tensorboard(trainer)
+        if writer is None:
+            return
+        net, diffusion = pl_module.sampling_net, pl_module.diffusion
+        T = diffusion.num_timesteps
+        x0 = self.real_images(trainer, pl_module)
+        if x0 is not None:
+            ts = evenly_spaced(list(range(T)), self.frames)
+            noise = randn(x0.shape, torch.Generator().manual_seed(self.seed), x0.device)
+            x_ts = [diffusion.q_sample(x0, torch.full((len(x0),), t, device=x0.device), noise) for t in ts]
+            if not self._forward_logged:
+                writer.add_image("diffusion/forward", strip_grid(x_ts), global_step=step)
+                self._forward_logged = True
+            preds = []
+            for t, x_t in zip(ts, x_ts):
+                tt = torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)
+                preds.append(diffusion.predict_x0(x_t, tt, net(x_t, tt).float()).clamp(-1, 1))
+            writer.add_image("diffusion/x0_pred", strip_grid(preds), global_step=step)
+
+        sampler = self.sampler or pl_module.sampler
+        keep = evenly_spaced(sampler.timesteps(T), self.frames - 1)
+        (batch,) = generate_batches(
+            net,
+            diffusion,
+            self.n,
+            sampler=sampler,
+            seed=self.seed,
+            batch_size=self.n,
+            device=pl_module.device,
+            keep=keep,
+        )
+        frames = [batch.kept[t] for t in keep] + [batch.images.cpu()]
+        writer.add_image("diffusion/denoising", strip_grid(frames), global_step=step)
+
+
+def _select(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def main_hparams(config: dict[str, Any], choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """What a sweep compares: group choices, scalar leaves of the model/diffusion sections, a few single keys."""
+    params: dict[str, Any] = {f"choice/{k}": v for k, v in (choices or {}).items()}
+    for section in HPARAM_SECTIONS:
+        for key, value in (config.get(section) or {}).items():
+            if key.startswith("_") or isinstance(value, dict):
+                continue
+            params[f"{section}/{key}"] = str(value) if isinstance(value, (list, tuple)) or value is None else value
+    for dotted in HPARAM_KEYS:
+        value = _select(config, dotted)
+        if value is not None:
+            params[dotted.replace(".", "/")] = value
+    return params
+
+
+class RunSummary(pl.Callback):
+    """Once per run: the schedule figure and the resolved config at the start, the HPARAMS table at the end.
+
+    What it shows comes from the module's stored config (``pl_module.config``): the run's full resolved config
+    and group choices under ``run`` when the launcher put them there, else the model sections themselves.
+
+    - ``schedule`` (figure): β_t, ᾱ_t, √ᾱ_t and log-SNR against t of the run's diffusion;
+    - ``config`` (text): the resolved run config;
+    - HPARAMS: :func:`main_hparams` with the final ``val/loss`` (``train/loss`` when there is no validation).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._config: dict[str, Any] = {}
+        self._choices: dict[str, str] = {}
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = tensorboard(trainer)
+        if trainer.fast_dev_run or writer is None:
+            return
+        start = time.perf_counter()
+        stored = dict(getattr(pl_module, "config", {}) or {})
+        run = stored.get("run") or {}
+        self._config = dict(run.get("config") or {k: v for k, v in stored.items() if k != "run"})
+        self._choices = dict(run.get("choices") or {})
+        text = yaml.safe_dump(self._config, sort_keys=False, allow_unicode=True)
+        # Markdown: indent by four spaces so TensorBoard renders the YAML as a code block.
+        writer.add_text("config", "\n".join("    " + line for line in text.splitlines()), global_step=0)
+        name = _select(self._config, "schedule.name") or "schedule"
+        fig = schedule_figure({name: pl_module.diffusion.betas}, title=f"{name}, T={pl_module.diffusion.num_timesteps}")
+        writer.add_figure("schedule", fig, global_step=0)
+        log.debug("RunSummary at start took %.3f s", time.perf_counter() - start)
+
+    @rank_zero_only
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = tensorboard_logger(trainer)
+        if trainer.fast_dev_run or logger is None:
+            return
+        metrics = {
+            k: float(trainer.callback_metrics[k]) for k in ("val/loss", "train/loss") if k in trainer.callback_metrics
+        }
+        metrics = {"val/loss": metrics["val/loss"]} if "val/loss" in metrics else metrics
+        if metrics:
+            logger.log_hyperparams(main_hparams(self._config, self._choices), metrics=metrics, step=trainer.global_step)

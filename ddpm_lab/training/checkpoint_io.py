@@ -1,0 +1,31 @@
+"""Checkpoints that are complete or absent: Lightning's checkpoint IO, writing through ``atomic_write``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning_fabric.utilities.cloud_io import get_filesystem
+from pytorch_lightning.plugins import TorchCheckpointIO
+
+from ddpm_lab.artifacts.atomic import atomic_write
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write ``<dir>/.<name>.tmp-<pid>``, fsync, then ``os.replace`` onto ``<dir>/<name>``.
+
+    A rename within one folder is atomic, so ``kill -9`` at any moment leaves either the previous complete
+    file or the new complete file, never a truncated one. (Lightning's own save stages the file in the
+    system temp folder and moves it, which is a plain copy when that is another file system.)
+    Remote paths keep Lightning's fsspec saving.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)

@@ -1,0 +1,96 @@
+"""Optional Lightning callback: FID (and KID) of a few samples every N steps, logged as ``fid/fid``, ``fid/kid``.
+
+Off by default; turn it on with ``callbacks=fid`` (see ``configs/callbacks/fid.yaml``). With a small ``n``
+the numbers are noisy and biased upwards: use them to follow a run, and ``ddpm_lab.evaluate`` to report.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+
+from ddpm_lab.artifacts.images import to_uint8
+from ddpm_lab.diffusion import Sampler, generate_batches
+from ddpm_lab.errors import check_number
+from ddpm_lab.metrics import FeatureExtractor, FeatureSet, chunks, extract_features, scores
+from ddpm_lab.training.callbacks import eval_mode
+
+log = logging.getLogger(__name__)
+
+
+class FIDCallback(pl.Callback):
+    """Every ``every_n_steps`` optimizer steps, sample ``n`` images and score them against training images.
+
+    Args:
+        features: the feature extractor (a ``features`` config option).
+        every_n_steps: interval in optimizer steps (> 0).
+        n: generated images per evaluation; also the number of real training images used.
+        batch_size: sampling and feature-extraction batch.
+        sampler: overrides the module's sampler (a respaced chain keeps this affordable).
+        seed: fixed noise, so successive scores differ only by the weights.
+    """
+
+    def __init__(
+        self,
+        features: FeatureExtractor,
+        every_n_steps: int = 5000,
+        n: int = 1000,
+        batch_size: int = 100,
+        sampler: Sampler | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.every_n_steps = check_number(every_n_steps, "callbacks.fid.every_n_steps", int, low=1)
+        self.n = check_number(n, "callbacks.fid.n", int, low=2)
+        self.batch_size = check_number(batch_size, "callbacks.fid.batch_size", int, low=1)
+        self.features = features
+        self.sampler, self.seed = sampler, seed
+        self.real: FeatureSet | None = None
+        self._last_step = -1
+
+    def real_features(self, trainer: pl.Trainer, device: torch.device) -> FeatureSet:
+        """Features of ``n`` training images (uint8, already in memory), computed once per run."""
+        if self.real is None:
+            images = trainer.datamodule.train_images
+            keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))[: self.n]
+            self.real = extract_features(self.features, chunks(images[keep], self.batch_size), device)
+        return self.real
+
+    def generate(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        """``n`` uint8 samples of the module's sampling weights, from ``seed`` (see ``ddpm_lab.diffusion.generate``)."""
+        net = pl_module.sampling_net
+        with eval_mode(net):
+            batches = generate_batches(
+                net,
+                pl_module.diffusion,
+                self.n,
+                sampler=self.sampler or pl_module.sampler,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                device=pl_module.device,
+            )
+            return torch.cat([to_uint8(batch.images) for batch in batches])
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps or step == self._last_step or trainer.sanity_checking:
+            return
+        self._last_step = step
+        real = self.real_features(trainer, pl_module.device)
+        fake = extract_features(self.features, chunks(self.generate(pl_module), self.batch_size), pl_module.device)
+        result = scores(real, fake, kid_subsets=10, seed=self.seed)
+        pl_module.log("fid/fid", result["fid"], rank_zero_only=True)
+        pl_module.log("fid/kid", result["kid_mean"], rank_zero_only=True)
+        log.info(
+            "step %d: FID %.3f, KID %.5f (n=%d generated vs %d training images, %s features)",
+            step,
+            result["fid"],
+            result["kid_mean"],
+            result["n_fake"],
+            result["n_real"],
+            self.features.name,
+        )

@@ -1,0 +1,181 @@
+"""The LightningModule: wraps a denoiser network and a GaussianDiffusion for training and validation."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import grad_norm
+from torch import nn
+
+from ddpm_lab.artifacts.checkpoint import write_entry
+from ddpm_lab.diffusion import GaussianDiffusion, Sampler
+from ddpm_lab.errors import check_number
+from ddpm_lab.training.ema import find_ema
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or the weights) became NaN/inf; the message says at which step, lr and precision."""
+
+
+class DiffusionModule(pl.LightningModule):
+    """Trains ``net`` to denoise under ``diffusion``; ``sampler`` is what sample grids and ``sample`` use.
+
+    Args:
+        net: the denoiser, ``net(x_t, t) -> prediction``.
+        diffusion: the forward process, parameterization and loss.
+        sampler: the default reverse sampler.
+        optimizer: a factory ``params -> Optimizer`` (a Hydra ``_partial_``); AdamW goes fused on CUDA.
+        warmup_steps: linear learning-rate warm-up from 0, in optimizer steps.
+        config: the plain-dict config stored in every checkpoint, enough to rebuild net, diffusion and sampler.
+        val_seed: seed of the fixed noise and timesteps behind ``val/loss``.
+        compile_net: run training steps through ``torch.compile(net)`` (validation and sampling stay eager).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        diffusion: GaussianDiffusion,
+        sampler: Sampler,
+        optimizer: OptimizerFactory,
+        warmup_steps: int = 0,
+        config: dict[str, Any] | None = None,
+        val_seed: int = 1234,
+        compile_net: bool = False,
+    ) -> None:
+        super().__init__()
+        warmup_steps = check_number(warmup_steps, "warmup_steps", int, low=0)
+        self.net = net
+        self.diffusion = diffusion
+        self.sampler = sampler
+        self.optimizer_factory = optimizer
+        self.warmup_steps = warmup_steps
+        self.config = config or {}
+        self.val_seed = val_seed
+        self.compile_net = compile_net
+        self._train_forward: Callable[..., torch.Tensor] | None = None
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.trainer.world_size > 1:
+            # Ranks start from the same seed; offset them so each draws its own t and ε.
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+        if self.compile_net and self._train_forward is None:
+            # A compiled bound method, not a submodule: checkpoint keys stay ``net.*`` and the EMA copy stays eager.
+            self._train_forward = torch.compile(self.net.forward)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x_t, t)
+
+    @property
+    def sampling_net(self) -> nn.Module:
+        """The weights samples are drawn from: the EMA average while the trainer has an ``EMA`` callback."""
+        ema = find_ema(self._trainer)
+        averaged = ema.averaged_net(self) if ema is not None else None
+        return self.net if averaged is None else averaged
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x0 = batch[0]
+        t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
+        per_sample = self.diffusion.loss(self._train_forward or self.net, x0, t=t, reduction="none")
+        loss = per_sample.mean()
+        self._check_finite(loss)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        if self._logs_this_step():
+            self._log_loss_quarters(per_sample.detach(), t)
+        return loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning writes this step's logs (``log_every_n_steps``): extra diagnostics only then."""
+        return self._trainer is not None and (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0
+
+    def _log_loss_quarters(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
+        """``train/loss_q0..q3``: the batch loss split by t in [0, T/4), …, [3T/4, T) (improved-diffusion)."""
+        quarter = (t * 4) // self.diffusion.num_timesteps
+        for q in range(4):
+            mask = quarter == q
+            if bool(mask.any()):
+                self.log(f"train/loss_q{q}", per_sample[mask].mean(), batch_size=int(mask.sum()))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Before clipping: the raw gradient norm, on logged steps only (it synchronizes on GPUs).
+        norms = grad_norm(self.net, norm_type=2) if self._logs_this_step() else {}
+        if norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # Fixed t and ε per batch: val/loss is comparable across steps, runs and checkpoints.
+        x0 = batch[0]
+        g = torch.Generator().manual_seed(self.val_seed + 100_003 * batch_idx + self.global_rank)
+        t = self.diffusion.sample_timesteps(x0.shape[0], x0.device, generator=g)
+        noise = torch.randn(x0.shape, generator=g).to(x0.device)
+        loss = self.diffusion.loss(self.net, x0, t=t, noise=noise)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        factory = self.optimizer_factory
+        kwargs: dict[str, Any] = {}
+        target = getattr(factory, "func", factory)
+        accepts_fused = "fused" in inspect.signature(target).parameters
+        if accepts_fused and self.device.type == "cuda" and "fused" not in getattr(factory, "keywords", {}):
+            kwargs["fused"] = True  # one kernel for the whole update
+        optimizer = factory(self.net.parameters(), **kwargs)
+        warmup = self.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """Stop before a NaN/inf loss reaches the weights (all ranks agree, so none is left waiting)."""
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+        if bad:
+            raise NonFiniteLossError(f"train/loss is {loss.item()} {self._where(self.trainer.global_step + 1)}")
+
+    def _where(self, step: int) -> str:
+        trainer = self.trainer
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+        fix = "lower optimizer.lr or raise warmup_steps"
+        if trainer.precision == "16-mixed":
+            fix += ", or use trainer.precision=bf16-mixed (float16 overflows)"
+        return (
+            f"at step {step} (lr {lr:.3g}, precision {trainer.precision}); training stopped, "
+            f"last good checkpoint: {last}. Fix: {fix}"
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not all(bool(p.isfinite().all()) for p in self.net.parameters()):
+            # Raising here keeps the last good checkpoint on disk instead of overwriting it with NaNs.
+            raise NonFiniteLossError(f"the weights are non-finite {self._where(self.trainer.global_step)}")
+        write_entry(checkpoint, self.config)
+        checkpoint["rng_states"] = self._gather_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "current_model_state" in checkpoint and find_ema(self._trainer) is None:
+            # An EMA checkpoint keeps the average in state_dict; without EMA, continue from the raw weights.
+            checkpoint["state_dict"] = checkpoint["current_model_state"]
+        self._restore_rng_states(checkpoint.get("rng_states"))
+
+    def _gather_rng_states(self) -> dict[str, torch.Tensor]:
+        """The torch RNG states (CPU and this rank's GPU) of every rank, as (world_size, n) uint8 tensors."""
+        states = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.trainer.world_size == 1:
+            return {k: v[None] for k, v in states.items()}
+        return {k: self.all_gather(v.to(self.device)).cpu() for k, v in states.items()}
+
+    def _restore_rng_states(self, states: dict[str, torch.Tensor] | None) -> None:
+        if not states or len(states["cpu"]) != self.trainer.world_size:
+            return  # none saved, or another number of ranks: keep this run's seeding
+        torch.set_rng_state(states["cpu"][self.global_rank])
+        if "cuda" in states and self.device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda"][self.global_rank], self.device)

@@ -1,0 +1,106 @@
+"""`python -m ddpm_lab.evaluate` on a tiny checkpoint with the small feature network (offline, seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_TRAIN, run_cli
+from ddpm_lab.errors import ConfigError, OutputExistsError, WeightsMissingError
+from ddpm_lab.evaluate import evaluate
+
+FAST_EVAL = ("features=tiny", "n=8", "batch_size=8", "sampler=ddpm", "sampler.steps=3", "kid_subsets=5")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Path:
+    """A tiny training run, with the optional FID callback switched on."""
+    cwd = tmp_path_factory.mktemp("train")
+    proc = run_cli(
+        "ddpm_lab.train",
+        *TINY_TRAIN,
+        f"dataset.root={image_folder}",
+        "callbacks=fid",
+        "features@callbacks.fid.features=tiny",
+        "callbacks.fid.every_n_steps=3",
+        "callbacks.fid.n=8",
+        "callbacks.fid.batch_size=8",
+        "callbacks.fid.sampler.steps=3",
+        cwd=cwd,
+    )
+    (run,) = (cwd / "outputs" / "train").iterdir()
+    assert "FID" in (run / "train.log").read_text(), proc.stderr[-2000:]
+    return run
+
+
+def quoted(path: Path) -> str:
+    return f"'{path}'"  # quoted: pytest's tmp paths are arbitrary
+
+
+@pytest.fixture
+def compose_eval(cfg_eval):
+    """The evaluate config with outputs under ``tmp_path`` (``eval`` unless ``out`` names another folder)."""
+    return lambda tmp_path, *overrides, out="eval": cfg_eval(
+        f"paths.output_root={tmp_path}", f"paths.output_dir={tmp_path / out}", *overrides
+    )
+
+
+def test_fid_callback_logs_during_training(run_dir):
+    log = (run_dir / "train.log").read_text()
+    assert "step 3: FID" in log and "n=8 generated vs 8 training images" in log
+
+
+def test_evaluate_cli_scores_a_checkpoint_against_the_runs_dataset(run_dir, tmp_path):
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    proc = run_cli("ddpm_lab.evaluate", f"ckpt={quoted(ckpt)}", *FAST_EVAL, cwd=tmp_path)
+    assert "n=8 generated vs 48 real images" in proc.stdout
+    (out,) = (tmp_path / "outputs" / "evaluate").iterdir()
+    result = json.loads((out / "results.json").read_text())
+    assert result["n_fake"] == 8 and result["n_real"] == 48 and result["fid"] > 0
+    assert result["global_step"] == 6 and "steps=3" in result["sampler"]
+    assert (out / "samples.png").is_file()
+    (stats,) = (tmp_path / "outputs" / "fid_stats").iterdir()
+    assert stats.name.startswith("ImageFolderDataModule_train_16px_tiny64")
+
+
+def test_real_statistics_are_cached_and_dataset_override_works(run_dir, tmp_path, image_folder, caplog, compose_eval):
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    overrides = (
+        f"ckpt={quoted(ckpt)}",
+        *FAST_EVAL,
+        "dataset=image_folder",
+        f"dataset.root={image_folder}",
+        "n_real=20",
+    )
+    first = evaluate(compose_eval(tmp_path, *overrides))
+    results = (tmp_path / "eval" / "results.json").read_bytes()
+    with pytest.raises(OutputExistsError, match="results.json"):  # the same folder again: nothing is overwritten
+        evaluate(compose_eval(tmp_path, *overrides))
+    assert (tmp_path / "eval" / "results.json").read_bytes() == results
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        second = evaluate(compose_eval(tmp_path, *overrides, out="eval2"))
+    assert "features read from" in caplog.text
+    assert first["n_real"] == second["n_real"] == 20
+    assert first["fid"] == pytest.approx(second["fid"])  # same seed, same samples, same cached statistics
+
+
+def test_missing_inception_weights_fail_before_sampling(run_dir, tmp_path, compose_eval):
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    cfg = compose_eval(
+        tmp_path, f"ckpt={quoted(ckpt)}", "features=inception", f"features.weights_path={tmp_path}/w.pth"
+    )
+    with pytest.raises(WeightsMissingError, match="Inception weights not found at .*w.pth"):
+        evaluate(cfg)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_no_dataset_anywhere_is_one_clear_error(tmp_path, run_dir, compose_eval):
+    lone = tmp_path / "lone" / "checkpoints"
+    lone.mkdir(parents=True)
+    (lone / "last.ckpt").write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
+    cfg = compose_eval(tmp_path, f"ckpt={quoted(lone / 'last.ckpt')}", *FAST_EVAL)
+    with pytest.raises(ConfigError, match="pass dataset=<option>"):
+        evaluate(cfg)

@@ -1,0 +1,130 @@
+"""Surviving kills: SIGKILL then resume= continues step, optimizer, LR schedule, EMA and the TensorBoard curve;
+SIGTERM saves a checkpoint at the step it arrived."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import TINY_TRAIN, run_cli, start_cli
+from ddpm_lab.artifacts.checkpoint import read_checkpoint
+
+LONG = (*TINY_TRAIN, "trainer.max_steps=1000", "trainer.val_check_interval=1000")
+
+
+def wait_for(pattern: str, root: Path, proc: subprocess.Popen, log: Path, timeout: float = 300) -> Path:
+    """Poll until a file matching ``pattern`` under ``root`` exists, while ``proc`` keeps running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(root.glob(pattern))
+        if found:
+            return found[0]
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"training exited {proc.returncode} before {pattern} appeared:\n{log.read_text()[-4000:]}"
+            )
+        time.sleep(0.02)
+    raise AssertionError(f"{pattern} did not appear in {timeout} s")
+
+
+def train_until(
+    pattern: str, tmp_path: Path, image_folder: Path, *overrides: str
+) -> tuple[subprocess.Popen, Path, Path]:
+    """Start a long training run; once a file matching ``pattern`` exists, return (process, that file, log)."""
+    log = tmp_path / "train.log"
+    proc = start_cli("ddpm_lab.train", *LONG, f"dataset.root={image_folder}", *overrides, cwd=tmp_path, log=log)
+    try:
+        return proc, wait_for(pattern, tmp_path, proc, log), log
+    except BaseException:
+        proc.kill()
+        raise
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_continues_the_same_run(image_folder, tmp_path):
+    proc, first, _ = train_until(
+        "outputs/train/*/checkpoints/step_0000004.ckpt",
+        tmp_path,
+        image_folder,
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "callbacks.sample_grid=null",
+    )
+    proc.kill()
+    proc.wait()
+    run = first.parents[1]
+    for ckpt in run.glob("checkpoints/*.ckpt"):  # whatever the kill interrupted, every checkpoint is whole
+        read_checkpoint(ckpt)
+    resumed_from = max(read_checkpoint(c)["global_step"] for c in run.glob("checkpoints/*.ckpt"))
+    assert 4 <= resumed_from < 8
+
+    run_cli("ddpm_lab.train", f"resume='{run}'", "trainer.max_steps=8", cwd=tmp_path)
+    assert [p.name for p in (tmp_path / "outputs" / "train").iterdir()] == [run.name]  # the same folder, no new run
+    final = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert final["global_step"] == 8
+    # Counters that restart from zero on a fresh start all reached 8: the state continued from the checkpoint.
+    adam = final["optimizer_states"][0]["state"]
+    assert all(int(s["step"]) == 8 for s in adam.values())
+    assert final["lr_schedulers"][0]["last_epoch"] == 8
+    assert int(final["averaging_state"]["n_averaged"]) == 8 and final["callbacks"]["EMA"]["latest_update_step"] == 8
+    # One TensorBoard run whose loss curve goes on where the checkpoint was, each step logged once. (Lightning
+    # logs step k's loss at TensorBoard step k - 1, after step k's checkpoint: a kill right then can lose that point.)
+    assert len(list((run / "tensorboard").glob("events.*"))) == 2
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == sorted(set(steps)) and set(steps) >= set(range(resumed_from - 1)) | set(range(resumed_from, 8))
+    # The resumed launch left the original Hydra record alone and wrote its own beside it.
+    assert (run / ".hydra" / "overrides.yaml").read_text().count("trainer.max_steps=1000") == 1
+    (resumed,) = (run / ".hydra").glob("resume_*")
+    assert "max_steps: 8" in (resumed / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_at_the_step_it_arrived(image_folder, tmp_path):
+    proc, grid, log = train_until(
+        "outputs/train/*/samples/step_0000004.png",
+        tmp_path,
+        image_folder,
+        "callbacks.model_checkpoint.every_n_train_steps=1000",
+        "callbacks.sample_grid.every_n_steps=2",
+    )
+    proc.send_signal(signal.SIGTERM)
+    try:
+        returncode = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    output = log.read_text()
+    assert returncode == 128 + signal.SIGTERM, output[-3000:]
+    run = grid.parents[1]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]  # no periodic one was due
+    step = read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert 4 <= step <= 6  # the step running when the signal came (a fast machine may finish one more)
+    assert f"SIGTERM: saved {run / 'checkpoints' / 'last.ckpt'} at step {step}" in output
+    assert "resume=" in output
+
+
+def test_resume_replays_the_run_overrides_then_the_new_ones():
+    from ddpm_lab.config.run_folder import merge_overrides
+
+    assert merge_overrides(
+        ["model=unet_tiny", "+foo=1", "trainer.max_steps=10"], ["trainer.max_steps=20", "foo=2"]
+    ) == ["model=unet_tiny", "trainer.max_steps=20", "+foo=2"]
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run_before_creating_anything(tmp_path):
+    from ddpm_lab.config.run_folder import resume_run_dir
+    from ddpm_lab.errors import ResumeError
+
+    assert resume_run_dir(None, "fresh") == "fresh"
+    with pytest.raises(ResumeError, match="not a training run folder"):
+        resume_run_dir(str(tmp_path / "nope"), "fresh")
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text("[]")
+    with pytest.raises(ResumeError, match="no checkpoint"):
+        resume_run_dir(str(tmp_path / "run"), "fresh")
+    assert not (tmp_path / "nope").exists()

@@ -1,0 +1,71 @@
+"""``python -m ddpm_lab.sample ckpt=PATH`` on a tiny checkpoint: every promised file, with the right size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from conftest import run_cli
+from ddpm_lab.sample import check
+
+
+@pytest.mark.slow
+def test_sample_cli(tmp_path: Path, tiny_run: Path) -> None:
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    overrides = (
+        f"ckpt='{ckpt}'",
+        "n=5",
+        "batch_size=3",
+        "sampler=ddpm",
+        "sampler.steps=10",
+        "strip_n=2",
+        "gif_n=3",
+        "gif_frames=4",
+        "paths.output_root=out",
+    )
+    proc = run_cli("ddpm_lab.sample", *overrides, cwd=tmp_path)
+    (run,) = (tmp_path / "out" / "sample").iterdir()
+    assert sorted(Path(line).name for line in proc.stdout.strip().splitlines()[-5:]) == sorted(
+        ["grid.png", "samples", "samples.npz", "progression.png", "reverse.gif"]
+    )
+
+    with Image.open(run / "grid.png") as grid:  # 5 samples of 16 px: 3 per row, 2 rows, 2 px padding
+        assert grid.size == (3 * 18 + 2, 2 * 18 + 2) and grid.mode == "RGB"
+    singles = sorted((run / "samples").glob("*.png"))
+    assert [p.name for p in singles] == [f"{i:05d}.png" for i in range(5)]
+    for path in singles:
+        with Image.open(path) as image:
+            assert image.size == (16, 16)
+    arrays = np.load(run / "samples.npz")
+    assert arrays["arr_0"].shape == (5, 16, 16, 3) and arrays["arr_0"].dtype == np.uint8
+    with Image.open(singles[4]) as last:  # the npz and the PNGs hold the same pictures, in order
+        assert np.array_equal(np.asarray(last.convert("RGB")), arrays["arr_0"][4])
+    with Image.open(run / "progression.png") as strip:
+        strip.load()
+        assert strip.width > strip.height > 100
+    with Image.open(run / "reverse.gif") as gif:
+        assert gif.n_frames == 4  # 3 chosen steps + the output
+
+
+def test_bad_settings_are_refused_before_loading() -> None:
+    base = {
+        "n": 4,
+        "batch_size": 2,
+        "strip_n": 1,
+        "gif_n": 1,
+        "gif_frames": 2,
+        "gif_ms": 10,
+        "weights": "auto",
+        "seed": 0,
+    }
+    check(OmegaConf.create(base))
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        check(OmegaConf.create({**base, "n": 0}))
+    with pytest.raises(ValueError, match="weights must be one of"):
+        check(OmegaConf.create({**base, "weights": "best"}))
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        check(OmegaConf.create({**base, "seed": "abc"}))

@@ -1,0 +1,96 @@
+"""FID/KID plumbing with the small feature network: ~0 against itself, large against noise, stable in n."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpm_lab.errors import WeightsMissingError
+from ddpm_lab.metrics import (
+    InceptionFeatures,
+    TinyFeatures,
+    cached_features,
+    chunks,
+    extract_features,
+    format_scores,
+    scores,
+)
+
+
+def blobs(n: int, seed: int, size: int = 16) -> torch.Tensor:
+    """Coloured Gaussian blobs at random positions: a simple 'dataset' distribution, uint8 (n, 3, size, size)."""
+    g = torch.Generator().manual_seed(seed)
+    axis = torch.linspace(-1, 1, size)
+    c = torch.rand(n, 2, generator=g) * 1.2 - 0.6
+    img = torch.exp(
+        -((axis[None, :, None] - c[:, 0, None, None]) ** 2 + (axis[None, None, :] - c[:, 1, None, None]) ** 2) / 0.1
+    )
+    return (img[:, None] * torch.rand(n, 3, 1, 1, generator=g) * 255).to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def extractor() -> TinyFeatures:
+    return TinyFeatures()
+
+
+def features(extractor, images):
+    return extract_features(extractor, chunks(images, 200))
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_against_noise_large(extractor):
+    real = features(extractor, blobs(400, 1))
+    same = scores(real, real, kid_subsets=5)
+    other = scores(real, features(extractor, blobs(400, 2)), kid_subsets=5)
+    noise = scores(real, features(extractor, torch.randint(0, 256, (400, 3, 16, 16), dtype=torch.uint8)), kid_subsets=5)
+    assert abs(same["fid"]) < 1e-6
+    assert other["fid"] < 0.05 * noise["fid"]  # same distribution, other draw: tiny next to noise
+    assert noise["fid"] > 1.0 and noise["kid_mean"] > 100 * abs(other["kid_mean"])
+    assert (same["n_fake"], same["n_real"]) == (400, 400)
+    assert "n=400 generated vs 400 real" in format_scores(noise, extractor.name)
+
+
+def test_more_samples_change_nothing_systematic(extractor):
+    """FID of a same-distribution draw shrinks towards 0 as n grows; against noise it stays put."""
+    real = features(extractor, blobs(1200, 3))
+    noise = torch.randint(0, 256, (800, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    fake_small, fake_big = features(extractor, blobs(200, 4)), features(extractor, blobs(800, 4))
+    noise_small, noise_big = features(extractor, noise[:200]), features(extractor, noise)
+    same_small, same_big = scores(real, fake_small, kid_subsets=5)["fid"], scores(real, fake_big, kid_subsets=5)["fid"]
+    far_small, far_big = scores(real, noise_small, kid_subsets=5)["fid"], scores(real, noise_big, kid_subsets=5)["fid"]
+    assert same_big <= same_small
+    assert abs(far_big - far_small) < 0.1 * far_big
+
+
+def test_grayscale_images_are_scored_as_rgb(extractor):
+    gray = blobs(50, 5)[:, :1]
+    assert features(extractor, gray).features.shape == (50, extractor.num_features)
+
+
+def test_tiny_features_are_the_same_in_every_process():
+    x = blobs(8, 6)
+    torch.manual_seed(123)
+    a = TinyFeatures()(x)["features"]
+    torch.manual_seed(456)
+    assert torch.equal(a, TinyFeatures()(x)["features"])
+
+
+def test_missing_inception_weights_say_where_to_put_them(tmp_path):
+    path = tmp_path / "nowhere" / "inception.pth"
+    with pytest.raises(WeightsMissingError, match=r"not found at .*inception\.pth.*features\.weights_path"):
+        InceptionFeatures(weights_path=str(path))
+
+
+def test_feature_cache_is_reused_and_rebuilt_when_its_description_changes(tmp_path, extractor):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return features(extractor, blobs(20, 7))
+
+    path = tmp_path / "stats.pt"
+    first, hit1 = cached_features(path, compute, {"size": 16})
+    again, hit2 = cached_features(path, compute, {"size": 16})
+    _, hit3 = cached_features(path, compute, {"size": 32})
+    assert (hit1, hit2, hit3) == (False, True, False) and len(calls) == 2
+    assert torch.equal(first.features, again.features)
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.pt"]  # no temp files left behind
