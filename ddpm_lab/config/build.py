@@ -28,7 +28,7 @@ def _reason(error: BaseException) -> BaseException:
     return error
 
 
-def _name_key(message: str, key: str) -> str:
+def name_key(message: str, key: str) -> str:
     """A constructor's message with the config key it names rewritten for where the node really sits.
 
     ``sampler.steps must be ...`` raised while building ``callbacks.sample_grid.sampler`` becomes
@@ -53,10 +53,10 @@ def build(key: str, node: Any, **kwargs: Any) -> Any:
     except Exception as e:
         reason = _reason(e)
         if isinstance(e, InstantiationException) and reason is e:  # Hydra's own: e.g. a _target_ that does not exist
-            raise ConfigError(_name_key(first_line(e), key)) from e
+            raise ConfigError(name_key(first_line(e), key)) from e
         if not isinstance(reason, _REFUSALS):
             raise reason from None  # a bug: its own exception and traceback, not Hydra's wrapper
-        message = _name_key(first_line(reason), key)
+        message = name_key(first_line(reason), key)
         if isinstance(reason, UserError):
             raise type(reason)(message) from e
         raise ConfigError(message) from e

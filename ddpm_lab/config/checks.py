@@ -20,9 +20,9 @@ from pytorch_lightning.accelerators import AcceleratorRegistry
 
 from ddpm_lab.artifacts.allow_list import canonical_target
 from ddpm_lab.artifacts.checkpoint import checkpoint_config, checkpoint_file, read_checkpoint
-from ddpm_lab.config.build import build, build_components, build_module
+from ddpm_lab.config.build import build, build_components, build_module, name_key
 from ddpm_lab.config.run_folder import writable_folder
-from ddpm_lab.errors import ConfigError, check_number
+from ddpm_lab.errors import ConfigError, check_number, first_line
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def check_sampler(node: DictConfig, num_timesteps: int, key: str = "sampler") ->
     try:
         visited = sampler.timesteps(num_timesteps)
     except ValueError as e:
-        raise ConfigError(f"{key}: {e} (schedule.timesteps={num_timesteps})") from e
+        raise ConfigError(f"{name_key(first_line(e), key)} (schedule.timesteps={num_timesteps})") from e
     if getattr(sampler, "variance", None) == "fixed_large" and len(visited) < SHORT_CHAIN:
         log.warning(
             "%s.variance=fixed_large with a %d-step chain: σ²=β_t is much worse than fixed_small on short "

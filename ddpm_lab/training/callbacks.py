@@ -61,6 +61,24 @@ def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
         net.train(was_training)
 
 
+def sample_images(
+    pl_module: pl.LightningModule, n: int, sampler: Sampler | None, seed: int, batch_size: int
+) -> torch.Tensor:
+    """``n`` samples in [−1, 1] (CPU) of the module's sampling weights (EMA when on), in eval mode, from ``seed``
+    as ``ddpm_lab.diffusion.generate`` defines it; ``sampler`` overrides the module's own."""
+    net = pl_module.sampling_net
+    with eval_mode(net):
+        return generate(
+            net,
+            pl_module.diffusion,
+            n,
+            sampler=sampler or pl_module.sampler,
+            seed=seed,
+            batch_size=batch_size,
+            device=pl_module.device,
+        )
+
+
 class EveryNSteps(pl.Callback):
     """Base: ``log_step`` every ``every_n_steps`` optimizer steps and once more at the end of training.
 
@@ -127,18 +145,7 @@ class SampleGrid(EveryNSteps):
         self.out_dir = out_dir
 
     def sample(self, pl_module: pl.LightningModule) -> torch.Tensor:
-        """``n`` samples of the module's sampling weights from ``seed`` (see ``ddpm_lab.diffusion.generate``)."""
-        net = pl_module.sampling_net
-        with eval_mode(net):
-            return generate(
-                net,
-                pl_module.diffusion,
-                self.n,
-                sampler=self.sampler or pl_module.sampler,
-                seed=self.seed,
-                batch_size=self.n,
-                device=pl_module.device,
-            )
+        return sample_images(pl_module, self.n, self.sampler, self.seed, batch_size=self.n)
 
     def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         grid = image_grid(self.sample(pl_module))

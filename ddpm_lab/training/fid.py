@@ -12,10 +12,10 @@ import pytorch_lightning as pl
 import torch
 
 from ddpm_lab.artifacts.images import to_uint8
-from ddpm_lab.diffusion import Sampler, generate_batches
+from ddpm_lab.diffusion import Sampler
 from ddpm_lab.errors import check_number
 from ddpm_lab.metrics import FeatureExtractor, FeatureSet, chunks, extract_features, scores
-from ddpm_lab.training.callbacks import eval_mode
+from ddpm_lab.training.callbacks import sample_images
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +59,8 @@ class FIDCallback(pl.Callback):
         return self.real
 
     def generate(self, pl_module: pl.LightningModule) -> torch.Tensor:
-        """``n`` uint8 samples of the module's sampling weights, from ``seed`` (see ``ddpm_lab.diffusion.generate``)."""
-        net = pl_module.sampling_net
-        with eval_mode(net):
-            batches = generate_batches(
-                net,
-                pl_module.diffusion,
-                self.n,
-                sampler=self.sampler or pl_module.sampler,
-                seed=self.seed,
-                batch_size=self.batch_size,
-                device=pl_module.device,
-            )
-            return torch.cat([to_uint8(batch.images) for batch in batches])
+        """``n`` uint8 samples of the module's sampling weights, from ``seed``."""
+        return to_uint8(sample_images(pl_module, self.n, self.sampler, self.seed, self.batch_size))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int

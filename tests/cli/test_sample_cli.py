@@ -51,7 +51,10 @@ def test_sample_cli(tmp_path: Path, tiny_run: Path) -> None:
         assert gif.n_frames == 4  # 3 chosen steps + the output
 
 
-def test_bad_settings_are_refused_before_loading() -> None:
+def test_bad_settings_are_refused_before_loading(cfg_sample) -> None:
+    check(cfg_sample("ckpt=unused.ckpt"))  # the shipped defaults pass
+    with pytest.raises(ValueError, match="batch_size must be an integer, got 2.5"):
+        check(cfg_sample("ckpt=unused.ckpt", "batch_size=2.5"))
     base = {
         "n": 4,
         "batch_size": 2,
