@@ -33,10 +33,11 @@ def test_legacy_checkpoint_gives_the_same_network_and_samples():
     expected = torch.load(FIXTURES / "legacy_run" / "expected.pt", weights_only=True)
     net, diffusion, sampler = ddpm_lab.load_model(LEGACY)
     assert repr(sampler) == expected["sampler"]
+    # Float sums depend on the thread count (the expectations were made with 2): equal to rounding, not bit for bit.
     with torch.no_grad():
-        assert torch.equal(net(expected["x"], expected["t"]), expected["out"])
+        torch.testing.assert_close(net(expected["x"], expected["t"]), expected["out"], rtol=1e-5, atol=1e-6)
     x = diffusion.sample(net, shape=(3, 1, 8, 8), sampler=sampler, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(x, expected["samples_seed1"])
+    torch.testing.assert_close(x, expected["samples_seed1"], rtol=1e-5, atol=1e-5)
 
 
 def test_every_legacy_name_maps_to_an_allowed_builder():
