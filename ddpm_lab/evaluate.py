@@ -21,6 +21,7 @@ from ddpm_lab.artifacts.atomic import atomic_write
 from ddpm_lab.artifacts.checkpoint import WEIGHTS, LoadedModel, checkpoint_file, load_model
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_png, to_uint8
 from ddpm_lab.config import build, check_sampler, config_dir, pick_device
+from ddpm_lab.config.overrides import read_yaml
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.diffusion import Sampler, generate_batches
 from ddpm_lab.errors import ConfigError, check_choice, check_number, user_errors
@@ -53,7 +54,7 @@ def dataset_config(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
                 f"no dataset to compare with: {run_config} (the training run's config) does not exist; "
                 f"pass dataset=<option> (e.g. dataset=image_folder dataset.root=DIR)"
             )
-        stored = OmegaConf.to_container(OmegaConf.load(run_config))  # unresolved: no resolver may run
+        stored = read_yaml(run_config)  # size-capped, unresolved: no resolver may run
         where = str(run_config)
         if not isinstance(stored, dict) or not isinstance(stored.get("dataset"), dict):
             raise ConfigError(f"{run_config} has no dataset section: pass dataset=<option>")
