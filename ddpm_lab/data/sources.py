@@ -182,12 +182,15 @@ def _cache_key(files: Sequence[Path], labels: Sequence[int], where: Path, image_
     Contents, not sizes and mtimes: a replaced image (same size, a copied-back mtime) is never served stale.
     """
     key = hashlib.blake2b(json.dumps([CACHE_VERSION, image_size, channels]).encode(), digest_size=16)
+    prefix = str(where) + os.sep
     for file, label in zip(files, labels, strict=True):
+        path = str(file)
         try:
-            digest = hashlib.blake2b(file.read_bytes(), digest_size=16).hexdigest()
+            with open(path, "rb") as f:
+                digest = hashlib.blake2b(f.read(), digest_size=16).hexdigest()
         except OSError as e:  # unreadable: decoding will report it; its error is part of what is cached
-            digest = f"{type(e).__name__}"
-        name = str(file.relative_to(where)) if file.is_relative_to(where) else str(file)
+            digest = type(e).__name__
+        name = path[len(prefix) :] if path.startswith(prefix) else path
         key.update(f"{name}\0{label}\0{digest}\n".encode())
     return key.hexdigest()[:24]
 

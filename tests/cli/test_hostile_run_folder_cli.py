@@ -103,3 +103,26 @@ def test_evaluate_refuses_a_hostile_run_config(hostile_run, tmp_path, dataset_li
     assert_refused(proc, marker, str(config), culprit)
     assert snapshot(run) == before
     assert not out.exists() or not any(out.rglob("results.json"))
+
+
+def test_evaluate_writes_decoded_caches_only_where_it_is_told_not_where_the_run_config_says(hostile_run, tmp_path):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from ddpm_lab.evaluate import dataset_config
+
+    run, _ = hostile_run
+    config = run / ".hydra" / "config.yaml"
+    text = config.read_text()
+    assert "  cache_dir: ${paths.cache_dir}\n" in text  # what training records
+    config.write_text(text.replace("  cache_dir: ${paths.cache_dir}\n", f"  cache_dir: {tmp_path / 'elsewhere'}\n"))
+    cfg = OmegaConf.create(
+        {
+            "dataset": None,
+            "ckpt": str(run / "checkpoints" / "last.ckpt"),
+            "paths": {"cache_dir": str(tmp_path / "ours")},
+        }
+    )
+    dataset = dataset_config(cfg, SimpleNamespace(config={}))
+    assert dataset["cache_dir"] == str(tmp_path / "ours")
