@@ -59,7 +59,8 @@ def dataset_config(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
         where = str(run_config)
         if not isinstance(stored, dict) or not isinstance(stored.get("dataset"), dict):
             raise ConfigError(f"{run_config} has no dataset section: pass dataset=<option>")
-        dataset = resolve_references(stored, stored["dataset"], f"dataset (from {where})")
+        node = {k: v for k, v in stored["dataset"].items() if k != "cache_dir"}  # ours is set below
+        dataset = resolve_references(stored, node, f"dataset (from {where})")
     check_safe(dataset, f"dataset (from {where})")
     if "cache_dir" in dataset or "cache_min_files" in dataset:  # decoded caches go to our cache folder, not the run's
         dataset["cache_dir"] = cfg.paths.get("cache_dir")

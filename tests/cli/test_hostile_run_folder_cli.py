@@ -116,7 +116,7 @@ def test_evaluate_writes_decoded_caches_only_where_it_is_told_not_where_the_run_
     config = run / ".hydra" / "config.yaml"
     text = config.read_text()
     assert "  cache_dir: ${paths.cache_dir}\n" in text  # what training records
-    config.write_text(text.replace("  cache_dir: ${paths.cache_dir}\n", f"  cache_dir: {tmp_path / 'elsewhere'}\n"))
+    config.write_text(text.replace("  cache_dir: ${paths.cache_dir}\n", "  cache_dir: ${oc.env:HOME}/elsewhere\n"))
     cfg = OmegaConf.create(
         {
             "dataset": None,
