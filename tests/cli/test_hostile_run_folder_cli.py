@@ -77,7 +77,9 @@ def test_resume_refuses_a_resolver_in_a_recorded_override(hostile_run, tmp_path,
     [
         ("  root: ${oc.env:DDPM_LAB_EVIL,/tmp}\n", "${oc.env:DDPM_LAB_EVIL,/tmp}"),
         ("  _target_: torch.load\n  f: CHECKPOINTS/extra.pt\n  weights_only: false\n", "torch.load"),
+        ("  root: /tmp\n  # " + "x" * 1_100_000 + "\n", "over the 1.0 MB a Hydra record can be"),
     ],
+    ids=["resolver", "target", "huge"],
 )
 def test_evaluate_refuses_a_hostile_run_config(hostile_run, tmp_path, dataset_lines: str, culprit: str):
     run, marker = hostile_run
