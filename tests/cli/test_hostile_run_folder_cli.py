@@ -6,10 +6,13 @@ from __future__ import annotations
 import pickle
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import run_cli
+from ddpm_lab.evaluate import dataset_config
 
 
 class Payload:
@@ -108,12 +111,6 @@ def test_evaluate_refuses_a_hostile_run_config(hostile_run, tmp_path, dataset_li
 
 
 def test_evaluate_writes_decoded_caches_only_where_it_is_told_not_where_the_run_config_says(hostile_run, tmp_path):
-    from types import SimpleNamespace
-
-    from omegaconf import OmegaConf
-
-    from ddpm_lab.evaluate import dataset_config
-
     run, _ = hostile_run
     config = run / ".hydra" / "config.yaml"
     text = config.read_text()
