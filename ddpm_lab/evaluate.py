@@ -21,7 +21,9 @@ from ddpm_lab.artifacts.atomic import atomic_write
 from ddpm_lab.artifacts.checkpoint import WEIGHTS, LoadedModel, checkpoint_file, load_model
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_png, to_uint8
 from ddpm_lab.config import build, check_sampler, config_dir, pick_device
+from ddpm_lab.config.overrides import read_yaml
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
+from ddpm_lab.data.sources import cache_folder
 from ddpm_lab.diffusion import Sampler, generate_batches
 from ddpm_lab.errors import ConfigError, check_choice, check_number, user_errors
 from ddpm_lab.metrics import (
@@ -53,12 +55,15 @@ def dataset_config(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
                 f"no dataset to compare with: {run_config} (the training run's config) does not exist; "
                 f"pass dataset=<option> (e.g. dataset=image_folder dataset.root=DIR)"
             )
-        stored = OmegaConf.to_container(OmegaConf.load(run_config))  # unresolved: no resolver may run
+        stored = read_yaml(run_config)  # size-capped, unresolved: no resolver may run
         where = str(run_config)
         if not isinstance(stored, dict) or not isinstance(stored.get("dataset"), dict):
             raise ConfigError(f"{run_config} has no dataset section: pass dataset=<option>")
-        dataset = resolve_references(stored, stored["dataset"], f"dataset (from {where})")
+        node = {k: v for k, v in stored["dataset"].items() if k != "cache_dir"}  # ours is set below
+        dataset = resolve_references(stored, node, f"dataset (from {where})")
     check_safe(dataset, f"dataset (from {where})")
+    if "cache_dir" in dataset or "cache_min_files" in dataset:  # decoded caches go to our cache folder, not the run's
+        dataset["cache_dir"] = cfg.paths.get("cache_dir")
     stored = loaded.config.get("dataset", {})
     for key in ("image_size", "channels"):
         if key in stored and dataset.get(key) != stored[key]:
@@ -85,7 +90,10 @@ def real_features(
         "seed": cfg.seed,
     }
     n_tag = "all" if cfg.n_real is None else str(cfg.n_real)
-    path = Path(cfg.cache_dir) / (
+    folder = (
+        Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_folder(cfg.paths.get("cache_dir")) / "fid_stats"
+    )
+    path = folder / (
         f"{name}_{dataset.get('split', 'train')}_{dataset['image_size']}px_{extractor.name}_{n_tag}_"
         f"{cache_key(description)}.pt"
     )

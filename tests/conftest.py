@@ -4,9 +4,12 @@ entry points in subprocesses; ``test_architecture.py`` keeps the layers."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +24,14 @@ from PIL import Image
 
 from ddpm_lab.config import config_dir, stored_config
 from ddpm_lab.models import UNet
+
+# Nothing the tests run may write into the user's real cache folder: our caches (paths.cache_dir: null) go under a
+# throwaway XDG_CACHE_HOME, which the command-line subprocesses inherit. torch's hub cache (extractor weights
+# already downloaded there) stays where it was.
+_REAL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+os.environ.setdefault("TORCH_HOME", str(_REAL_CACHE / "torch"))
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ddpm_lab-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

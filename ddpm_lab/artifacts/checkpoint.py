@@ -63,15 +63,35 @@ def checkpoint_file(path: str | os.PathLike, key: str = "ckpt") -> Path:
     return file
 
 
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why ``path`` cannot be read, without torch's advice to load it with ``weights_only=False`` (that would
+    run whatever code the file carries)."""
+    text = str(error)
+    if "weights_only" not in text and "Weights only" not in text:
+        return (
+            f"cannot read checkpoint {path} safely (truncated, corrupt or not a torch checkpoint): "
+            f"{first_line(error, 300)}"
+        )
+    # torch's message: a header advising weights_only=False, then the real reason on a later line
+    detail = text.split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    reasons = [line for line in lines if "nsupported" in line]
+    reasons += [line for line in lines if not any(w in line.lower() for w in ("weights_only", "weights only", "docum"))]
+    reason = reasons[0] if reasons else "objects other than tensors"
+    return (
+        f"cannot read checkpoint {path} safely: it holds more than tensors and plain containers ({reason[:200]}), "
+        "and loading such a file can run code, so it is refused; use a checkpoint written by ddpm_lab.train "
+        "(or one whose author you trust to re-save it as plain tensors)"
+    )
+
+
 def _load(path: str | os.PathLike, mmap: bool) -> dict[str, Any]:
     """Any torch checkpoint as a dict of tensors and plain containers (``weights_only``: no code runs)."""
     path = checkpoint_file(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, foreign pickle, code-carrying pickle refused by weights_only
-        raise CheckpointError(
-            f"cannot read checkpoint {path} safely (truncated, corrupt or not a torch checkpoint): {first_line(e, 300)}"
-        ) from e
+        raise CheckpointError(_unreadable(path, e)) from e
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint")
     return ckpt
@@ -181,6 +201,17 @@ def check_fits(net: nn.Module, state: dict[str, Any], path: str | os.PathLike) -
         )
 
 
+def refuse_non_finite(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse weights holding NaN or ±inf (a diverged run): they would sample black or noise, silently."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{path}: weight net.{name} holds {bad} non-finite value(s) (NaN or inf), the first bad tensor: "
+                "the run diverged before this checkpoint; use an earlier checkpoint of the run"
+            )
+
+
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "auto") -> LoadedModel:
     """Rebuild net, diffusion and sampler from a ddpm_lab checkpoint alone (EMA weights when present).
 
@@ -202,6 +233,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", weig
         raise
     except Exception as e:  # a value the constructors refuse, or a type they choke on: the file was edited
         raise CheckpointError(f"cannot rebuild the model stored in {path}: {first_line(e)}") from e
+    refuse_non_finite(state, path)
     net.load_state_dict(state)
     net.to(device).eval()
     return LoadedModel(net, diffusion.to(device), sampler, config, int(ckpt.get("global_step", 0)), Path(path))

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddpm_lab.artifacts.atomic import remove_stale_temp_files
 from ddpm_lab.artifacts.checkpoint import newest_checkpoint
+from ddpm_lab.config.overrides import check_known, read_overrides
 from ddpm_lab.errors import CheckpointError, ConfigError, ResumeError, UserError, exit_with
 
 log = logging.getLogger(__name__)
@@ -153,12 +154,20 @@ def merge_overrides(*lists: list[str]) -> list[str]:
 
 
 def run_overrides(run_dir: Path, skip: str | None = None) -> list[str]:
-    """The overrides a run was started with, then those of each earlier resume of it, in order."""
+    """The overrides a run was started with, then those of each earlier resume of it, in order.
+
+    They are untrusted input (a run folder may come from anyone): only plain ``key=value`` overrides of keys the
+    composed config has (or ``group=option``) are returned; anything else stops with UnsafeConfigError.
+    """
     hydra_dir = run_dir / ".hydra"
     files = [hydra_dir / "overrides.yaml"]
     files += sorted(p / "overrides.yaml" for p in hydra_dir.glob(f"{RESUME_PREFIX}*") if p.name != skip)
-    lists = [list(OmegaConf.load(f)) for f in files if f.is_file()]
-    return [o for o in merge_overrides(*lists) if _key(o) != "resume"]
+    lists = [(f, read_overrides(f)) for f in files if f.is_file()]
+    sources = {o: f for f, lst in lists for o in lst}
+    replayed = [o for o in merge_overrides(*(lst for _, lst in lists)) if _key(o) != "resume"]
+    config_name = HydraConfig.get().job.config_name if HydraConfig.initialized() else "train"
+    check_known(replayed, sources, config_name or "train")
+    return replayed
 
 
 def resumed_config(cfg: DictConfig) -> DictConfig:

@@ -11,9 +11,10 @@ import torch
 from ddpm_lab.artifacts.images import to_model_range
 from ddpm_lab.data.loader import InMemoryLoader
 from ddpm_lab.data.sources import (
-    CACHE_DIRNAME,
+    CACHE_SUBDIR,
     CARS_HOW_TO_GET,
     ON_ERROR,
+    cache_folder,
     fit_images,
     load_cifar10,
     load_files,
@@ -232,20 +233,27 @@ class DecodedImageDataModule(ImageDataModule):
     Args:
         on_error: unreadable files are ``skip``-ped with a warning naming them, or ``raise`` stops the run.
         cache_min_files: a split of at least this many files gets a decoded uint8 cache under
-            ``root/.ddpm_lab_cache`` (rebuilt whenever the files, size or channels change); null: never.
+            ``<cache_dir>/decoded/`` (keyed on the files' contents, size and channels); null: never.
+        cache_dir: our cache folder (``paths.cache_dir``); null: ``$XDG_CACHE_HOME/ddpm_lab`` or
+            ``~/.cache/ddpm_lab``. Never the dataset's own folder.
     """
 
-    def __init__(self, on_error: str = "skip", cache_min_files: int | None = 5000, **kwargs) -> None:
+    def __init__(
+        self, on_error: str = "skip", cache_min_files: int | None = 5000, cache_dir: str | None = None, **kwargs
+    ) -> None:
         check_choice(on_error, "dataset.on_error", ON_ERROR)
         check_number(cache_min_files, "dataset.cache_min_files", int, low=0, optional=True)
+        if cache_dir is not None and not isinstance(cache_dir, (str, Path)):
+            raise ConfigError(f"dataset.cache_dir={cache_dir!r} is not a folder: set paths.cache_dir=<folder>")
         kwargs.setdefault("download", False)
         super().__init__(**kwargs)
         self.on_error, self.cache_min_files = on_error, cache_min_files
+        self.cache_dir = cache_folder(cache_dir)
 
     def cache_options(self) -> dict:
         if self.cache_min_files is None:
             return {"cache_dir": None}
-        return {"cache_dir": Path(self.root) / CACHE_DIRNAME, "cache_min_files": self.cache_min_files}
+        return {"cache_dir": self.cache_dir / CACHE_SUBDIR, "cache_min_files": self.cache_min_files}
 
 
 class StanfordCarsDataModule(DecodedImageDataModule):

@@ -22,8 +22,11 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 ON_ERROR = ("skip", "raise")
-CACHE_DIRNAME = ".ddpm_lab_cache"
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are rebuilt
+CACHE_SUBDIR = "decoded"  # decoded images live in <paths.cache_dir>/decoded/
+CACHE_VERSION = 2  # bump when decoding changes, so old caches are rebuilt (2: 16-bit images, content keys)
+# Images we decode at most: 64 megapixels (8192×8192), proportions up to 32:1 (see check_image_size).
+MAX_IMAGE_PIXELS = 1 << 26
+MAX_ASPECT_RATIO = 32
 # What PIL raises for broken files: truncated data (OSError), unknown format (UnidentifiedImageError, an OSError),
 # corrupt chunks (SyntaxError), bad headers (ValueError, EOFError), absurd sizes (DecompressionBombError).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -60,12 +63,48 @@ def list_image_files(root: Path) -> list[Path]:
     )
 
 
+class ImageSizeError(ValueError):
+    """An image whose header announces a size we refuse to decode (a decompression bomb, or absurd proportions)."""
+
+
+def check_image_size(width: int, height: int) -> None:
+    """Refuse, from the header alone, images whose decoding or resizing would cost absurd memory.
+
+    A 300000×1 PNG is a few hundred bytes, but resizing its shorter side to S makes a 300000·S × S image.
+    """
+    if width < 1 or height < 1:
+        raise ImageSizeError(f"{width}×{height} pixels: empty image")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageSizeError(
+            f"{width}×{height} pixels, over the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels we decode "
+            "(a decompression bomb?)"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageSizeError(
+            f"{width}×{height} pixels: proportions over {MAX_ASPECT_RATIO}:1 cannot be resized and center-cropped "
+            "to a square"
+        )
+
+
+def _sixteen_bit_to_8(im: Image.Image) -> Image.Image:
+    """A 16-bit (``I;16*``) or 32-bit integer (``I``, how some readers return 16-bit data) grey image as ``L``,
+    scaled from the 16-bit range (PIL's own ``convert("L")`` clips everything above 255 to white)."""
+    values = np.asarray(im).astype(np.int64)
+    return Image.fromarray(((np.clip(values, 0, 65535) + 128) // 257).astype(np.uint8), mode="L")
+
+
 def decode_image(path: str | Path, image_size: int, channels: int) -> np.ndarray:
-    """One file → (S, S, C) uint8: shorter side resized to S (bicubic), center-cropped, converted to L or RGB."""
+    """One file → (S, S, C) uint8: shorter side resized to S (bicubic), center-cropped, converted to L or RGB.
+
+    The size in the header is checked first (:func:`check_image_size`); 16-bit grey images are scaled to 8 bits.
+    """
     mode = "L" if channels == 1 else "RGB"
     with Image.open(path) as im:
+        check_image_size(*im.size)
         if im.format == "JPEG":  # let libjpeg decode at 1/2, 1/4 or 1/8 scale while staying >= S: much faster
             im.draft(mode, (image_size, image_size))
+        if im.mode.startswith("I;16") or im.mode == "I":
+            im = _sixteen_bit_to_8(im)
         im = im.convert(mode)
         w, h = im.size
         if min(w, h) != image_size:
@@ -124,11 +163,60 @@ def decode_files(
     return torch.from_numpy(out[: len(kept)]).permute(0, 3, 1, 2).contiguous(), kept, bad
 
 
-def _cache_key(files: Sequence[Path], image_size: int, channels: int) -> str:
-    """A hash of everything the decoded tensor depends on: the files (path, size, mtime), size, channels."""
-    stats = [(str(f), st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),)]
-    blob = json.dumps([CACHE_VERSION, image_size, channels, stats]).encode()
-    return hashlib.sha1(blob).hexdigest()[:16]
+def default_cache_dir() -> Path:
+    """Our cache folder when ``paths.cache_dir`` is null: ``$XDG_CACHE_HOME/ddpm_lab``, else ``~/.cache/ddpm_lab``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"  # XDG: relative ones are invalid
+    return base / "ddpm_lab"
+
+
+def cache_folder(cache_dir: str | os.PathLike | None) -> Path:
+    """``paths.cache_dir`` as a folder (null: :func:`default_cache_dir`)."""
+    return Path(cache_dir).expanduser() if cache_dir not in (None, "") else default_cache_dir()
+
+
+def _cache_key(files: Sequence[Path], labels: Sequence[int], where: Path, image_size: int, channels: int) -> str:
+    """A hash of everything the decoded tensor depends on: each file's contents (blake2b of its bytes, ~0.1 s for
+    10k MNIST PNGs), its path below ``where`` and label, the size, the channels and the decoder version.
+
+    Contents, not sizes and mtimes: a replaced image (same size, a copied-back mtime) is never served stale.
+    """
+    key = hashlib.blake2b(json.dumps([CACHE_VERSION, image_size, channels]).encode(), digest_size=16)
+    prefix = str(where) + os.sep
+    for file, label in zip(files, labels, strict=True):
+        path = str(file)
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+        except OSError as e:  # unreadable: decoding will report it; its error is part of what is cached
+            digest = type(e).__name__
+        name = path[len(prefix) :] if path.startswith(prefix) else path
+        key.update(f"{name}\0{label}\0{digest}\n".encode())
+    return key.hexdigest()[:24]
+
+
+def _read_cache(cache: Path, key: str, image_size: int, channels: int) -> dict | None:
+    """The decoded cache in ``cache`` when it is whole and made for ``key``; None (with a warning) when damaged."""
+    try:
+        stored = torch.load(cache, map_location="cpu", weights_only=True)
+        if not isinstance(stored, dict) or stored.get("key") != key:
+            raise ValueError("it was not written for these files")
+        images, labels, bad = stored.get("images"), stored.get("labels"), stored.get("bad")
+        if not (
+            isinstance(images, torch.Tensor)
+            and images.dtype == torch.uint8
+            and images.shape[1:] == (channels, image_size, image_size)
+            and isinstance(labels, torch.Tensor)
+            and labels.dtype == torch.long
+            and labels.shape == (len(images),)
+            and isinstance(bad, list)
+            and all(isinstance(b, str) for b in bad)
+        ):
+            raise ValueError("its contents do not have the expected shapes and types")
+    except Exception as e:  # truncated, foreign or edited: rebuild it, never a traceback on every later run
+        log.warning("decoded cache %s is damaged (%s): decoding the images again and rewriting it", cache, e)
+        return None
+    return stored
 
 
 def load_files(
@@ -143,22 +231,21 @@ def load_files(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode ``files`` once into (N, C, S, S) uint8 plus labels.
 
-    With ``cache_dir`` set and at least ``cache_min_files`` files, the decoded tensor is kept in ``cache_dir``.
-    The cache file is named by a hash of the file list (with sizes and mtimes), ``image_size`` and ``channels``,
-    so any change makes a new one; it is written to a temporary name and renamed, so it is never half-written.
+    With ``cache_dir`` set and at least ``cache_min_files`` files, the decoded tensor is kept in ``cache_dir``
+    (a folder of ours, never the dataset's). The cache file is named by a hash of the files' contents, paths and
+    labels, ``image_size`` and ``channels``, so any change makes a new one; it is written to a temporary name and
+    renamed, so it is never half-written, and a damaged one is reported, decoded again and replaced.
     """
     if not files:
         raise DatasetError(
             f"{where} holds no images ({', '.join(IMAGE_EXTENSIONS)}): point dataset.root at a folder that does"
         )
-    cache = None
+    cache = key = None
     if cache_dir is not None and len(files) >= cache_min_files:
-        cache = (
-            Path(cache_dir)
-            / f"{where.name or 'images'}-{image_size}px-{channels}ch-{_cache_key(files, image_size, channels)}.pt"
-        )
-        if cache.is_file():
-            stored = torch.load(cache, weights_only=True)
+        key = _cache_key(files, labels, where, image_size, channels)
+        cache = Path(cache_dir) / f"{where.name or 'images'}-{image_size}px-{channels}ch-{key}.pt"
+        stored = _read_cache(cache, key, image_size, channels) if cache.is_file() else None
+        if stored is not None:
             report_bad_files(stored["bad"], where, on_error, len(stored["images"]))
             log.info("decoded cache %s: %d images", cache, len(stored["images"]))
             return stored["images"], stored["labels"]
@@ -167,10 +254,11 @@ def load_files(
     targets = torch.as_tensor(labels, dtype=torch.long)[torch.as_tensor(kept, dtype=torch.long)]
     if cache is not None:
         try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(cache, durable=False) as tmp:
-                torch.save({"images": images, "labels": targets, "bad": bad}, tmp)
+                torch.save({"key": key, "images": images, "labels": targets, "bad": bad}, tmp)
             log.info("wrote decoded cache %s (%.1f MB)", cache, images.numel() / 1e6)
-        except OSError as e:  # a read-only dataset folder: decode again next time
+        except OSError as e:  # a read-only cache folder: decode again next time
             log.warning("could not write the decoded cache %s (%s): it will be decoded again next run", cache, e)
     return images, targets
 

@@ -43,7 +43,10 @@ def quoted(path: Path) -> str:
 def compose_eval(cfg_eval):
     """The evaluate config with outputs under ``tmp_path`` (``eval`` unless ``out`` names another folder)."""
     return lambda tmp_path, *overrides, out="eval": cfg_eval(
-        f"paths.output_root={tmp_path}", f"paths.output_dir={tmp_path / out}", *overrides
+        f"paths.output_root={tmp_path}",
+        f"paths.output_dir={tmp_path / out}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        *overrides,
     )
 
 
@@ -54,15 +57,19 @@ def test_fid_callback_logs_during_training(run_dir):
 
 def test_evaluate_cli_scores_a_checkpoint_against_the_runs_dataset(run_dir, tmp_path):
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    proc = run_cli("ddpm_lab.evaluate", f"ckpt={quoted(ckpt)}", *FAST_EVAL, cwd=tmp_path)
+    cache = tmp_path / "cache"
+    proc = run_cli(
+        "ddpm_lab.evaluate", f"ckpt={quoted(ckpt)}", *FAST_EVAL, f"paths.cache_dir={quoted(cache)}", cwd=tmp_path
+    )
     assert "n=8 generated vs 48 real images" in proc.stdout
     (out,) = (tmp_path / "outputs" / "evaluate").iterdir()
     result = json.loads((out / "results.json").read_text())
     assert result["n_fake"] == 8 and result["n_real"] == 48 and result["fid"] > 0
     assert result["global_step"] == 6 and "steps=3" in result["sampler"]
     assert (out / "samples.png").is_file()
-    (stats,) = (tmp_path / "outputs" / "fid_stats").iterdir()
+    (stats,) = (cache / "fid_stats").iterdir()  # under paths.cache_dir, not the outputs or the dataset folder
     assert stats.name.startswith("ImageFolderDataModule_train_16px_tiny64")
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["evaluate"]
 
 
 def test_real_statistics_are_cached_and_dataset_override_works(run_dir, tmp_path, image_folder, caplog, compose_eval):

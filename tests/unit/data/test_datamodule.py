@@ -13,7 +13,6 @@ from PIL import Image
 
 from conftest import run_cli, write_image_folder
 from ddpm_lab.data import DatasetError, ImageDataModule, ImageFolderDataModule, InMemoryLoader
-from ddpm_lab.data.sources import CACHE_DIRNAME
 
 
 def fake_trainer(world_size: int = 1, global_rank: int = 0, training: bool = True) -> SimpleNamespace:
@@ -46,15 +45,16 @@ def test_image_folder_labels_channels_and_splits(tmp_path: Path) -> None:
 
 
 def test_image_folder_cache_is_used_and_keyed(tmp_path: Path) -> None:
-    root = write_image_folder(tmp_path / "imgs", n_per_class=4)
-    first = folder_module(root, cache_min_files=0)
-    assert len(list((root / CACHE_DIRNAME).glob("*.pt"))) == 1
+    root, cache = write_image_folder(tmp_path / "imgs", n_per_class=4), tmp_path / "cache"
+    first = folder_module(root, cache_min_files=0, cache_dir=str(cache))
+    assert len(list((cache / "decoded").glob("*.pt"))) == 1
     (root / "a" / "000.png").unlink()
-    second = folder_module(root, cache_min_files=0)
+    second = folder_module(root, cache_min_files=0, cache_dir=str(cache))
     assert len(second.train_images) == len(first.train_images) - 1
-    assert len(list((root / CACHE_DIRNAME).glob("*.pt"))) == 2
-    folder_module(root, cache_min_files=100)  # below the threshold: no cache
-    assert len(list((root / CACHE_DIRNAME).glob("*.pt"))) == 2
+    assert len(list((cache / "decoded").glob("*.pt"))) == 2
+    folder_module(root, cache_min_files=100, cache_dir=str(cache))  # below the threshold: no cache
+    assert len(list((cache / "decoded").glob("*.pt"))) == 2
+    assert not [p for p in root.rglob("*") if p.name.startswith(".")]  # nothing of ours in the dataset folder
 
 
 def test_empty_and_missing_folder(tmp_path: Path) -> None:

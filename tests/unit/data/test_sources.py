@@ -18,7 +18,6 @@ from PIL import Image
 from torchvision.datasets import CIFAR10, MNIST
 
 from ddpm_lab.data import CIFAR10DataModule, DatasetError, MNISTDataModule, StanfordCarsDataModule
-from ddpm_lab.data.sources import CACHE_DIRNAME
 
 
 def _setup(dm):
@@ -164,19 +163,25 @@ def write_stanford_cars(root: Path, n_train: int = 8, n_test: int = 6) -> Path:
 
 
 def test_stanford_cars_torchvision_layout_and_cache(tmp_path: Path) -> None:
-    write_stanford_cars(tmp_path)
-    dm = _setup(StanfordCarsDataModule(root=str(tmp_path), split="all", image_size=16, val_size=0))
+    root, cache = write_stanford_cars(tmp_path / "data"), tmp_path / "cache"
+    before = sorted(p for p in root.rglob("*"))
+
+    def cars(**kwargs):
+        return _setup(StanfordCarsDataModule(root=str(root), val_size=0, cache_dir=str(cache), **kwargs))
+
+    dm = cars(split="all", image_size=16)
     assert dm.train_images.shape == (14, 3, 16, 16) and dm.flip
     assert sorted(dm.train_labels.tolist()) == sorted([i % 3 for i in range(8)] + [i % 3 for i in range(6)])
-    caches = sorted((tmp_path / CACHE_DIRNAME).glob("*.pt"))
-    assert len(caches) == 2 and not list((tmp_path / CACHE_DIRNAME).glob("*.tmp"))
-    again = _setup(StanfordCarsDataModule(root=str(tmp_path), split="all", image_size=16, val_size=0))
+    caches = sorted((cache / "decoded").glob("*.pt"))
+    assert len(caches) == 2 and not list((cache / "decoded").glob("*.tmp"))
+    again = cars(split="all", image_size=16)
     assert torch.equal(again.train_images, dm.train_images)  # read back from the cache
     # Another size, or a changed file, is a new cache entry, never a stale one.
-    _setup(StanfordCarsDataModule(root=str(tmp_path), split="train", image_size=8, val_size=0))
-    _write_jpegs(tmp_path / "stanford_cars" / "cars_train", 1, start=7)  # rewrite 00007.jpg
-    _setup(StanfordCarsDataModule(root=str(tmp_path), split="train", image_size=16, val_size=0))
-    assert len(list((tmp_path / CACHE_DIRNAME).glob("*.pt"))) == 4
+    cars(split="train", image_size=8)
+    _write_jpegs(root / "stanford_cars" / "cars_train", 1, start=7)  # rewrite 00007.jpg
+    cars(split="train", image_size=16)
+    assert len(list((cache / "decoded").glob("*.pt"))) == 4
+    assert sorted(p for p in root.rglob("*")) == before  # nothing written into the dataset's folder
 
 
 def test_stanford_cars_folder_layout(tmp_path: Path) -> None:
