@@ -118,7 +118,7 @@ def _stopped(trainer: pl.Trainer, cfg: DictConfig, signum: signal.Signals) -> No
 
 def _multirun_job(cfg: DictConfig) -> float | None:
     """One job of a sweep: its own folder locked; a mistake in its config fails this job alone (the sweep goes on
-    and names it at the end, see ``MultirunReport``)."""
+    and names it at the end, see ``RunFolders``)."""
     run = HydraConfig.get().runtime.output_dir
     try:
         lock_run_folder(run)

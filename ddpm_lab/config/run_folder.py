@@ -234,12 +234,11 @@ def _remove_created_folders() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- resolvers
-@functools.cache  # claimed once per process, however often Hydra resolves it
+@functools.cache  # checked and locked once per process, however often Hydra resolves it
 def resume_run_dir(resume: str | None, fresh: str) -> str:
-    """Resolver for ``hydra.run.dir``: the run folder being resumed, or a fresh one, claimed and locked for this
-    process before Hydra creates anything in it (see :func:`claim_fresh_run_folder`, :func:`lock_run_folder`)."""
+    """Resolver for ``hydra.run.dir``: the run folder being resumed (checked and locked for this process before
+    Hydra writes anything), or a fresh one (claimed by :class:`RunFolders` before Hydra creates it)."""
     if not resume:
-        claim_fresh_run_folder(fresh)
         return fresh
     run = Path(resume).expanduser()
     if not (run / ".hydra" / "overrides.yaml").is_file():
@@ -371,7 +370,8 @@ def check_resumable(net: nn.Module, ckpt_path: str | os.PathLike, run_dir: str |
                 f"{ckpt_path} is not a training checkpoint (no optimizer or loop state): it cannot be continued; "
                 "start a new run from its weights with ckpt_path= instead"
             )
-        check_fits(net, net_weights(ckpt, "raw", ckpt_path), ckpt_path)
+        for weights in ("raw", "auto"):  # the raw weights and, with EMA, the average in state_dict
+            check_fits(net, net_weights(ckpt, weights, ckpt_path), ckpt_path)
     except CheckpointError as e:
         raise ResumeError(f"resume={run_dir}: {one_line(e)}; remove that file or pass its own run folder") from None
 
@@ -393,7 +393,7 @@ _failed_jobs: list[str] = []
 
 
 def multirun_job_failed(error: UserError) -> None:
-    """Report a multirun job's mistake as one line naming the job, and remember it for :class:`MultirunReport`;
+    """Report a multirun job's mistake as one line naming the job, and remember it for :class:`RunFolders`;
     the sweep goes on with its other jobs."""
     hc = HydraConfig.get()
     job = f"job {hc.job.num} ({hc.job.override_dirname or 'no overrides'})"
@@ -401,8 +401,22 @@ def multirun_job_failed(error: UserError) -> None:
     _failed_jobs.append(job)
 
 
-class MultirunReport(Callback):
-    """Hydra callback: after a sweep, name the jobs that failed with a mistake, and exit with status 2."""
+class RunFolders(Callback):
+    """Hydra callback (``hydra.callbacks.run_folders``).
+
+    * ``on_run_start`` (before Hydra creates the run folder or writes ``.hydra/``): a fresh launch claims its
+      folder, default or given as ``hydra.run.dir``: created and locked for this process, refused (one line,
+      exit status 2, nothing written) when it holds anything.
+    * ``on_multirun_end``: name the jobs that failed with a mistake, and exit with status 2.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            run = str(config.hydra.run.dir)  # resume=: resume_run_dir checks and locks the run as this resolves
+            if not OmegaConf.select(config, "resume"):
+                claim_fresh_run_folder(run)
+        except UserError as e:
+            exit_with(e)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if _failed_jobs:

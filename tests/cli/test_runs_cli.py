@@ -1,0 +1,196 @@
+"""No run is ever lost or overwritten: the final step is always saved (max_steps, SIGTERM, Ctrl-C, even in the
+middle of a long sample grid), a run folder belongs to one launch and one process, failed launches (fresh,
+resume, multirun job) leave every other file as it was, and two launches in the same second get two runs."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN, cli_env, run_cli, start_cli
+from ddpm_lab.artifacts.checkpoint import read_checkpoint
+
+LONG = (*TINY_TRAIN, "trainer.max_steps=1000", "trainer.val_check_interval=1000")
+# A sample grid that takes about a minute on a CPU (64 images, 1000 reverse steps) every 3 steps.
+SLOW_GRID = (
+    "schedule.timesteps=1000",
+    "callbacks.sample_grid.every_n_steps=3",
+    "callbacks.sample_grid.n=64",
+    "callbacks.sample_grid.sampler.steps=1000",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative path -> bytes)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode} before {path} appeared:\n{log.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.02)
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_last_checkpoint_holds_the_final_step_off_the_interval(image_folder: Path, tmp_path: Path):
+    run_cli(
+        "ddpm_lab.train", *TINY_TRAIN, "trainer.max_steps=7", f"dataset.root={image_folder}", "hydra.run.dir=run",
+        cwd=tmp_path,
+    )  # fmt: skip
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step_0000003.ckpt", "step_0000006.ckpt"]
+    last = read_checkpoint(ckpts / "last.ckpt")
+    assert last["global_step"] == 7
+    # The raw weights to continue from, not the EMA average copied over them at the end of training.
+    assert not all(torch.equal(last["state_dict"][k], v) for k, v in last["current_model_state"].items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_long_sample_grid_saves_first_and_exits_at_once(image_folder, tmp_path, signum):
+    log = tmp_path / "train.log"
+    proc = start_cli(
+        "ddpm_lab.train", *LONG, *SLOW_GRID, f"dataset.root={image_folder}", "hydra.run.dir=run", cwd=tmp_path, log=log
+    )
+    run = tmp_path / "run"
+    try:
+        wait_for(run / "checkpoints" / "step_0000002.ckpt", proc, log)
+        time.sleep(2.0)  # step 3 is a fraction of a second: its grid (about a minute) is running now
+        proc.send_signal(signum)
+        signalled = time.monotonic()
+        returncode = proc.wait(timeout=60)
+        elapsed = time.monotonic() - signalled
+    finally:
+        proc.kill()
+    output = log.read_text()
+    assert returncode == 128 + signum, output[-3000:]
+    assert elapsed < 10, f"took {elapsed:.1f} s to stop"
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 3
+    assert not (run / "samples" / "step_0000003.png").exists()  # the grid was cut short, not finished
+    why = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    assert f"{why}: saved {run / 'checkpoints' / 'last.ckpt'} at step 3" in output
+    assert f"resume='{run}'" in output
+    if signum == signal.SIGTERM:
+        assert "SIGTERM: sampling stopped at image 0, timestep" in output
+    assert not (run / ".lock").exists()  # released on the way out
+
+
+@pytest.mark.slow
+def test_a_folder_holding_anything_is_refused_before_hydra_writes(tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("not a run, but mine")
+    before = snapshot(tmp_path)
+    proc = run_cli("ddpm_lab.train", "debug=default", "hydra.run.dir=run", cwd=tmp_path, check=False, timeout=120)
+    assert proc.returncode == 2
+    assert "already holds files" in one_error_line(proc.stderr) and f"resume={run}" in proc.stderr
+    assert snapshot(tmp_path) == before and sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_two_launches_in_the_same_second_make_two_runs(image_folder: Path, tmp_path: Path):
+    args = [*TINY_TRAIN, "trainer.max_steps=2", f"dataset.root={image_folder}", f"paths.output_root={tmp_path}"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ddpm_lab.train", *args], cwd=tmp_path, env=cli_env(), stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    runs = sorted((tmp_path / "train").iterdir())
+    assert len(runs) == 2 and runs[0].name[:19] == runs[1].name[:19]  # the same second, two folders
+    assert all("=" not in r.name and "," not in r.name for r in runs)
+    for run in runs:
+        assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 2
+        assert (run / ".hydra" / "config.yaml").is_file() and len(list((run / "tensorboard").glob("events.*"))) == 1
+        assert not (run / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_failing_launches_next_to_a_running_run_leave_it_intact(image_folder: Path, tmp_path: Path):
+    log = tmp_path / "train.log"
+    proc = start_cli(
+        "ddpm_lab.train", *LONG, f"dataset.root={image_folder}", "hydra.run.dir=run", "callbacks.sample_grid=null",
+        cwd=tmp_path, log=log,
+    )  # fmt: skip
+    run = tmp_path / "run"
+    try:
+        wait_for(run / "checkpoints" / "step_0000003.ckpt", proc, log)
+        proc.send_signal(signal.SIGSTOP)  # paused: whatever changes now was written by the failing launches
+        before = snapshot(run)
+        resumed = run_cli("ddpm_lab.train", f"resume={run}", cwd=tmp_path, check=False, timeout=120)
+        fresh = run_cli("ddpm_lab.train", "debug=default", "hydra.run.dir=run", cwd=tmp_path, check=False, timeout=120)
+        assert snapshot(run) == before
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert resumed.returncode == 2 and "the run is still training (" in one_error_line(resumed.stderr)
+    assert f"in use by process {proc.pid}" in resumed.stderr
+    assert fresh.returncode == 2 and f"resume={run}" in one_error_line(fresh.stderr)
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] >= 3  # and it finished as usual
+
+
+@pytest.mark.slow
+def test_a_failed_resume_leaves_the_run_as_it_was_and_it_stays_resumable(tiny_run: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = snapshot(run)
+    bad = run_cli("ddpm_lab.train", f"resume={run}", "optimizer.lr=-1", cwd=tmp_path, check=False, timeout=120)
+    assert bad.returncode == 2 and "optimizer.lr" in one_error_line(bad.stderr)
+    after = snapshot(run)
+    log = after.pop("train.log")
+    assert log.startswith(before.pop("train.log")) and after == before  # only lines appended to the log
+
+    # A checkpoint of another model copied into the folder: refused with a message, not a KeyError.
+    foreign = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    foreign["state_dict"] = {k: v for k, v in foreign["state_dict"].items() if not k.endswith("out.weight")}
+    foreign["global_step"] = 99
+    torch.save(foreign, run / "checkpoints" / "step_0000099.ckpt")
+    other = run_cli("ddpm_lab.train", f"resume={run}", cwd=tmp_path, check=False, timeout=120)
+    assert other.returncode == 2 and "do not fit" in one_error_line(other.stderr), other.stderr[-2000:]
+    (run / "checkpoints" / "step_0000099.ckpt").unlink()
+
+    run_cli("ddpm_lab.train", f"resume={run}", "trainer.max_steps=8", cwd=tmp_path)  # the typo was not replayed
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 8
+    (record,) = (run / ".hydra").glob("resume_*")  # only the launch that trained left a record
+    assert (record / "started").is_file()
+
+
+@pytest.mark.slow
+def test_a_multirun_job_with_a_mistake_fails_alone_and_is_named(image_folder: Path, tmp_path: Path):
+    overrides = [o for o in TINY_TRAIN if not o.startswith("trainer.max_steps")]
+    proc = run_cli(
+        "ddpm_lab.train", "-m", *overrides, "trainer.max_steps=2", "callbacks.sample_grid.every_n_steps=0",
+        f"dataset.root={image_folder}", f"paths.output_root={tmp_path}", "optimizer.lr=-1,1e-3",
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors[0].startswith("error: job 0 (") and "optimizer.lr" in errors[0]
+    assert errors[-1].startswith("error: 1 multirun job(s) failed") and "job 0 (" in errors[-1]
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    (good,) = sweep.glob("1_*")
+    assert read_checkpoint(good / "checkpoints" / "last.ckpt")["global_step"] == 2
