@@ -411,12 +411,16 @@ class RunFolders(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exceptions into warnings and goes on: every failure here must exit instead.
         try:
+            HydraConfig.instance().set_config(config)  # as run_job does next: ${hydra:job.override_dirname}
             run = str(config.hydra.run.dir)  # resume=: resume_run_dir checks and locks the run as this resolves
             if not OmegaConf.select(config, "resume"):
                 claim_fresh_run_folder(run)
         except UserError as e:
             exit_with(e)
+        except Exception as e:
+            raise SystemExit(f"error: cannot set up the run folder: {one_line(e)}") from e
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if _failed_jobs:

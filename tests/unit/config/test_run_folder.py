@@ -1,5 +1,5 @@
 """Run folders belong to one run: claimed before Hydra writes, locked by one process, resume records replayed
-only once their launch reached training; sampling that stops when asked."""
+only once their launch reached training."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import cli_env
 from ddpm_lab.config import run_folder
@@ -22,7 +21,6 @@ from ddpm_lab.config.run_folder import (
     run_overrides,
     unlock_run_folder,
 )
-from ddpm_lab.diffusion import DDPMSampler, GaussianDiffusion, SamplingStopped, generate_batches, make_betas
 from ddpm_lab.errors import OutputExistsError
 
 HOLD_LOCK = """
@@ -51,22 +49,6 @@ def locker(tmp_path: Path):
     for proc in procs:
         proc.kill()
         proc.wait()
-
-
-def test_generate_stops_between_reverse_steps_when_asked():
-    diffusion = GaussianDiffusion(make_betas("linear", 20))
-    net = lambda x, t: torch.zeros_like(x)
-    calls = []
-
-    def should_stop() -> bool:
-        calls.append(1)
-        return len(calls) >= 3
-
-    with pytest.raises(SamplingStopped):
-        list(generate_batches(net, diffusion, 4, sampler=DDPMSampler(), shape=(1, 4, 4), should_stop=should_stop))
-    assert len(calls) == 3  # polled once per reverse step, stopped at the third of 20
-    full = list(generate_batches(net, diffusion, 4, sampler=DDPMSampler(), shape=(1, 4, 4), should_stop=lambda: False))
-    assert full[0].images.shape == (4, 1, 4, 4)
 
 
 def test_a_folder_holding_anything_is_refused_and_left_alone(tmp_path: Path):
