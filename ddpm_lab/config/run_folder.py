@@ -78,6 +78,12 @@ def _mkdirs(path: Path) -> Path:
     return path
 
 
+def _secondary_rank() -> bool:
+    """True in the extra processes of a multi-process run (Lightning's DDP children, SLURM tasks > 0): the run
+    folder and its lock belong to rank 0, which started first."""
+    return any(int(os.environ.get(k) or 0) > 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 class RunFolderBusyError(UserError, RuntimeError):
     """A run folder is in use by another live process (its ``.lock``)."""
 
@@ -89,7 +95,7 @@ def lock_run_folder(folder: str | os.PathLike) -> None:
     over with a warning. Raises :class:`RunFolderBusyError` while another process works in the folder.
     """
     folder = Path(folder).absolute()
-    if folder in _launch.locks:
+    if folder in _launch.locks or _secondary_rank():
         return
     path = folder / LOCK_NAME
     for _ in range(5):
@@ -143,28 +149,31 @@ def _unlock_all() -> None:
         unlock_run_folder(folder)
 
 
-def claim_fresh_run_folder(path: str | os.PathLike) -> None:
+def claim_fresh_run_folder(path: str | os.PathLike, job: str = "train") -> None:
     """Make ``path`` this launch's run folder: create it, lock it, and refuse it if it holds anything.
 
-    Raises :class:`OutputExistsError` (pointing to ``resume=``) before anything is written into it.
+    Raises :class:`OutputExistsError` (for ``job`` train: pointing to ``resume=``) before anything is written.
     """
     path = Path(path).absolute()
+    if _secondary_rank():  # rank 0 claimed it
+        return
     writable_folder(path)
     _mkdirs(path)
     if not path.is_dir():
         raise ConfigError(f"cannot use {path} as the run folder: it is a file")
     if any(p.name != LOCK_NAME for p in path.iterdir()):
-        raise _exists(path)
+        raise _exists(path, job)
     lock_run_folder(path)
     if any(p.name != LOCK_NAME for p in path.iterdir()):  # another launch got in between
         unlock_run_folder(path)
-        raise _exists(path)
+        raise _exists(path, job)
 
 
-def _exists(path: Path) -> OutputExistsError:
+def _exists(path: Path, job: str) -> OutputExistsError:
+    resume = f"continue that run with resume={path}, or " if job == "train" else ""
     return OutputExistsError(
-        f"{path} already holds files (a run, or something else): nothing was written; continue that run with "
-        f"resume={path}, or choose another folder (hydra.run.dir / paths.output_root)"
+        f"{path} already holds files (a run, or something else): nothing was written; "
+        f"{resume}choose another folder (hydra.run.dir / paths.output_root)"
     )
 
 
@@ -416,7 +425,7 @@ class RunFolders(Callback):
             HydraConfig.instance().set_config(config)  # as run_job does next: ${hydra:job.override_dirname}
             run = str(config.hydra.run.dir)  # resume=: resume_run_dir checks and locks the run as this resolves
             if not OmegaConf.select(config, "resume"):
-                claim_fresh_run_folder(run)
+                claim_fresh_run_folder(run, str(config.hydra.job.name))
         except UserError as e:
             exit_with(e)
         except Exception as e:

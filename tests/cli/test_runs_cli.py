@@ -92,8 +92,10 @@ def test_a_failed_launch_removes_only_what_it_created(tmp_path: Path):
 
 @pytest.mark.slow
 def test_two_launches_in_the_same_second_make_two_complete_runs(image_folder: Path, tmp_path: Path):
-    # max_steps=2 is no multiple of the checkpoint interval (3): last.ckpt still holds step 2.
+    # max_steps=2 is no multiple of the checkpoint interval (3): last.ckpt still holds step 2. The default folder
+    # name with its time frozen to one second (two real launches may straddle a second on a busy machine).
     args = [*TINY_TRAIN, "trainer.max_steps=2", f"dataset.root={image_folder}", f"paths.output_root={tmp_path}"]
+    args.append("hydra.run.dir=${paths.output_root}/train/2026-01-01_00-00-00_${run_uid:}_same")
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "ddpm_lab.train", *args], cwd=tmp_path, env=cli_env(), stderr=subprocess.PIPE
@@ -104,7 +106,7 @@ def test_two_launches_in_the_same_second_make_two_complete_runs(image_folder: Pa
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()[-3000:]
     runs = sorted((tmp_path / "train").iterdir())
-    assert len(runs) == 2 and runs[0].name[:19] == runs[1].name[:19]  # the same second, two folders
+    assert len(runs) == 2  # the same second, two folders
     assert all("=" not in r.name and "," not in r.name for r in runs)
     for run in runs:
         assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
