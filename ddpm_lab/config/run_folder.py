@@ -1,10 +1,16 @@
 """The run folder: where a launch writes, cleaning up after a launch that failed before any work, and
 ``resume=<run folder>`` (continue a run in its own folder, with its own config, from its newest checkpoint).
 
-Hydra side: ``hydra.run.dir`` comes from the resolver ``resume_run_dir`` (a fresh folder, or the run being
-resumed), this launch's Hydra files go to ``<run>/.hydra/resume_<time>/`` on a resume (resolver
-``resume_output_subdir``) so the original ones stay, and the config is composed again from the run's own
-overrides followed by the ones typed now (``trainer.max_steps=...``).
+Hydra side: ``hydra.run.dir`` comes from the resolver ``resume_run_dir`` (a fresh folder named with a random
+``${run_uid:}``, or the run being resumed, checked and locked), this launch's Hydra files go to
+``<run>/.hydra/resume_<time>_<uid>/`` on a resume (resolver ``resume_output_subdir``) so the original ones stay,
+and the config is composed again from the run's own overrides (and those of earlier resumes that reached
+training) followed by the ones typed now (``trainer.max_steps=...``).
+
+One run per folder, one process per run: the Hydra callback :class:`RunFolders` claims a fresh folder in
+``on_run_start``, before Hydra creates it or writes ``.hydra/`` (refused when it holds anything); the folder's
+``.lock`` (pid, host, an ``flock``) keeps a second process out until the first exits. Every folder this process
+creates is recorded, so the clean-up after a failed launch removes exactly what it made.
 """
 
 from __future__ import annotations
