@@ -64,6 +64,7 @@ class _Launch:
 
     folders: list[Path] = field(default_factory=list)  # created by this process, outermost first
     locks: dict[Path, int] = field(default_factory=dict)  # run folder -> open, flock-ed lock file descriptor
+    log_sizes: dict[Path, int] = field(default_factory=dict)  # a resumed run's log -> its size before this launch
 
 
 _launch = _Launch()
@@ -218,9 +219,12 @@ def discard_fresh_run_folder() -> None:
     hc = HydraConfig.get()
     run = Path(hc.runtime.output_dir).absolute()
     subdir = run / hc.output_subdir if hc.output_subdir else None
-    if subdir is not None and subdir in _launch.folders:  # a resume launch: its own record only
+    if subdir is not None and subdir in _launch.folders:  # a resume launch: its own record and log lines only
         _remove_files(subdir, HYDRA_FILES + (STARTED_NAME,))
         _remove_created_folders()
+        for log_file, size in _launch.log_sizes.items():
+            if log_file.is_file() and log_file.stat().st_size >= size:
+                os.truncate(log_file, size)
         return
     if run not in _launch.folders:
         return  # not made by this launch (e.g. a multirun job's folder made by Hydra): leave it
@@ -432,6 +436,9 @@ class RunFolders(Callback):
             run = str(config.hydra.run.dir)  # resume=: resume_run_dir checks and locks the run as this resolves
             if not OmegaConf.select(config, "resume"):
                 claim_fresh_run_folder(run, str(config.hydra.job.name))
+            elif Path(run).absolute() in _launch.locks:  # a failed resume takes back the lines it logged
+                log_file = Path(run).absolute() / f"{config.hydra.job.name}.log"
+                _launch.log_sizes[log_file] = log_file.stat().st_size if log_file.is_file() else 0
         except UserError as e:
             exit_with(e)
         except Exception as e:
