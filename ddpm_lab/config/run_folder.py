@@ -109,9 +109,13 @@ def lock_run_folder(folder: str | os.PathLike) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             os.close(fd)
             raise RunFolderBusyError(f"{folder} is in use by {_lock_owner(path)} (its {LOCK_NAME})") from None
+        except OSError:  # a file system without flock (some NFS mounts): trust the pid on this host
+            if _owner_alive(path):
+                os.close(fd)
+                raise RunFolderBusyError(f"{folder} is in use by {_lock_owner(path)} (its {LOCK_NAME})") from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:  # its previous holder removed it between our open and our flock
@@ -128,6 +132,22 @@ def lock_run_folder(folder: str | os.PathLike) -> None:
         _launch.locks[folder] = fd
         return
     raise RunFolderBusyError(f"{folder}: could not take its lock {path}; try again")
+
+
+def _owner_alive(path: Path) -> bool:
+    """Whether the pid in a lock file may still run: True unless it names this host and no such process."""
+    try:
+        pid, host = path.read_text().split()[:2]
+        if host != socket.gethostname():
+            return True  # cannot be checked from here
+        os.kill(int(pid), 0)
+    except (ValueError, FileNotFoundError):
+        return False  # empty or garbled: nobody wrote it completely
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, someone else's
+        return True
+    return True
 
 
 def _lock_owner(path: Path) -> str:

@@ -3,6 +3,7 @@ only once their launch reached training."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -112,3 +113,26 @@ def test_resume_replays_only_records_of_launches_that_reached_training(tmp_path:
         (hydra / name / "overrides.yaml").write_text(overrides)
     (hydra / "resume_2026-01-01_00-00-00_aaaaaa" / "started").write_text("10\n")
     assert run_overrides(tmp_path) == ["model=unet_tiny", "trainer.max_steps=20"]
+
+
+def test_without_flock_the_pid_on_this_host_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run_folder.fcntl, "flock", no_flock)
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for owner, busy in [
+        (f"{os.getppid()} {socket.gethostname()}", True),  # alive, here
+        (f"{dead.stdout.strip()} elsewhere.example.org", True),  # another host: cannot be checked
+        (f"{dead.stdout.strip()} {socket.gethostname()}", False),  # dead, here: stale
+    ]:
+        (run / LOCK_NAME).write_text(owner + "\n")
+        if busy:
+            with pytest.raises(RunFolderBusyError, match=owner.replace(" ", " on ").replace(".", r"\.")):
+                lock_run_folder(run)
+        else:
+            lock_run_folder(run)
+            assert (run / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+            unlock_run_folder(run)
