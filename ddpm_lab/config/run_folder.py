@@ -65,6 +65,7 @@ class _Launch:
     folders: list[Path] = field(default_factory=list)  # created by this process, outermost first
     locks: dict[Path, int] = field(default_factory=dict)  # run folder -> open, flock-ed lock file descriptor
     log_sizes: dict[Path, int] = field(default_factory=dict)  # a resumed run's log -> its size before this launch
+    claimed: set[Path] = field(default_factory=set)  # fresh run folders this launch found empty (or made) and locked
 
 
 _launch = _Launch()
@@ -194,6 +195,7 @@ def claim_fresh_run_folder(path: str | os.PathLike, job: str = "train") -> None:
     if any(p.name != LOCK_NAME for p in path.iterdir()):  # another launch got in between
         unlock_run_folder(path)
         raise _exists(path, job)
+    _launch.claimed.add(path)
 
 
 def _exists(path: Path, job: str) -> OutputExistsError:
@@ -246,14 +248,14 @@ def discard_fresh_run_folder() -> None:
             if log_file.is_file() and log_file.stat().st_size >= size:
                 os.truncate(log_file, size)
         return
-    if run not in _launch.folders:
-        return  # not made by this launch (e.g. a multirun job's folder made by Hydra): leave it
+    if run not in _launch.claimed:
+        return  # not claimed by this launch (e.g. a multirun job's folder made by Hydra): leave it
     _remove_files(run / ".hydra", HYDRA_FILES)
     _remove_files(run, (f"{hc.job.name}.log",))
-    for folder in [run / ".hydra"]:
-        with contextlib.suppress(OSError):
-            folder.rmdir()
+    with contextlib.suppress(OSError):  # not empty: something else is inside
+        (run / ".hydra").rmdir()
     unlock_run_folder(run)
+    _launch.claimed.discard(run)
     _remove_created_folders()
 
 
