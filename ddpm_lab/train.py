@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import pytorch_lightning as pl
@@ -19,8 +19,18 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ddpm_lab.artifacts.checkpoint import checkpoint_step
 from ddpm_lab.config import build, build_all, build_components, build_module, check_train_config, config_dir
-from ddpm_lab.config.run_folder import continue_tensorboard, discard_fresh_run_folder, resume_checkpoint, resumed_config
-from ddpm_lab.errors import ConfigError, user_errors
+from ddpm_lab.config.run_folder import (
+    RecordResumeStart,
+    check_resumable,
+    continue_tensorboard,
+    discard_fresh_run_folder,
+    lock_run_folder,
+    multirun_job_failed,
+    resume_checkpoint,
+    resumed_config,
+    unlock_run_folder,
+)
+from ddpm_lab.errors import ConfigError, UserError, user_errors
 from ddpm_lab.training import PreemptionGuard
 
 log = logging.getLogger(__name__)
@@ -37,11 +47,15 @@ def _callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return sorted(build_all(cfg.get("callbacks"), "callbacks"), key=_callback_order)
 
 
+def _is_multirun() -> bool:
+    return (
+        HydraConfig.initialized() and HydraConfig.get().mode is not None and HydraConfig.get().mode.name == "MULTIRUN"
+    )
+
+
 def _refuse_multirun_with_subprocess_ddp(trainer: pl.Trainer) -> None:
     """Lightning's DDP re-runs the command line for each extra process: under -m each would re-run the sweep."""
-    if not (
-        HydraConfig.initialized() and HydraConfig.get().mode is not None and HydraConfig.get().mode.name == "MULTIRUN"
-    ):
+    if not _is_multirun():
         return
     if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise ConfigError(
@@ -68,29 +82,60 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = build("dataset", cfg.dataset)
     module = build_module(cfg, *build_components(cfg))
+    if cfg.get("resume"):
+        check_resumable(module.net, ckpt_path, cfg.resume)
     log.info(
         "model: %s, %.2fM parameters", type(module.net).__name__, sum(p.numel() for p in module.net.parameters()) / 1e6
     )
+    callbacks = _callbacks(cfg) + ([RecordResumeStart()] if cfg.get("resume") else [])
     trainer: pl.Trainer = build(
-        "trainer", cfg.trainer, callbacks=_callbacks(cfg), logger=build_all(cfg.get("logger"), "logger")
+        "trainer", cfg.trainer, callbacks=callbacks, logger=build_all(cfg.get("logger"), "logger")
     )
     _refuse_multirun_with_subprocess_ddp(trainer)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
-        log.warning(
-            "stopped by SIGTERM at step %d; continue with: python -m ddpm_lab.train \"resume='%s'\"",
-            trainer.global_step,
-            cfg.paths.output_dir,
-        )
-        raise SystemExit(128 + signal.SIGTERM) from None
+        _stopped(trainer, cfg, signal.SIGTERM)
+    except SystemExit as e:  # Lightning answers Ctrl-C (after PreemptionGuard saved last.ckpt) with sys.exit(1)
+        if isinstance(e.__context__, KeyboardInterrupt):
+            _stopped(trainer, cfg, signal.SIGINT)
+        raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("finished at step %d: %s; outputs in %s", trainer.global_step, metrics, cfg.paths.output_dir)
     return metrics
 
 
+def _stopped(trainer: pl.Trainer, cfg: DictConfig, signum: signal.Signals) -> NoReturn:
+    """Log how to continue a run stopped by a signal and exit with the shell's status for it (143, 130)."""
+    log.warning(
+        "stopped by %s at step %d; continue with: python -m ddpm_lab.train \"resume='%s'\"",
+        signum.name,
+        trainer.global_step,
+        cfg.paths.output_dir,
+    )
+    raise SystemExit(128 + signum) from None
+
+
+def _multirun_job(cfg: DictConfig) -> float | None:
+    """One job of a sweep: its own folder locked; a mistake in its config fails this job alone (the sweep goes on
+    and names it at the end, see ``RunFolders``)."""
+    run = HydraConfig.get().runtime.output_dir
+    try:
+        lock_run_folder(run)
+        metrics = train(cfg)
+    except UserError as e:
+        discard_fresh_run_folder()
+        multirun_job_failed(e)
+        return float("nan")  # what a sweeper (Optuna) takes as a failed trial
+    finally:
+        unlock_run_folder(run)
+    return metrics.get(cfg.get("optimized_metric") or "", None)
+
+
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    if _is_multirun():
+        return _multirun_job(cfg)
     with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2, no empty run folder
         metrics = train(cfg)
     # The value Hydra sweepers (e.g. Optuna) minimise.

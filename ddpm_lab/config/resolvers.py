@@ -6,7 +6,7 @@ import re
 
 from omegaconf import OmegaConf
 
-from ddpm_lab.config.run_folder import exit_on_user_error, resume_output_subdir, resume_run_dir
+from ddpm_lab.config.run_folder import exit_on_user_error, resume_output_subdir, resume_run_dir, run_uid
 
 
 def run_name(override_dirname: str, max_len: int = 120) -> str:
@@ -37,7 +37,8 @@ RESOLVERS = {
     "run_name": run_name,
     "floordiv": floordiv,
     "resume_run_dir": exit_on_user_error(resume_run_dir),
-    "resume_output_subdir": resume_output_subdir,
+    "resume_output_subdir": exit_on_user_error(resume_output_subdir),
+    "run_uid": run_uid,
 }
 
 

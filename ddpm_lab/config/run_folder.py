@@ -1,40 +1,210 @@
 """The run folder: where a launch writes, cleaning up after a launch that failed before any work, and
 ``resume=<run folder>`` (continue a run in its own folder, with its own config, from its newest checkpoint).
 
-Hydra side: ``hydra.run.dir`` comes from the resolver ``resume_run_dir`` (a fresh folder, or the run being
-resumed), this launch's Hydra files go to ``<run>/.hydra/resume_<time>/`` on a resume (resolver
-``resume_output_subdir``) so the original ones stay, and the config is composed again from the run's own
-overrides followed by the ones typed now (``trainer.max_steps=...``).
+Hydra side: ``hydra.run.dir`` comes from the resolver ``resume_run_dir`` (a fresh folder named with a random
+``${run_uid:}``, or the run being resumed, checked and locked), this launch's Hydra files go to
+``<run>/.hydra/resume_<time>_<uid>/`` on a resume (resolver ``resume_output_subdir``) so the original ones stay,
+and the config is composed again from the run's own overrides (and those of earlier resumes that reached
+training) followed by the ones typed now (``trainer.max_steps=...``).
+
+One run per folder, one process per run: the Hydra callback :class:`RunFolders` claims a fresh folder in
+``on_run_start``, before Hydra creates it or writes ``.hydra/`` (refused when it holds anything); the folder's
+``.lock`` (pid, host, an ``flock``) keeps a second process out until the first exits. Every folder this process
+creates is recorded, so the clean-up after a failed launch removes exactly what it made.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
 import functools
 import logging
 import os
-import shutil
-import time
+import secrets
+import socket
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
 from ddpm_lab.artifacts.atomic import remove_stale_temp_files
-from ddpm_lab.artifacts.checkpoint import newest_checkpoint
+from ddpm_lab.artifacts.checkpoint import check_fits, net_weights, newest_checkpoint, read_checkpoint
 from ddpm_lab.config.overrides import check_known, read_overrides
-from ddpm_lab.errors import CheckpointError, ConfigError, ResumeError, UserError, exit_with
+from ddpm_lab.errors import (
+    EXIT_USER_ERROR,
+    CheckpointError,
+    ConfigError,
+    OutputExistsError,
+    ResumeError,
+    UserError,
+    exit_with,
+    one_line,
+)
 
 log = logging.getLogger(__name__)
 
 RESUME_PREFIX = "resume_"
-_STARTED_AT = time.time()  # before @hydra.main creates this launch's run folder
-# A fresh run folder -> its nearest ancestor that existed before Hydra created it (written by the resolver
-# below when Hydra resolves hydra.run.dir, read by discard_fresh_run_folder): what a clean-up must not remove.
-_existed_before: dict[Path, Path] = {}
+LOCK_NAME = ".lock"  # "<pid> <host>" of the process that works in a run folder; flock-ed while it runs
+STARTED_NAME = "started"  # in .hydra/resume_<time>/: this resume launch reached training, so replay its overrides
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into output_subdir
+
+
+@dataclass
+class _Launch:
+    """What this launch created, so that a clean-up removes exactly that and nothing of anyone else's."""
+
+    folders: list[Path] = field(default_factory=list)  # created by this process, outermost first
+    locks: dict[Path, int] = field(default_factory=dict)  # run folder -> open, flock-ed lock file descriptor
+    log_sizes: dict[Path, int] = field(default_factory=dict)  # a resumed run's log -> its size before this launch
+    claimed: set[Path] = field(default_factory=set)  # fresh run folders this launch found empty (or made) and locked
+
+
+_launch = _Launch()
+
+
+def _mkdirs(path: Path) -> Path:
+    """Create ``path`` and its missing parents one by one, recording each folder this process created."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # another launch made it a moment ago: it is theirs
+            continue
+        _launch.folders.append(folder)
+    return path
+
+
+def _secondary_rank() -> bool:
+    """True in the extra processes of a multi-process run (Lightning's DDP children, SLURM tasks > 0): the run
+    folder and its lock belong to rank 0, which started first."""
+    return any(int(os.environ.get(k) or 0) > 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+class RunFolderBusyError(UserError, RuntimeError):
+    """A run folder is in use by another live process (its ``.lock``)."""
+
+
+def lock_run_folder(folder: str | os.PathLike) -> None:
+    """Take ``<folder>/.lock`` for this process (pid and host inside, an ``flock`` held until exit).
+
+    A lock whose process is gone (killed, crashed, machine rebooted) holds no ``flock`` any more and is taken
+    over with a warning. Raises :class:`RunFolderBusyError` while another process works in the folder.
+    """
+    folder = Path(folder).absolute()
+    if folder in _launch.locks or _secondary_rank():
+        return
+    path = folder / LOCK_NAME
+    for _ in range(5):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunFolderBusyError(f"{folder} is in use by {_lock_owner(path)} (its {LOCK_NAME})") from None
+        except OSError:  # a file system without flock (some NFS mounts): trust the pid on this host
+            if _owner_alive(path):
+                os.close(fd)
+                raise RunFolderBusyError(f"{folder} is in use by {_lock_owner(path)} (its {LOCK_NAME})") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:  # its previous holder removed it between our open and our flock
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        stale = os.read(fd, 200).decode(errors="replace").strip()
+        if stale:
+            log.warning("taking over the lock of %s left by %s, which is no longer running", folder, stale)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        _launch.locks[folder] = fd
+        return
+    raise RunFolderBusyError(f"{folder}: could not take its lock {path}; try again")
+
+
+def _owner_alive(path: Path) -> bool:
+    """Whether the pid in a lock file may still run: True unless it names this host and no such process."""
+    try:
+        pid, host = path.read_text().split()[:2]
+        if host != socket.gethostname():
+            return True  # cannot be checked from here
+        os.kill(int(pid), 0)
+    except (ValueError, FileNotFoundError):
+        return False  # empty or garbled: nobody wrote it completely
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, someone else's
+        return True
+    return True
+
+
+def _lock_owner(path: Path) -> str:
+    try:
+        pid, host = path.read_text().split()[:2]
+        return f"process {pid} on {host}"
+    except (OSError, ValueError):
+        return "another process"
+
+
+def unlock_run_folder(folder: str | os.PathLike) -> None:
+    """Remove this process's lock of ``folder`` (nothing if it holds none)."""
+    folder = Path(folder).absolute()
+    fd = _launch.locks.pop(folder, None)
+    if fd is None:
+        return
+    try:
+        (folder / LOCK_NAME).unlink(missing_ok=True)  # while still flock-ed: nobody else can hold it now
+    finally:
+        os.close(fd)
+
+
+@atexit.register
+def _unlock_all() -> None:
+    for folder in list(_launch.locks):
+        unlock_run_folder(folder)
+
+
+def claim_fresh_run_folder(path: str | os.PathLike, job: str = "train") -> None:
+    """Make ``path`` this launch's run folder: create it, lock it, and refuse it if it holds anything.
+
+    Raises :class:`OutputExistsError` (for ``job`` train: pointing to ``resume=``) before anything is written.
+    """
+    path = Path(path).absolute()
+    if _secondary_rank():  # rank 0 claimed it
+        return
+    writable_folder(path)
+    _mkdirs(path)
+    if not path.is_dir():
+        raise ConfigError(f"cannot use {path} as the run folder: it is a file")
+    if any(p.name != LOCK_NAME for p in path.iterdir()):
+        raise _exists(path, job)
+    lock_run_folder(path)
+    if any(p.name != LOCK_NAME for p in path.iterdir()):  # another launch got in between
+        unlock_run_folder(path)
+        raise _exists(path, job)
+    _launch.claimed.add(path)
+
+
+def _exists(path: Path, job: str) -> OutputExistsError:
+    resume = f"continue that run with resume={path}, or " if job == "train" else ""
+    return OutputExistsError(
+        f"{path} already holds files (a run, or something else): nothing was written; "
+        f"{resume}choose another folder (hydra.run.dir / paths.output_root)"
+    )
 
 
 def writable_folder(path: str | os.PathLike) -> Path:
@@ -60,46 +230,57 @@ def writable_folder(path: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------------------------------- fresh run folders
 def discard_fresh_run_folder() -> None:
-    """After an error that stopped a launch before any work: remove what Hydra created for it, nothing else.
+    """After an error that stopped a launch before any work: remove what this launch created, nothing else.
 
-    Hydra writes ``<run>/.hydra/*.yaml`` and ``<run>/<job>.log`` before the task function runs. A folder is
-    removed only when it holds nothing else and all of it is younger than this process; a resumed run keeps its
-    folder and loses only this launch's ``.hydra/resume_<time>/``.
+    Hydra writes ``<run>/.hydra/*.yaml`` and ``<run>/<job>.log`` before the task function runs. Only those files,
+    this launch's lock and the folders this process created itself (recorded when it made them, now empty) are
+    removed: a file anybody else wrote keeps its folder. A resumed run keeps its folder and loses only this
+    launch's ``.hydra/resume_<time>/``.
     """
     if not HydraConfig.initialized():
         return
     hc = HydraConfig.get()
-    run = Path(hc.runtime.output_dir)
+    run = Path(hc.runtime.output_dir).absolute()
     subdir = run / hc.output_subdir if hc.output_subdir else None
-    if subdir is not None and subdir.parent.name == ".hydra" and subdir.name != ".hydra":  # a resume launch
-        candidate, allowed = subdir, set()
-    else:
-        candidate, allowed = run, {".hydra", f"{hc.job.name}.log"}
-    if not candidate.is_dir() or (allowed and not {p.name for p in candidate.iterdir()} <= allowed):
+    if subdir is not None and subdir in _launch.folders:  # a resume launch: its own record and log lines only
+        _remove_files(subdir, HYDRA_FILES + (STARTED_NAME,))
+        _remove_created_folders()
+        for log_file, size in _launch.log_sizes.items():
+            if log_file.is_file() and log_file.stat().st_size >= size:
+                os.truncate(log_file, size)
         return
-    files = list(candidate.rglob("*"))
-    if all(p.stat().st_mtime >= _STARTED_AT - 1 and (p.is_dir() or p.suffix in (".yaml", ".log")) for p in files):
-        shutil.rmtree(candidate, ignore_errors=True)
-        _remove_created_parents(candidate.absolute())
+    if run not in _launch.claimed:
+        return  # not claimed by this launch (e.g. a multirun job's folder made by Hydra): leave it
+    _remove_files(run / ".hydra", HYDRA_FILES)
+    _remove_files(run, (f"{hc.job.name}.log",))
+    with contextlib.suppress(OSError):  # not empty: something else is inside
+        (run / ".hydra").rmdir()
+    unlock_run_folder(run)
+    _launch.claimed.discard(run)
+    _remove_created_folders()
 
 
-def _remove_created_parents(folder: Path) -> None:
-    """Remove the now-empty parents (e.g. ``outputs/train``) that Hydra created for a discarded run folder."""
-    keep = _existed_before.get(folder)
-    parent = folder.parent
-    while keep is not None and parent != keep and keep in parent.parents and not any(parent.iterdir()):
-        parent.rmdir()
-        parent = parent.parent
+def _remove_files(folder: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+
+
+def _remove_created_folders() -> None:
+    """Remove the folders this process created (innermost first), each only while it is empty."""
+    for folder in reversed(_launch.folders):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: something not ours is inside, so it and its parents stay
+            break
+        _launch.folders.remove(folder)
 
 
 # ------------------------------------------------------------------------------------------------- resolvers
+@functools.cache  # checked and locked once per process, however often Hydra resolves it
 def resume_run_dir(resume: str | None, fresh: str) -> str:
-    """Resolver for ``hydra.run.dir``: the run folder being resumed, or a fresh one in a writable place.
-
-    Checked here, before Hydra creates anything.
-    """
+    """Resolver for ``hydra.run.dir``: the run folder being resumed (checked and locked for this process before
+    Hydra writes anything), or a fresh one (claimed by :class:`RunFolders` before Hydra creates it)."""
     if not resume:
-        _existed_before.setdefault(Path(fresh).absolute(), writable_folder(fresh))
         return fresh
     run = Path(resume).expanduser()
     if not (run / ".hydra" / "overrides.yaml").is_file():
@@ -111,13 +292,32 @@ def resume_run_dir(resume: str | None, fresh: str) -> str:
         raise ResumeError(
             f"resume={resume}: no checkpoint in {run / 'checkpoints'} (the run stopped before its first one)"
         )
+    try:
+        lock_run_folder(run)
+    except RunFolderBusyError as e:
+        raise ResumeError(
+            f"resume={resume}: the run is still training ({e}): wait until it has stopped, then resume it"
+        ) from None
     return str(run)
 
 
 @functools.cache  # one name per process, however often Hydra resolves it
+def run_uid() -> str:
+    """Resolver ``${run_uid:}``: a short random suffix that keeps run folder names unique within one second."""
+    return secrets.token_hex(3)
+
+
+@functools.cache  # one folder per process, however often Hydra resolves it
 def resume_output_subdir(resume: str | None) -> str:
-    """Resolver for ``hydra.output_subdir``: a resumed launch must not overwrite the run's own ``.hydra`` files."""
-    return f".hydra/{RESUME_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S}" if resume else ".hydra"
+    """Resolver for ``hydra.output_subdir``: a resumed launch must not overwrite the run's own ``.hydra`` files.
+
+    The folder ``<run>/.hydra/resume_<time>_<uid>`` is created here (recorded as this launch's own, for clean-up).
+    """
+    if not resume:
+        return ".hydra"
+    name = f".hydra/{RESUME_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S}_{run_uid()}"
+    _mkdirs(Path(resume).expanduser().absolute() / name)
+    return name
 
 
 def exit_on_user_error(resolver: Callable[..., Any]) -> Callable[..., Any]:
@@ -154,14 +354,19 @@ def merge_overrides(*lists: list[str]) -> list[str]:
 
 
 def run_overrides(run_dir: Path, skip: str | None = None) -> list[str]:
-    """The overrides a run was started with, then those of each earlier resume of it, in order.
+    """The overrides a run was started with, then those of each earlier resume of it that reached training
+    (a ``started`` file beside its record: a launch that failed before training changed nothing), in order.
 
     They are untrusted input (a run folder may come from anyone): only plain ``key=value`` overrides of keys the
     composed config has (or ``group=option``) are returned; anything else stops with UnsafeConfigError.
     """
     hydra_dir = run_dir / ".hydra"
     files = [hydra_dir / "overrides.yaml"]
-    files += sorted(p / "overrides.yaml" for p in hydra_dir.glob(f"{RESUME_PREFIX}*") if p.name != skip)
+    files += sorted(
+        p / "overrides.yaml"
+        for p in hydra_dir.glob(f"{RESUME_PREFIX}*")
+        if p.name != skip and (p / STARTED_NAME).is_file()
+    )
     lists = [(f, read_overrides(f)) for f in files if f.is_file()]
     sources = {o: f for f, lst in lists for o in lst}
     replayed = [o for o in merge_overrides(*(lst for _, lst in lists)) if _key(o) != "resume"]
@@ -203,3 +408,78 @@ def continue_tensorboard(cfg: DictConfig, step: int) -> None:
         if node is not None and str(node.get("_target_", "")).endswith("TensorBoardLogger"):
             with open_dict(node):
                 node.purge_step = step
+
+
+def check_resumable(net: nn.Module, ckpt_path: str | os.PathLike, run_dir: str | os.PathLike) -> None:
+    """Refuse a checkpoint that ``resume=`` cannot continue: not a training checkpoint, or weights of another
+    model than the run's config builds (a file copied in from another run)."""
+    try:
+        ckpt = read_checkpoint(ckpt_path, mmap=True)
+        if not isinstance(ckpt.get("optimizer_states"), list) or not isinstance(ckpt.get("loops"), dict):
+            raise CheckpointError(
+                f"{ckpt_path} is not a training checkpoint (no optimizer or loop state): it cannot be continued; "
+                "start a new run from its weights with ckpt_path= instead"
+            )
+        for weights in ("raw", "auto"):  # the raw weights and, with EMA, the average in state_dict
+            check_fits(net, net_weights(ckpt, weights, ckpt_path), ckpt_path)
+    except CheckpointError as e:
+        raise ResumeError(f"resume={run_dir}: {one_line(e)}; remove that file or pass its own run folder") from None
+
+
+class RecordResumeStart(pl.Callback):
+    """Mark this resume launch's ``.hydra/resume_<time>/`` once training starts: only then do later resumes
+    replay its overrides (a launch that failed before training leaves the run as it was)."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and HydraConfig.initialized() and HydraConfig.get().output_subdir:
+            hc = HydraConfig.get()
+            record = Path(hc.runtime.output_dir) / hc.output_subdir
+            if record.parent.name == ".hydra" and record.is_dir():
+                (record / STARTED_NAME).write_text(f"{trainer.global_step}\n")
+
+
+# -------------------------------------------------------------------------------------------------- multirun
+_failed_jobs: list[str] = []
+
+
+def multirun_job_failed(error: UserError) -> None:
+    """Report a multirun job's mistake as one line naming the job, and remember it for :class:`RunFolders`;
+    the sweep goes on with its other jobs."""
+    hc = HydraConfig.get()
+    job = f"job {hc.job.num} ({hc.job.override_dirname or 'no overrides'})"
+    print(f"error: {job}: {one_line(error)}", file=sys.stderr, flush=True)
+    _failed_jobs.append(job)
+
+
+class RunFolders(Callback):
+    """Hydra callback (``hydra.callbacks.run_folders``).
+
+    * ``on_run_start`` (before Hydra creates the run folder or writes ``.hydra/``): a fresh launch claims its
+      folder, default or given as ``hydra.run.dir``: created and locked for this process, refused (one line,
+      exit status 2, nothing written) when it holds anything.
+    * ``on_multirun_end``: name the jobs that failed with a mistake, and exit with status 2.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exceptions into warnings and goes on: every failure here must exit instead.
+        try:
+            HydraConfig.instance().set_config(config)  # as run_job does next: ${hydra:job.override_dirname}
+            run = str(config.hydra.run.dir)  # resume=: resume_run_dir checks and locks the run as this resolves
+            if not OmegaConf.select(config, "resume"):
+                claim_fresh_run_folder(run, str(config.hydra.job.name))
+            elif Path(run).absolute() in _launch.locks:  # a failed resume takes back the lines it logged
+                log_file = Path(run).absolute() / f"{config.hydra.job.name}.log"
+                _launch.log_sizes[log_file] = log_file.stat().st_size if log_file.is_file() else 0
+        except UserError as e:
+            exit_with(e)
+        except Exception as e:
+            raise SystemExit(f"error: cannot set up the run folder: {one_line(e)}") from e
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if _failed_jobs:
+            print(
+                f"error: {len(_failed_jobs)} multirun job(s) failed (messages above): {', '.join(_failed_jobs)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(EXIT_USER_ERROR)

@@ -3,7 +3,7 @@ timestep spacing, and :func:`generate` (n images from a seed, in batches)."""
 
 from ddpm_lab.diffusion.core import Denoiser, SampleStep, randn
 from ddpm_lab.diffusion.gaussian import GaussianDiffusion
-from ddpm_lab.diffusion.generate import Batch, generate, generate_batches
+from ddpm_lab.diffusion.generate import Batch, SamplingStopped, generate, generate_batches
 from ddpm_lab.diffusion.samplers import SAMPLERS, DDIMSampler, DDPMSampler, DPMSolverSampler, Sampler, make_sampler
 from ddpm_lab.diffusion.schedules import SCHEDULES, make_betas
 from ddpm_lab.diffusion.spacing import evenly_spaced, fit_timesteps, space_timesteps
@@ -18,6 +18,7 @@ __all__ = [
     "SAMPLERS",
     "SCHEDULES",
     "SampleStep",
+    "SamplingStopped",
     "Sampler",
     "evenly_spaced",
     "fit_timesteps",

@@ -10,7 +10,7 @@ images on every device, and a larger ``n`` starts with the full batches of a sma
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +21,10 @@ from ddpm_lab.diffusion.core import Denoiser, randn
 from ddpm_lab.diffusion.gaussian import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import DDPMSampler, Sampler
 from ddpm_lab.errors import check_number
+
+
+class SamplingStopped(Exception):
+    """Raised by :func:`generate_batches` when its ``should_stop`` says so (e.g. SIGTERM arrived mid-sampling)."""
 
 
 @dataclass
@@ -59,12 +63,15 @@ def generate_batches(
     shape: Sequence[int] | None = None,
     keep: Iterable[int] = (),
     progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[Batch]:
     """Yield ``n`` samples as :class:`Batch` es of at most ``batch_size``, reproducibly from ``seed`` (see module doc).
 
     ``keep``: timesteps whose x_t (the state *before* denoising step t) the first batch hands back on the CPU,
     for strips and GIFs (only the first batch: later ones would only cost memory).
     ``device``: where sampling runs (the network's device by default). ``sampler``: DDPM ancestral by default.
+    ``should_stop``: polled after every reverse step; when it returns True, :class:`SamplingStopped` is raised
+    (a training run uses it to stop a long sample grid at once when SIGTERM arrives).
     """
     n = check_number(n, "n", int, low=1)
     batch_size = check_number(batch_size, "batch_size", int, low=1)
@@ -80,6 +87,8 @@ def generate_batches(
             x = randn((min(batch_size, n - start), *shape), generator, device)
             kept: dict[int, torch.Tensor] = {}
             for step in diffusion.sample_loop(net, sampler=sampler, generator=generator, x_T=x):
+                if should_stop is not None and should_stop():
+                    raise SamplingStopped(f"sampling stopped at image {start}, timestep {step.t}")
                 if start == 0 and step.t in keep:
                     kept[step.t] = x.cpu()
                 x = step.x

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,13 @@ import torch
 import yaml
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from ddpm_lab.artifacts.figures import schedule_figure
 from ddpm_lab.artifacts.images import image_grid, save_png, strip_grid
 from ddpm_lab.data import first_images
-from ddpm_lab.diffusion import Sampler, evenly_spaced, generate, generate_batches, randn
+from ddpm_lab.diffusion import Sampler, SamplingStopped, evenly_spaced, generate, generate_batches, randn
 from ddpm_lab.errors import check_number
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,31 @@ def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
         net.train(was_training)
 
 
+def sigterm_received(trainer: pl.Trainer | None) -> Callable[[], bool]:
+    """A ``should_stop`` for ``generate_batches``: True once Lightning has seen SIGTERM."""
+    return lambda: bool(getattr(trainer, "received_sigterm", False))
+
+
+@contextmanager
+def stop_sampling_on_sigterm() -> Iterator[None]:
+    """Turn a sampling stopped by SIGTERM into Lightning's ``SIGTERMException``: the run then saves ``last.ckpt``
+    at once (``PreemptionGuard``) instead of finishing a long grid while SLURM's grace period runs out."""
+    try:
+        yield
+    except SamplingStopped as e:
+        log.warning("SIGTERM: %s, to save the checkpoint first", e)
+        raise SIGTERMException() from None
+
+
 def sample_images(
     pl_module: pl.LightningModule, n: int, sampler: Sampler | None, seed: int, batch_size: int
 ) -> torch.Tensor:
     """``n`` samples in [−1, 1] (CPU) of the module's sampling weights (EMA when on), in eval mode, from ``seed``
-    as ``ddpm_lab.diffusion.generate`` defines it; ``sampler`` overrides the module's own."""
+    as ``ddpm_lab.diffusion.generate`` defines it; ``sampler`` overrides the module's own.
+
+    Stops between two reverse steps with ``SIGTERMException`` when SIGTERM arrives during training."""
     net = pl_module.sampling_net
-    with eval_mode(net):
+    with eval_mode(net), stop_sampling_on_sigterm():
         return generate(
             net,
             pl_module.diffusion,
@@ -76,6 +95,7 @@ def sample_images(
             seed=seed,
             batch_size=batch_size,
             device=pl_module.device,
+            should_stop=sigterm_received(pl_module._trainer),
         )
 
 
@@ -217,16 +237,18 @@ class DiffusionStrips(EveryNSteps):
 
         sampler = self.sampler or pl_module.sampler
         keep = evenly_spaced(sampler.timesteps(T), self.frames - 1)
-        (batch,) = generate_batches(
-            net,
-            diffusion,
-            self.n,
-            sampler=sampler,
-            seed=self.seed,
-            batch_size=self.n,
-            device=pl_module.device,
-            keep=keep,
-        )
+        with stop_sampling_on_sigterm():
+            (batch,) = generate_batches(
+                net,
+                diffusion,
+                self.n,
+                sampler=sampler,
+                seed=self.seed,
+                batch_size=self.n,
+                device=pl_module.device,
+                keep=keep,
+                should_stop=sigterm_received(trainer),
+            )
         frames = [batch.kept[t] for t in keep] + [batch.images.cpu()]
         writer.add_image("diffusion/denoising", strip_grid(frames), global_step=step)
 

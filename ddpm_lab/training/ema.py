@@ -63,6 +63,11 @@ class EMA(WeightAveraging):
             self._swap_models(pl_module)
             self._swapped = False
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning copies the average into the module here; the final checkpoint (PreemptionGuard, after this)
+        # must still hold the raw weights to continue from, and sampling reads the average from averaged_net.
+        pass
+
     def averaged_net(self, pl_module: pl.LightningModule) -> nn.Module | None:
         """The denoiser holding the averaged weights right now, or None before ``fit`` set the average up."""
         if self._average_model is None:

@@ -120,7 +120,8 @@ def test_resume_refuses_a_folder_that_is_not_a_run_before_creating_anything(tmp_
     from ddpm_lab.config.run_folder import resume_run_dir
     from ddpm_lab.errors import ResumeError
 
-    assert resume_run_dir(None, "fresh") == "fresh"
+    fresh = str(tmp_path / "fresh")
+    assert resume_run_dir(None, fresh) == fresh and not Path(fresh).exists()  # claimed later, by RunFolders
     with pytest.raises(ResumeError, match="not a training run folder"):
         resume_run_dir(str(tmp_path / "nope"), "fresh")
     (tmp_path / "run" / ".hydra").mkdir(parents=True)

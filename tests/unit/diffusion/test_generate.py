@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_lab.diffusion import DDPMSampler, GaussianDiffusion, generate, generate_batches, make_betas, randn
+from ddpm_lab.diffusion import (
+    DDPMSampler,
+    GaussianDiffusion,
+    SamplingStopped,
+    generate,
+    generate_batches,
+    make_betas,
+    randn,
+)
 from ddpm_lab.errors import ConfigError
 
 
@@ -69,3 +77,19 @@ def test_bad_counts_name_their_setting(setup, kwargs, message):
     net, diffusion, sampler = setup
     with pytest.raises(ConfigError, match=message):
         generate(net, diffusion, **{"n": 2, **kwargs})
+
+
+def test_generate_stops_between_reverse_steps_when_asked():
+    diffusion = GaussianDiffusion(make_betas("cosine", 20))
+    net = lambda x, t: torch.zeros_like(x)
+    calls = []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(SamplingStopped):
+        list(generate_batches(net, diffusion, 4, sampler=DDPMSampler(), shape=(1, 4, 4), should_stop=should_stop))
+    assert len(calls) == 3  # polled once per reverse step, stopped at the third of 20
+    full = list(generate_batches(net, diffusion, 4, sampler=DDPMSampler(), shape=(1, 4, 4), should_stop=lambda: False))
+    assert full[0].images.shape == (4, 1, 4, 4)
