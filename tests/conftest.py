@@ -54,6 +54,15 @@ def compose_config(name: str, overrides: Sequence[str] = (), hydra: bool = False
 Composer = Callable[..., DictConfig]
 
 
+@pytest.fixture
+def hydra_initialised():
+    """Hydra initialised on ``configs/`` for the test (as inside ``@hydra.main``), cleared afterwards."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
 @pytest.fixture(scope="session")
 def cfg_train() -> Composer:
     """``cfg_train(*overrides, hydra=False)``: a composed training config."""

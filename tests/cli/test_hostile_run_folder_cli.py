@@ -69,6 +69,7 @@ def test_resume_refuses_a_resolver_in_a_recorded_override(hostile_run, tmp_path,
     earlier = run / ".hydra" / "resume_2026-01-01_00-00-00"
     earlier.mkdir()
     (earlier / "overrides.yaml").write_text("- trainer.max_steps=8\n- paths.data_dir=${oc.env:DDPM_LAB_EVIL}\n")
+    (earlier / "started").touch()  # as if that resume reached training: its record is replayed, so checked
     before = snapshot(run)
     proc = run_cli("ddpm_lab.train", f"resume='{run}'", cwd=tmp_path, check=False)
     assert_refused(proc, marker, str(earlier / "overrides.yaml"), "${oc.env:DDPM_LAB_EVIL}")

@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from ddpm_lab.config import config_dir
 from ddpm_lab.config.overrides import MAX_YAML_BYTES, check_known, check_override_form, read_overrides, read_yaml
 from ddpm_lab.config.run_folder import run_overrides
 from ddpm_lab.errors import UnsafeConfigError
@@ -52,14 +49,6 @@ def test_a_plain_override_passes_the_form_check(override: str):
     check_override_form(override, WHERE)
 
 
-@pytest.fixture
-def hydra_initialised():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
-
-
 def test_keys_must_exist_after_the_group_choices(hydra_initialised):
     known = ["debug=default", "dataset=image_folder", "dataset.on_error=raise", "callbacks.progress_bar=null"]
     known += ["dataset.root=/x", "model=unet_tiny", "model.channel_mults=[1]", "callbacks=fid"]
@@ -83,6 +72,7 @@ def test_run_overrides_refuses_a_hostile_resume_record(tmp_path: Path, hydra_ini
     assert run_overrides(tmp_path) == ["dataset=image_folder", "dataset.root=/x"]
     later = hydra_dir / "resume_2026-01-01_00-00-00" / "overrides.yaml"
     later.write_text("- resume=/somewhere\n- +callbacks.evil._target_=pickle.load\n")
+    (later.parent / "started").touch()  # the record of a resume that reached training is replayed, so checked
     with pytest.raises(UnsafeConfigError, match=r"resume_2026-01-01_00-00-00/overrides.yaml: refusing .*\+callbacks"):
         run_overrides(tmp_path)
 

@@ -102,7 +102,7 @@ def test_a_live_lock_refuses_and_a_dead_one_is_taken_over(tmp_path: Path, locker
         unlock_run_folder(run)
 
 
-def test_resume_replays_only_records_of_launches_that_reached_training(tmp_path: Path):
+def test_resume_replays_only_records_of_launches_that_reached_training(tmp_path: Path, hydra_initialised):
     hydra = tmp_path / ".hydra"
     for name, overrides in [
         ("", "[model=unet_tiny, trainer.max_steps=10]"),
