@@ -21,6 +21,7 @@ from ddpm_lab.artifacts.atomic import atomic_write
 from ddpm_lab.artifacts.checkpoint import WEIGHTS, LoadedModel, checkpoint_file, load_model
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_png, to_uint8
 from ddpm_lab.config import build, check_sampler, config_dir, pick_device
+from ddpm_lab.config.checks import check_common
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.diffusion import Sampler, generate_batches
 from ddpm_lab.errors import ConfigError, check_choice, check_number, user_errors
@@ -106,14 +107,18 @@ def real_features(
 
 def check(cfg: DictConfig) -> None:
     """The settings of ``evaluate`` itself, before the checkpoint is even read."""
+    check_common(cfg)  # ckpt given, paths.output_root, seed
     check_number(cfg.n, "n", int, low=2)
     check_number(cfg.n_real, "n_real", int, low=2, optional=True)
     check_number(cfg.batch_size, "batch_size", int, low=1)
-    check_number(cfg.seed, "seed", int)
     check_number(cfg.kid_subsets, "kid_subsets", int, low=1)
     check_number(cfg.kid_subset_size, "kid_subset_size", int, low=2)
     check_number(cfg.is_splits, "is_splits", int, low=1)
     check_choice(cfg.weights, "weights", WEIGHTS)
+    pick_device(str(cfg.device))
+    cache_dir = cfg.cache_dir
+    if not isinstance(cache_dir, str) or not cache_dir.strip() or Path(cache_dir).expanduser().is_file():
+        raise ConfigError(f"cache_dir must be a folder, got {cache_dir!r}: set cache_dir=<folder>")
 
 
 def generate_uint8(loaded: LoadedModel, sampler: Sampler, cfg: DictConfig, device: torch.device) -> torch.Tensor:

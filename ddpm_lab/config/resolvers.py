@@ -6,6 +6,7 @@ import re
 
 from omegaconf import OmegaConf
 
+from ddpm_lab.config.checks import check_output_root
 from ddpm_lab.config.run_folder import exit_on_user_error, resume_output_subdir, resume_run_dir
 
 
@@ -33,10 +34,20 @@ def floordiv(a: int, b: int) -> int:
     return int(a) // int(b)
 
 
+def fresh_run_dir(output_root: str | None, below: str) -> str:
+    """Resolver for the run folders of sample, evaluate and visualize: ``<output_root>/<below>``.
+
+    Checked before Hydra creates anything: a set, writable ``paths.output_root``; the folder's nearest existing
+    ancestor is recorded so that the clean-up of a failed launch also removes the parents Hydra created.
+    """
+    return resume_run_dir(None, f"{check_output_root(output_root)}/{below}")
+
+
 RESOLVERS = {
     "run_name": run_name,
     "floordiv": floordiv,
     "resume_run_dir": exit_on_user_error(resume_run_dir),
+    "fresh_run_dir": exit_on_user_error(fresh_run_dir),
     "resume_output_subdir": resume_output_subdir,
 }
 

@@ -58,12 +58,19 @@ def writable_folder(path: str | os.PathLike) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- fresh run folders
-def discard_fresh_run_folder() -> None:
-    """After an error that stopped a launch before any work: remove what Hydra created for it, nothing else.
+def _launch_file(path: Path) -> bool:
+    """A file a launch writes before its first training step: Hydra's record, the log, TensorBoard's first events."""
+    return path.is_dir() or path.suffix in (".yaml", ".log") or path.name.startswith("events.out.tfevents.")
 
-    Hydra writes ``<run>/.hydra/*.yaml`` and ``<run>/<job>.log`` before the task function runs. A folder is
-    removed only when it holds nothing else and all of it is younger than this process; a resumed run keeps its
-    folder and loses only this launch's ``.hydra/resume_<time>/``.
+
+def discard_fresh_run_folder() -> None:
+    """After an error that stopped a launch before any work: remove what this launch created, nothing else.
+
+    Hydra writes ``<run>/.hydra/*.yaml`` and ``<run>/<job>.log`` before the task function runs; a data error found
+    inside ``trainer.fit`` (the data module's ``setup``) comes after Lightning opened ``tensorboard/`` (first
+    events, ``hparams.yaml``) and possibly ``checkpoints/``. A folder is removed only when it holds nothing else,
+    no checkpoint, and all of it is younger than this process; a resumed run keeps its folder and loses only this
+    launch's ``.hydra/resume_<time>/``.
     """
     if not HydraConfig.initialized():
         return
@@ -73,11 +80,11 @@ def discard_fresh_run_folder() -> None:
     if subdir is not None and subdir.parent.name == ".hydra" and subdir.name != ".hydra":  # a resume launch
         candidate, allowed = subdir, set()
     else:
-        candidate, allowed = run, {".hydra", f"{hc.job.name}.log"}
+        candidate, allowed = run, {".hydra", f"{hc.job.name}.log", "tensorboard", "checkpoints"}
     if not candidate.is_dir() or (allowed and not {p.name for p in candidate.iterdir()} <= allowed):
         return
     files = list(candidate.rglob("*"))
-    if all(p.stat().st_mtime >= _STARTED_AT - 1 and (p.is_dir() or p.suffix in (".yaml", ".log")) for p in files):
+    if all(p.stat().st_mtime >= _STARTED_AT - 1 and _launch_file(p) for p in files):
         shutil.rmtree(candidate, ignore_errors=True)
         _remove_created_parents(candidate.absolute())
 
