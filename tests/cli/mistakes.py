@@ -150,7 +150,7 @@ def write_inputs(tmp: Path, good_ckpt: Callable[[Path], Path]) -> None:
 
 
 def check_case(run: Callable[[Sequence[str], Path], Outcome], base: Sequence[str], item: Case, tmp: Path) -> None:
-    """Run ``base`` + the case's overrides from ``tmp`` and assert it is refused cleanly (see :func:`assert_refused`)."""
+    """Run ``base`` + the case's overrides from ``tmp``; assert it is refused cleanly (see :func:`assert_refused`)."""
     argv = [*(o.format(tmp=tmp) for o in base), *(o.format(tmp=tmp) for o in item.overrides)]
     before = snapshot(tmp)
     outcome = run(argv, tmp)

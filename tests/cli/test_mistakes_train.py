@@ -117,7 +117,7 @@ def test_the_base_config_trains_with_integral_floats_and_seed_null(tmp: Path):
         "trainer.val_check_interval=3.0",
         "callbacks.model_checkpoint.every_n_train_steps=3.0",
         "callbacks.sample_grid=null",
-        "hydra.run.dir={tmp}/control".format(tmp=tmp),
+        f"hydra.run.dir={tmp}/control",
     ]
     outcome = run_in_process(main, argv, tmp)
     assert outcome.status == 0, outcome.stderr[-3000:]
