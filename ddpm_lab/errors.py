@@ -141,4 +141,8 @@ def check_list(value: Any, key: str, kind: type = int, low: float | None = None,
     items = list(value)
     if not items:
         raise ConfigError(f"{key} is an empty list: set {key}={example}")
-    return [check_number(item, f"{key}[{i}]", kind, low=low) for i, item in enumerate(items)]
+    try:
+        return [check_number(item, key, kind, low=low) for item in items]
+    except ConfigError:
+        what = ("integers" if kind is int else "numbers") + (f" >= {low}" if low is not None else "")
+        raise ConfigError(f"{key} must be a list of {what}, got {items!r}: set {key}={example}") from None

@@ -42,9 +42,20 @@ _REQUIRED_HINTS = {
 }
 
 
+def _missing(node: Any, prefix: str = "") -> list[str]:
+    """The keys of a plain (unresolved) config whose value is ``???``."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return [prefix[:-1]] if node == "???" else []
+    return [key for name, child in items for key in _missing(child, f"{prefix}{name}.")]
+
+
 def check_required(cfg: DictConfig) -> None:
     """Every value the config leaves as ``???`` (e.g. ``dataset.root`` of ``dataset=image_folder``) is set."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(_missing(OmegaConf.to_container(cfg, resolve=False)))  # resolving needs no Hydra run
     if missing:
         key = missing[0]
         raise ConfigError(f"{key} is required but not set: add {_REQUIRED_HINTS.get(key, key + '=<value>')}")
@@ -179,12 +190,12 @@ def check_trainer_values(cfg: DictConfig) -> None:
     _integer(cfg, "trainer.check_val_every_n_epoch", low=1, optional=True)
     _integer(cfg, "trainer.accumulate_grad_batches", low=1)
     interval = _get(cfg, "trainer.val_check_interval")
-    if not (isinstance(interval, float) and 0 < interval < 1):  # else a fraction of an epoch
+    if not (isinstance(interval, float) and 0 < interval <= 1):  # else a fraction of an epoch (Lightning)
         try:
             _integer(cfg, "trainer.val_check_interval", low=1, optional=True)
         except ConfigError as e:
             raise ConfigError(
-                f"trainer.val_check_interval must be a number of steps >= 1 or a fraction of an epoch in (0, 1), "
+                f"trainer.val_check_interval must be a number of steps >= 1 or a fraction of an epoch in (0, 1.0], "
                 f"got {interval!r}"
             ) from e
     check_number(_get(cfg, "trainer.gradient_clip_val"), "trainer.gradient_clip_val", float, low=0, optional=True)

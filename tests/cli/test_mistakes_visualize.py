@@ -26,7 +26,7 @@ CASES = [
     case("ranges", "n_images=0", "n_images must be >= 1, got 0"),
     case("ranges", "gif_ms=-80", "gif_ms must be >= 1, got -80"),
     case("ranges", "timesteps=[]", "timesteps is an empty list"),
-    case("ranges", "timesteps=[-3]", "timesteps[0] must be >= 0, got -3"),
+    case("ranges", "timesteps=[-3]", "timesteps must be a list of integers >= 0, got [-3]"),
     case("ranges", "schedule.timesteps=0", "schedule.timesteps must be >= 1, got 0"),
     case("ranges", "schedule.beta_end=1.5", "schedule.beta_end must be in (0, 1)"),
     case("ranges", ["schedule=cosine", "schedule.max_beta=2"], "schedule.max_beta must be in (0, 1]"),
