@@ -18,10 +18,10 @@ from ddpm_lab.artifacts.checkpoint import WEIGHTS, checkpoint_file, load_model
 from ddpm_lab.artifacts.figures import save_figure, strip_figure
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_gif, save_png, to_uint8
 from ddpm_lab.config import build, check_sampler, config_dir, pick_device
-from ddpm_lab.config.checks import check_common
+from ddpm_lab.config.checks import check_common, check_integer
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.diffusion import evenly_spaced, fit_timesteps, generate_batches
-from ddpm_lab.errors import check_choice, check_list, check_number, user_errors
+from ddpm_lab.errors import check_choice, check_list, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def check(cfg: DictConfig) -> None:
     """The settings of ``sample`` itself, before the checkpoint is even read."""
     check_common(cfg)  # ckpt given, paths.output_root, seed
     for key in ("n", "batch_size", "strip_n", "gif_n", "gif_frames", "gif_ms"):
-        check_number(cfg[key], key, int, low=1)
+        check_integer(cfg, key, low=1)  # stored back as an int: n=64.0 works
     check_list(cfg.timesteps, "timesteps", int, low=0, example="[999,500,0]")
     check_choice(cfg.weights, "weights", WEIGHTS)
     pick_device(str(cfg.device))

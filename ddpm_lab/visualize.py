@@ -15,11 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm_lab.artifacts.figures import save_figure, schedule_figure, strip_figure
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_gif
 from ddpm_lab.config import build, config_dir
-from ddpm_lab.config.checks import check_common
+from ddpm_lab.config.checks import check_common, check_integer
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.data import first_images
 from ddpm_lab.diffusion import GaussianDiffusion, evenly_spaced, fit_timesteps, randn
-from ddpm_lab.errors import DatasetError, check_list, check_number, user_errors
+from ddpm_lab.errors import DatasetError, check_list, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def check(cfg: DictConfig) -> None:
     """The settings of ``visualize``, its schedule and its dataset, before any image is read or file written."""
     check_common(cfg)  # dataset.root given, paths.output_root, seed
     for key in ("n_images", "gif_frames", "gif_ms"):
-        check_number(cfg[key], key, int, low=1)
+        check_integer(cfg, key, low=1)  # stored back as an int: n_images=4.0 works
     check_list(cfg.timesteps, "timesteps", int, low=0, example="[0,100,999]")
     build("dataset", cfg.dataset)  # the data module's constructor checks dataset.* values
 

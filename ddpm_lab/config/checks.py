@@ -78,7 +78,7 @@ def check_common(cfg: DictConfig, seed_optional: bool = False) -> None:
         check_number(cfg.seed, "seed", int, optional=seed_optional)
 
 
-def _integer(cfg: DictConfig, key: str, **limits: Any) -> None:
+def check_integer(cfg: DictConfig, key: str, **limits: Any) -> None:
     """Check the integer setting ``key`` (if present) and store it as an int: ``8.0`` works, ``8.5`` does not."""
     if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
         return
@@ -182,17 +182,17 @@ def check_trainer_values(cfg: DictConfig) -> None:
     Lightning accepts some of these silently (an interval of 0, a negative clip value) or fails only once
     training has started; integral floats (``trainer.max_steps=6.0``) are stored back as integers.
     """
-    _integer(cfg, "trainer.max_steps", low=-1)
-    _integer(cfg, "trainer.max_epochs", low=-1, optional=True)
-    _integer(cfg, "trainer.num_nodes", low=1)
-    _integer(cfg, "trainer.log_every_n_steps", low=1)
-    _integer(cfg, "trainer.num_sanity_val_steps", low=-1, optional=True)
-    _integer(cfg, "trainer.check_val_every_n_epoch", low=1, optional=True)
-    _integer(cfg, "trainer.accumulate_grad_batches", low=1)
+    check_integer(cfg, "trainer.max_steps", low=-1)
+    check_integer(cfg, "trainer.max_epochs", low=-1, optional=True)
+    check_integer(cfg, "trainer.num_nodes", low=1)
+    check_integer(cfg, "trainer.log_every_n_steps", low=1)
+    check_integer(cfg, "trainer.num_sanity_val_steps", low=-1, optional=True)
+    check_integer(cfg, "trainer.check_val_every_n_epoch", low=1, optional=True)
+    check_integer(cfg, "trainer.accumulate_grad_batches", low=1)
     interval = _get(cfg, "trainer.val_check_interval")
     if not (isinstance(interval, float) and 0 < interval <= 1):  # else a fraction of an epoch (Lightning)
         try:
-            _integer(cfg, "trainer.val_check_interval", low=1, optional=True)
+            check_integer(cfg, "trainer.val_check_interval", low=1, optional=True)
         except ConfigError as e:
             raise ConfigError(
                 f"trainer.val_check_interval must be a number of steps >= 1 or a fraction of an epoch in (0, 1.0], "
@@ -203,8 +203,8 @@ def check_trainer_values(cfg: DictConfig) -> None:
         if _get(cfg, key) is not None:
             check_flag(_get(cfg, key), key)
     if _get(cfg, "callbacks.model_checkpoint") is not None:
-        _integer(cfg, "callbacks.model_checkpoint.every_n_train_steps", low=1, optional=True)
-        _integer(cfg, "callbacks.model_checkpoint.save_top_k", low=-1)
+        check_integer(cfg, "callbacks.model_checkpoint.every_n_train_steps", low=1, optional=True)
+        check_integer(cfg, "callbacks.model_checkpoint.save_top_k", low=-1)
     check_flag(cfg.get("compile", False), "compile")
 
 

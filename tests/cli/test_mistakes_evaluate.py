@@ -89,7 +89,12 @@ def test_the_table_is_varied():
 
 def test_the_base_config_evaluates(tmp: Path):
     """The control: the table's base launch with a dataset works (``n=4.0`` is an integer)."""
-    argv = [o.format(tmp=tmp) for o in (*BASE, *DATA)] + ["n=4.0", "n_real=8", f"hydra.run.dir={tmp}/control"]
+    argv = [o.format(tmp=tmp) for o in (*BASE, *DATA)] + [
+        "n=4.0",
+        "n_real=8.0",
+        "kid_subset_size=3.0",
+        f"hydra.run.dir={tmp}/control",
+    ]
     outcome = run_in_process(main, argv, tmp)
     assert outcome.status == 0, outcome.stderr[-3000:]
     assert (tmp / "control" / "results.json").is_file()

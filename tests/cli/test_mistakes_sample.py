@@ -72,7 +72,13 @@ def test_the_table_is_varied():
 
 def test_the_base_config_samples_with_integral_floats(tmp: Path):
     """The control: the table's base launch works (``n=2.0`` is an integer), so each case fails for its mistake."""
-    argv = [o.format(tmp=tmp) for o in BASE] + ["n=2.0", "gif_frames=3.0", f"hydra.run.dir={tmp}/control"]
+    argv = [o.format(tmp=tmp) for o in BASE] + [
+        "n=2.0",
+        "gif_frames=3.0",
+        "strip_n=2.0",
+        "gif_n=2.0",
+        f"hydra.run.dir={tmp}/control",
+    ]
     outcome = run_in_process(main, argv, tmp)
     assert outcome.status == 0, outcome.stderr[-3000:]
     assert len(list((tmp / "control" / "samples").glob("*.png"))) == 2

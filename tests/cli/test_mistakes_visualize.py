@@ -64,7 +64,7 @@ def test_the_table_is_varied():
 
 def test_the_base_config_draws_with_integral_floats(tmp: Path):
     """The control: the table's base launch works (``n_images=2.0`` is an integer)."""
-    argv = [o.format(tmp=tmp) for o in BASE] + ["n_images=2.0", "gif_frames=3", f"hydra.run.dir={tmp}/control"]
+    argv = [o.format(tmp=tmp) for o in BASE] + ["n_images=2.0", "gif_frames=3.0", f"hydra.run.dir={tmp}/control"]
     outcome = run_in_process(main, argv, tmp)
     assert outcome.status == 0, outcome.stderr[-3000:]
     assert (tmp / "control" / "forward.gif").is_file()
