@@ -22,6 +22,7 @@ from ddpm_lab.artifacts.checkpoint import WEIGHTS, LoadedModel, checkpoint_file,
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_png, to_uint8
 from ddpm_lab.config import build, check_sampler, config_dir, pick_device
 from ddpm_lab.config.checks import check_common, check_integer
+from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.diffusion import Sampler, generate_batches
 from ddpm_lab.errors import ConfigError, check_choice, user_errors
@@ -183,6 +184,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+@entry_point("evaluate")  # a mistyped key: one line, exit status 2
 @hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2

@@ -19,6 +19,7 @@ from ddpm_lab.artifacts.figures import save_figure, strip_figure
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_gif, save_png, to_uint8
 from ddpm_lab.config import build, check_sampler, config_dir, pick_device
 from ddpm_lab.config.checks import check_common, check_integer
+from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.diffusion import evenly_spaced, fit_timesteps, generate_batches
 from ddpm_lab.errors import check_choice, check_list, user_errors
@@ -90,6 +91,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     return outputs
 
 
+@entry_point("sample")  # a mistyped key: one line, exit status 2
 @hydra.main(config_path=config_dir(), config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2

@@ -19,6 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ddpm_lab.artifacts.checkpoint import checkpoint_step
 from ddpm_lab.config import build, build_all, build_components, build_module, check_train_config, config_dir
+from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.run_folder import continue_tensorboard, discard_fresh_run_folder, resume_checkpoint, resumed_config
 from ddpm_lab.errors import ConfigError, user_errors
 from ddpm_lab.training import PreemptionGuard
@@ -89,6 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+@entry_point("train")  # a mistyped key: one line, exit status 2
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2, no empty run folder

@@ -16,6 +16,7 @@ from ddpm_lab.artifacts.figures import save_figure, schedule_figure, strip_figur
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_gif
 from ddpm_lab.config import build, config_dir
 from ddpm_lab.config.checks import check_common, check_integer
+from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.data import first_images
 from ddpm_lab.diffusion import GaussianDiffusion, evenly_spaced, fit_timesteps, randn
@@ -84,6 +85,7 @@ def visualize(cfg: DictConfig) -> dict[str, Path]:
     return outputs
 
 
+@entry_point("visualize")  # a mistyped key: one line, exit status 2
 @hydra.main(config_path=config_dir(), config_name="visualize", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2

@@ -19,6 +19,8 @@ BASE = ("ckpt={tmp}/good.ckpt", "paths.output_root={tmp}/out", "n=4", "features=
 DATA = ("dataset=image_folder", "dataset.root={tmp}/images")
 
 CASES = [
+    # mistyped keys: one line instead of Hydra's report (exit status 1)
+    case("keys", "n_fake=10", "n_fake is not a setting of evaluate.yaml"),
     # required values
     case("missing", "ckpt=???", "ckpt is required but not set: add ckpt=<run>/checkpoints/last.ckpt"),
     case("missing", "cache_dir=null", "cache_dir must be a folder, got None"),
@@ -84,7 +86,7 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_table_is_varied():
     assert len(CASES) >= 25 and len(set(CASES)) == len(CASES)
-    assert set(counts(CASES)) == {"missing", "types", "ranges", "enumerations", "checkpoints", "data", "output"}
+    assert set(counts(CASES)) == {"keys", "missing", "types", "ranges", "enumerations", "checkpoints", "data", "output"}
 
 
 def test_the_base_config_evaluates(tmp: Path):

@@ -18,6 +18,8 @@ from mistakes import case, check_case, counts, run_in_process, run_subprocess, w
 BASE = ("ckpt={tmp}/good.ckpt", "paths.output_root={tmp}/out", "n=2", "device=cpu")
 
 CASES = [
+    # mistyped keys: one line instead of Hydra's report (exit status 1)
+    case("keys", "steps=5", "steps is not a setting of sample.yaml: check its spelling"),
     # required values
     case("missing", "ckpt=???", "ckpt is required but not set: add ckpt=<run>/checkpoints/last.ckpt"),
     case("missing", "paths.output_root=null", "paths.output_root must be a folder, got None"),
@@ -67,7 +69,7 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_table_is_varied():
     assert len(CASES) >= 25 and len(set(CASES)) == len(CASES)
-    assert set(counts(CASES)) == {"missing", "checkpoints", "types", "ranges", "enumerations", "output"}
+    assert set(counts(CASES)) == {"keys", "missing", "checkpoints", "types", "ranges", "enumerations", "output"}
 
 
 def test_the_base_config_samples_with_integral_floats(tmp: Path):

@@ -19,6 +19,9 @@ from mistakes import case, check_case, counts, run_in_process, run_subprocess, s
 BASE = (*TINY_TRAIN, "dataset.root={tmp}/images", "paths.output_root={tmp}/out")
 
 CASES = [
+    # mistyped keys: one line instead of Hydra's report (exit status 1)
+    case("keys", "trainer.max_step=5", "trainer.max_step is not a setting of train.yaml"),
+    case("keys", "model.base_channel=8", "model.base_channel is not a setting of train.yaml"),
     # types: an integral 8.0 is fine where an integer belongs, 8.5 or text is not; lists vs scalars; flags
     case("types", "seed=abc", "seed must be an integer"),
     case("types", "seed=1.5", "seed must be an integer"),
@@ -105,7 +108,7 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_table_is_large_and_varied():
     assert len(CASES) >= 45 and len(set(CASES)) == len(CASES)
-    assert set(counts(CASES)) == {"types", "ranges", "missing", "enumerations", "checkpoints", "data", "output"}
+    assert set(counts(CASES)) == {"keys", "types", "ranges", "missing", "enumerations", "checkpoints", "data", "output"}
 
 
 def test_the_base_config_trains_with_integral_floats_and_seed_null(tmp: Path):

@@ -17,6 +17,8 @@ from mistakes import case, check_case, counts, run_in_process, run_subprocess, w
 BASE = ("dataset=image_folder", "dataset.root={tmp}/images", "dataset.image_size=16", "paths.output_root={tmp}/out")
 
 CASES = [
+    # mistyped keys: one line instead of Hydra's report (exit status 1)
+    case("keys", "n_image=3", "n_image is not a setting of visualize.yaml"),
     # types
     case("types", "gif_frames=abc", "gif_frames must be an integer, got 'abc'"),
     case("types", "seed=1.5", "seed must be an integer, got 1.5"),
@@ -59,7 +61,7 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_table_is_varied():
     assert len(CASES) >= 20 and len(set(CASES)) == len(CASES)
-    assert set(counts(CASES)) == {"types", "ranges", "missing", "enumerations", "data", "output"}
+    assert set(counts(CASES)) == {"keys", "types", "ranges", "missing", "enumerations", "data", "output"}
 
 
 def test_the_base_config_draws_with_integral_floats(tmp: Path):
