@@ -122,3 +122,27 @@ def check_choice(value: Any, key: str, choices: Sequence[Any]) -> Any:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {tuple(choices)}, got {value!r}")
     return value
+
+
+def check_flag(value: Any, key: str) -> bool:
+    """``value`` (the setting ``key``) as a bool: ``true``/``false`` only, not ``"maybe"`` (a truthy string) or 1."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}: set {key}=true or {key}=false")
+    return value
+
+
+def check_list(value: Any, key: str, kind: type = int, low: float | None = None, example: str = "[0,1]") -> list:
+    """``value`` (the setting ``key``) as a non-empty list of ``kind`` numbers each >= ``low``.
+
+    A scalar where a list belongs (``timesteps=5``) names the key and shows the list syntax.
+    """
+    if isinstance(value, (str, bytes, int, float)) or value is None or not hasattr(value, "__iter__"):
+        raise ConfigError(f"{key} must be a list, got {value!r}: set {key}={example} (quote it in a shell)")
+    items = list(value)
+    if not items:
+        raise ConfigError(f"{key} is an empty list: set {key}={example}")
+    try:
+        return [check_number(item, key, kind, low=low) for item in items]
+    except ConfigError:
+        what = ("integers" if kind is int else "numbers") + (f" >= {low}" if low is not None else "")
+        raise ConfigError(f"{key} must be a list of {what}, got {items!r}: set {key}={example}") from None

@@ -18,19 +18,23 @@ from ddpm_lab.artifacts.checkpoint import WEIGHTS, checkpoint_file, load_model
 from ddpm_lab.artifacts.figures import save_figure, strip_figure
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_gif, save_png, to_uint8
 from ddpm_lab.config import build, check_sampler, config_dir, pick_device
+from ddpm_lab.config.checks import check_common, check_integer
+from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.diffusion import evenly_spaced, fit_timesteps, generate_batches
-from ddpm_lab.errors import check_choice, check_number, user_errors
+from ddpm_lab.errors import check_choice, check_list, user_errors
 
 log = logging.getLogger(__name__)
 
 
 def check(cfg: DictConfig) -> None:
     """The settings of ``sample`` itself, before the checkpoint is even read."""
+    check_common(cfg)  # ckpt given, paths.output_root, seed
     for key in ("n", "batch_size", "strip_n", "gif_n", "gif_frames", "gif_ms"):
-        check_number(cfg[key], key, int, low=1)
-    check_number(cfg.seed, "seed", int)
+        check_integer(cfg, key, low=1)  # stored back as an int: n=64.0 works
+    check_list(cfg.timesteps, "timesteps", int, low=0, example="[999,500,0]")
     check_choice(cfg.weights, "weights", WEIGHTS)
+    pick_device(str(cfg.device))
 
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
@@ -87,6 +91,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     return outputs
 
 
+@entry_point("sample")  # a mistyped key: one line, exit status 2
 @hydra.main(config_path=config_dir(), config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2

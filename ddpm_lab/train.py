@@ -19,6 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ddpm_lab.artifacts.checkpoint import checkpoint_step
 from ddpm_lab.config import build, build_all, build_components, build_module, check_train_config, config_dir
+from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.run_folder import (
     RecordResumeStart,
     check_resumable,
@@ -132,6 +133,7 @@ def _multirun_job(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.get("optimized_metric") or "", None)
 
 
+@entry_point("train")  # a mistyped key: one line, exit status 2
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     if _is_multirun():

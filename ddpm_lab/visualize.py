@@ -15,10 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm_lab.artifacts.figures import save_figure, schedule_figure, strip_figure
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_gif
 from ddpm_lab.config import build, config_dir
+from ddpm_lab.config.checks import check_common, check_integer
+from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.data import first_images
 from ddpm_lab.diffusion import GaussianDiffusion, evenly_spaced, fit_timesteps, randn
-from ddpm_lab.errors import DatasetError, check_number, user_errors
+from ddpm_lab.errors import DatasetError, check_list, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -37,27 +39,34 @@ def schedule_options(timesteps: int, selected: DictConfig | None = None) -> dict
     return schedules
 
 
+def check(cfg: DictConfig) -> None:
+    """The settings of ``visualize``, its schedule and its dataset, before any image is read or file written."""
+    check_common(cfg)  # dataset.root given, paths.output_root, seed
+    for key in ("n_images", "gif_frames", "gif_ms"):
+        check_integer(cfg, key, low=1)  # stored back as an int: n_images=4.0 works
+    check_list(cfg.timesteps, "timesteps", int, low=0, example="[0,100,999]")
+    build("dataset", cfg.dataset)  # the data module's constructor checks dataset.* values
+
+
 def visualize(cfg: DictConfig) -> dict[str, Path]:
     """Write the schedule comparison, the forward strip and the forward GIF into ``cfg.paths.output_dir``."""
+    check(cfg)
     out_dir = Path(cfg.paths.output_dir)
     outputs = {name: out_dir / name for name in ("schedules.png", "forward_strip.png", "forward.gif")}
-    for key in ("n_images", "gif_frames", "gif_ms"):
-        check_number(cfg[key], key, int, low=1)
-    check_number(cfg.seed, "seed", int)
     refuse_existing(list(outputs.values()))
     diffusion = GaussianDiffusion(build("schedule", cfg.schedule))
     T = diffusion.num_timesteps
     strip_ts = fit_timesteps(list(cfg.timesteps), T)
 
     schedules = schedule_options(T, cfg.schedule)
-    save_figure(schedule_figure(schedules, title=f"noise schedules, T={T}"), outputs["schedules.png"])
-
+    # The images first: a dataset that cannot be read stops the launch before it writes anything.
     datamodule = build("dataset", cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup("fit")
     x0 = first_images(datamodule, int(cfg.n_images))
     if x0 is None:
         raise DatasetError(f"dataset {cfg.dataset._target_} served no images to show: check dataset.root")
+    save_figure(schedule_figure(schedules, title=f"noise schedules, T={T}"), outputs["schedules.png"])
     noise = randn(x0.shape, torch.Generator().manual_seed(int(cfg.seed)), "cpu")
 
     def x_t(t: int) -> torch.Tensor:
@@ -76,6 +85,7 @@ def visualize(cfg: DictConfig) -> dict[str, Path]:
     return outputs
 
 
+@entry_point("visualize")  # a mistyped key: one line, exit status 2
 @hydra.main(config_path=config_dir(), config_name="visualize", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2

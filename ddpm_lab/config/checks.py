@@ -22,7 +22,7 @@ from ddpm_lab.artifacts.allow_list import canonical_target
 from ddpm_lab.artifacts.checkpoint import checkpoint_config, checkpoint_file, read_checkpoint
 from ddpm_lab.config.build import build, build_components, build_module, name_key
 from ddpm_lab.config.run_folder import writable_folder
-from ddpm_lab.errors import ConfigError, check_number, first_line
+from ddpm_lab.errors import ConfigError, check_flag, check_number, first_line
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,58 @@ SHORT_CHAIN = 500
 
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None)
+
+
+# How to fill in a value a config leaves as ``???``; other keys get the generic ``set <key>=<value>``.
+_REQUIRED_HINTS = {
+    "dataset.root": "dataset.root=<folder of images>",
+    "ckpt": "ckpt=<run>/checkpoints/last.ckpt",
+}
+
+
+def _missing(node: Any, prefix: str = "") -> list[str]:
+    """The keys of a plain (unresolved) config whose value is ``???``."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return [prefix[:-1]] if node == "???" else []
+    return [key for name, child in items for key in _missing(child, f"{prefix}{name}.")]
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Every value the config leaves as ``???`` (e.g. ``dataset.root`` of ``dataset=image_folder``) is set."""
+    missing = sorted(_missing(OmegaConf.to_container(cfg, resolve=False)))  # resolving needs no Hydra run
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key} is required but not set: add {_REQUIRED_HINTS.get(key, key + '=<value>')}")
+
+
+def check_output_root(root: Any) -> str:
+    """``paths.output_root`` is set (``null`` or empty would make ``None/...`` or ``/...`` run folders)."""
+    if not isinstance(root, str) or not root.strip():
+        raise ConfigError(
+            f"paths.output_root must be a folder, got {root!r}: set paths.output_root=<folder> (default: outputs)"
+        )
+    return root
+
+
+def check_common(cfg: DictConfig, seed_optional: bool = False) -> None:
+    """What every entry point checks first: required values, the output root and ``seed``."""
+    check_required(cfg)
+    check_output_root(_get(cfg, "paths.output_root"))
+    if "seed" in cfg:
+        check_number(cfg.seed, "seed", int, optional=seed_optional)
+
+
+def check_integer(cfg: DictConfig, key: str, **limits: Any) -> None:
+    """Check the integer setting ``key`` (if present) and store it as an int: ``8.0`` works, ``8.5`` does not."""
+    if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+        return
+    value = check_number(_get(cfg, key), key, int, **limits)
+    if value is not None:
+        OmegaConf.update(cfg, key, value)
 
 
 def check_sampler(node: DictConfig, num_timesteps: int, key: str = "sampler") -> None:
@@ -96,7 +148,6 @@ def check_trainer_fits_machine(cfg: DictConfig) -> None:
     accelerator = str(_get(cfg, "trainer.accelerator") or "auto")
     if accelerator not in accelerators:
         raise ConfigError(f"trainer.accelerator={accelerator} is unknown: use one of {', '.join(accelerators)}")
-    check_number(_get(cfg, "trainer.max_steps"), "trainer.max_steps", int, low=-1)
     devices = _get(cfg, "trainer.devices")
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     available = torch.cuda.device_count() if gpu else (os.cpu_count() or 1)
@@ -123,6 +174,38 @@ def check_trainer_fits_machine(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.devices={devices} but this machine has {available} {kind}: use trainer.devices<={available} or -1"
         )
+
+
+def check_trainer_values(cfg: DictConfig) -> None:
+    """The Lightning Trainer and ModelCheckpoint settings our configs expose: types and ranges, naming the key.
+
+    Lightning accepts some of these silently (an interval of 0, a negative clip value) or fails only once
+    training has started; integral floats (``trainer.max_steps=6.0``) are stored back as integers.
+    """
+    check_integer(cfg, "trainer.max_steps", low=-1)
+    check_integer(cfg, "trainer.max_epochs", low=-1, optional=True)
+    check_integer(cfg, "trainer.num_nodes", low=1)
+    check_integer(cfg, "trainer.log_every_n_steps", low=1)
+    check_integer(cfg, "trainer.num_sanity_val_steps", low=-1, optional=True)
+    check_integer(cfg, "trainer.check_val_every_n_epoch", low=1, optional=True)
+    check_integer(cfg, "trainer.accumulate_grad_batches", low=1)
+    interval = _get(cfg, "trainer.val_check_interval")
+    if not (isinstance(interval, float) and 0 < interval <= 1):  # else a fraction of an epoch (Lightning)
+        try:
+            check_integer(cfg, "trainer.val_check_interval", low=1, optional=True)
+        except ConfigError as e:
+            raise ConfigError(
+                f"trainer.val_check_interval must be a number of steps >= 1 or a fraction of an epoch in (0, 1.0], "
+                f"got {interval!r}"
+            ) from e
+    check_number(_get(cfg, "trainer.gradient_clip_val"), "trainer.gradient_clip_val", float, low=0, optional=True)
+    for key in ("trainer.deterministic", "trainer.benchmark", "trainer.enable_model_summary"):
+        if _get(cfg, key) is not None:
+            check_flag(_get(cfg, key), key)
+    if _get(cfg, "callbacks.model_checkpoint") is not None:
+        check_integer(cfg, "callbacks.model_checkpoint.every_n_train_steps", low=1, optional=True)
+        check_integer(cfg, "callbacks.model_checkpoint.save_top_k", low=-1)
+    check_flag(cfg.get("compile", False), "compile")
 
 
 def check_continued_checkpoint(cfg: DictConfig) -> None:
@@ -155,6 +238,12 @@ def pick_device(name: str) -> torch.device:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Every check a training run needs before it reads data or writes a file; raises on the first problem."""
+    check_common(cfg, seed_optional=True)  # seed: null is documented (nondeterministic)
+    for key in ("ckpt_path", "resume"):
+        value = cfg.get(key)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            shown = "is empty" if value == "" else f"must be a path, got {value!r}"
+            raise ConfigError(f"{key}= {shown}: pass {key}=<path> or leave it out")
     num_timesteps = check_number(_get(cfg, "schedule.timesteps"), "schedule.timesteps", int, low=1)
     check_sampler(cfg.sampler, num_timesteps)
     for key, node in callback_samplers(cfg).items():
@@ -164,9 +253,8 @@ def check_train_config(cfg: DictConfig) -> None:
     build("dataset", cfg.dataset)
     check_number(_get(cfg, "optimizer.lr"), "optimizer.lr", float, low=0, low_open=True)  # torch's message names no key
     build_module(cfg, net, diffusion, sampler)
+    check_trainer_values(cfg)
     check_trainer_fits_machine(cfg)
-    root = _get(cfg, "paths.output_root")
-    if root:
-        writable_folder(root)
+    writable_folder(cfg.paths.output_root)
     if cfg.get("ckpt_path") and not cfg.get("resume"):
         check_continued_checkpoint(cfg)

@@ -6,6 +6,7 @@ import re
 
 from omegaconf import OmegaConf
 
+from ddpm_lab.config.checks import check_output_root
 from ddpm_lab.config.run_folder import exit_on_user_error, resume_output_subdir, resume_run_dir, run_uid
 
 
@@ -33,12 +34,20 @@ def floordiv(a: int, b: int) -> int:
     return int(a) // int(b)
 
 
+def fresh_run_dir(output_root: str | None, below: str) -> str:
+    """Resolver for a fresh run folder, ``<output_root>/<below>``: ``paths.output_root`` must be set (``null``
+    would make a ``None/`` folder). Checked as Hydra resolves ``hydra.run.dir``, before anything is created;
+    :class:`~ddpm_lab.config.run_folder.RunFolders` then claims the folder."""
+    return f"{check_output_root(output_root)}/{below}"
+
+
 RESOLVERS = {
     "run_name": run_name,
     "floordiv": floordiv,
     "resume_run_dir": exit_on_user_error(resume_run_dir),
     "resume_output_subdir": exit_on_user_error(resume_output_subdir),
     "run_uid": run_uid,
+    "fresh_run_dir": exit_on_user_error(fresh_run_dir),
 }
 
 

@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import secrets
+import shutil
 import socket
 import sys
 from collections.abc import Callable
@@ -57,6 +58,7 @@ RESUME_PREFIX = "resume_"
 LOCK_NAME = ".lock"  # "<pid> <host>" of the process that works in a run folder; flock-ed while it runs
 STARTED_NAME = "started"  # in .hydra/resume_<time>/: this resume launch reached training, so replay its overrides
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into output_subdir
+LIGHTNING_FOLDERS = ("tensorboard", "checkpoints")  # what a training launch opens before its first step
 
 
 @dataclass
@@ -232,9 +234,11 @@ def writable_folder(path: str | os.PathLike) -> Path:
 def discard_fresh_run_folder() -> None:
     """After an error that stopped a launch before any work: remove what this launch created, nothing else.
 
-    Hydra writes ``<run>/.hydra/*.yaml`` and ``<run>/<job>.log`` before the task function runs. Only those files,
-    this launch's lock and the folders this process created itself (recorded when it made them, now empty) are
-    removed: a file anybody else wrote keeps its folder. A resumed run keeps its folder and loses only this
+    Hydra writes ``<run>/.hydra/*.yaml`` and ``<run>/<job>.log`` before the task function runs; a data error found
+    inside ``trainer.fit`` (the data module's ``setup``) comes after Lightning opened ``tensorboard/`` and perhaps
+    ``checkpoints/``. In a folder this launch claimed (found empty and locked), those are removed unless a
+    checkpoint was saved, with the lock and the folders this process created itself (recorded when it made them,
+    now empty); anything else keeps its folder. A resumed run keeps its folder and loses only this
     launch's ``.hydra/resume_<time>/``.
     """
     if not HydraConfig.initialized():
@@ -251,8 +255,12 @@ def discard_fresh_run_folder() -> None:
         return
     if run not in _launch.claimed:
         return  # not claimed by this launch (e.g. a multirun job's folder made by Hydra): leave it
+    if any(run.rglob("*.ckpt")):
+        return  # it trained far enough to save a checkpoint: that is a run now, keep it whole
     _remove_files(run / ".hydra", HYDRA_FILES)
     _remove_files(run, (f"{hc.job.name}.log",))
+    for name in LIGHTNING_FOLDERS:  # what Lightning opened before the data failed: all of it ours, no checkpoint
+        shutil.rmtree(run / name, ignore_errors=True)
     with contextlib.suppress(OSError):  # not empty: something else is inside
         (run / ".hydra").rmdir()
     unlock_run_folder(run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -22,7 +23,7 @@ from ddpm_lab.data.sources import (
     load_mnist,
     stanford_cars_files,
 )
-from ddpm_lab.errors import ConfigError, DatasetError, check_choice, check_number
+from ddpm_lab.errors import ConfigError, DatasetError, check_choice, check_flag, check_number
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class ImageDataModule(pl.LightningDataModule):
         flip: random horizontal flips (on the device, per batch, training only).
         download: fetch missing files in ``prepare_data`` (datasets that can be downloaded).
         on_device: keep the uint8 tensors on the training device (GPU), so batches are sliced there.
-        seed: fixes the validation split and the shuffling order.
+        seed: fixes the validation split and the shuffling order; ``None`` draws a fresh one (nondeterministic).
     """
 
     name = "images"
@@ -58,7 +59,7 @@ class ImageDataModule(pl.LightningDataModule):
         flip: bool = False,
         download: bool = True,
         on_device: bool = False,
-        seed: int = 0,
+        seed: int | None = 0,
     ) -> None:
         super().__init__()
         channels = check_choice(channels, "dataset.channels", (1, 3))
@@ -66,6 +67,13 @@ class ImageDataModule(pl.LightningDataModule):
         batch_size = check_number(batch_size, "dataset.batch_size", int, low=1)
         val_size = check_number(val_size, "dataset.val_size", float, low=0)
         check_choice(split, "dataset.split", SPLITS)
+        flip, download, on_device = (
+            check_flag(value, f"dataset.{key}")
+            for key, value in (("flip", flip), ("download", download), ("on_device", on_device))
+        )
+        seed = check_number(seed, "dataset.seed", int, optional=True)
+        if seed is None:  # seed: null (the run's documented nondeterministic mode)
+            seed = random.SystemRandom().randrange(2**31)
         if root is None or str(root) == "":
             raise ConfigError("dataset.root is not set: set dataset.root=<folder of the dataset>")
         self.root = str(Path(root).expanduser())
@@ -301,6 +309,8 @@ class ImageFolderDataModule(DecodedImageDataModule):
         super().__init__(root=root, image_size=image_size, channels=channels, **kwargs)
 
     def prepare_data(self) -> None:
+        if Path(self.root).is_file():
+            raise DatasetError(f"image folder {self.root} is a file: set dataset.root to a folder of images")
         if not Path(self.root).is_dir():
             raise DatasetError(f"image folder {self.root} does not exist: set dataset.root to a folder of images")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddpm_lab.errors import WeightsMissingError
+from ddpm_lab.errors import WeightsMissingError, check_number
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -77,6 +77,9 @@ class TinyFeatures(FeatureExtractor):
 
     def __init__(self, num_features: int = 64, width: int = 32, seed: int = 0) -> None:
         super().__init__()
+        num_features = check_number(num_features, "features.num_features", int, low=2)  # FID needs a covariance
+        width = check_number(width, "features.width", int, low=1)
+        seed = check_number(seed, "features.seed", int)
         g = torch.Generator().manual_seed(seed)
         self.net = nn.Sequential(
             nn.Conv2d(3, width, 3, stride=2, padding=1),

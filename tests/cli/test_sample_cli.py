@@ -64,6 +64,9 @@ def test_bad_settings_are_refused_before_loading(cfg_sample) -> None:
         "gif_ms": 10,
         "weights": "auto",
         "seed": 0,
+        "timesteps": [10, 0],
+        "device": "cpu",
+        "paths": {"output_root": "outputs"},
     }
     check(OmegaConf.create(base))
     with pytest.raises(ValueError, match="n must be >= 1, got 0"):

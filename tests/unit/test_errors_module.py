@@ -14,6 +14,8 @@ from ddpm_lab.errors import (
     UserError,
     WeightsMissingError,
     check_choice,
+    check_flag,
+    check_list,
     check_number,
     first_line,
     user_errors,
@@ -82,3 +84,25 @@ def test_user_errors_print_one_line_and_exit_2(capsys):
 
 def test_first_line():
     assert first_line(ValueError("\n  a\nb")) == "a" and first_line(ValueError()) == "ValueError"
+
+
+def test_check_flag_takes_only_booleans() -> None:
+    assert check_flag(True, "dataset.flip") is True and check_flag(False, "compile") is False
+    for value in ("maybe", "true", 1, None):
+        with pytest.raises(ConfigError, match=r"^dataset\.flip must be true or false, got .*: set dataset\.flip=true"):
+            check_flag(value, "dataset.flip")
+
+
+def test_check_list_numbers_and_scalars() -> None:
+    assert check_list([999, 500.0, 0], "timesteps", int, low=0) == [999, 500, 0]
+    assert isinstance(check_list((0.5,), "x", float)[0], float)
+    with pytest.raises(ConfigError, match=r"^timesteps must be a list, got 5: set timesteps=\[0,1\]"):
+        check_list(5, "timesteps")
+    with pytest.raises(ConfigError, match=r"^timesteps must be a list, got 'abc'"):
+        check_list("abc", "timesteps")
+    with pytest.raises(ConfigError, match=r"^timesteps is an empty list"):
+        check_list([], "timesteps")
+    with pytest.raises(ConfigError, match=r"^timesteps must be a list of integers >= 0, got \[3, -1\]"):
+        check_list([3, -1], "timesteps", low=0)
+    with pytest.raises(ConfigError, match=r"^timesteps must be a list of integers, got \[2\.5\]"):
+        check_list([2.5], "timesteps")

@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import run_cli, write_image_folder
 from ddpm_lab.data import DatasetError, ImageDataModule, ImageFolderDataModule, InMemoryLoader
+from ddpm_lab.errors import ConfigError
 
 
 def fake_trainer(world_size: int = 1, global_rank: int = 0, training: bool = True) -> SimpleNamespace:
@@ -172,3 +173,15 @@ def test_train_stops_before_training_when_data_is_missing(tmp_path: Path) -> Non
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and "train-images-idx3-ubyte" in error_lines[0] and "Traceback" not in proc.stderr
     assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+def test_seed_null_draws_a_seed_and_flags_are_booleans(image_folder: Path) -> None:
+    """``seed: null`` (a nondeterministic run) still splits and shuffles; a flag that is not a bool names its key."""
+    dm = ImageFolderDataModule(root=str(image_folder), image_size=16, channels=3, batch_size=4, val_size=4, seed=None)
+    assert isinstance(dm.seed, int)
+    dm.setup("fit")
+    assert len(dm.val_images) == 4 and next(iter(dm.train_dataloader()))[0].shape[0] == 4
+    with pytest.raises(ConfigError, match=r"^dataset\.flip must be true or false, got 'maybe'"):
+        ImageFolderDataModule(root=str(image_folder), flip="maybe")
+    with pytest.raises(ConfigError, match=r"^dataset\.seed must be an integer"):
+        ImageFolderDataModule(root=str(image_folder), seed="abc")

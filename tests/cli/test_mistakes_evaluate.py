@@ -1,0 +1,113 @@
+"""``python -m ddpm_lab.evaluate``: every mistake and fault in this table is one ``error:`` line, exit status 2,
+found before any sampling or feature extraction, and leaves every file that was there before as it was.
+
+The harness is ``tests/cli/mistakes.py``; most cases run ``main()`` in this process, a few the real command line.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_TRAIN, ours_checkpoint
+from ddpm_lab.evaluate import main
+from mistakes import case, check_case, counts, run_in_process, run_subprocess, write_inputs
+
+BASE = ("ckpt={tmp}/good.ckpt", "paths.output_root={tmp}/out", "n=4", "features=tiny", "device=cpu")
+DATA = ("dataset=image_folder", "dataset.root={tmp}/images")
+
+CASES = [
+    # mistyped keys: one line instead of Hydra's report (exit status 1)
+    case("keys", "n_fake=10", "n_fake is not a setting of evaluate.yaml"),
+    # required values
+    case("missing", "ckpt=???", "ckpt is required but not set: add ckpt=<run>/checkpoints/last.ckpt"),
+    case("missing", "cache_dir=null", "cache_dir must be a folder, got None"),
+    case("missing", "dataset=image_folder", "dataset.root is required but not set"),
+    case("missing", "paths.output_root=null", "paths.output_root must be a folder, got None"),
+    # types
+    case("types", "n=abc", "n must be an integer, got 'abc'"),
+    case("types", "is_splits=abc", "is_splits must be an integer"),
+    case("types", "kid_subset_size=1.5", "kid_subset_size must be an integer, got 1.5"),
+    case("types", "seed=-1.5", "seed must be an integer, got -1.5"),
+    case("types", "features.width=abc", "features.width must be an integer"),
+    # ranges
+    case("ranges", "n=1", "n must be >= 2, got 1"),
+    case("ranges", "n_real=1", "n_real must be >= 2, got 1"),
+    case("ranges", "kid_subsets=0", "kid_subsets must be >= 1, got 0"),
+    case("ranges", "batch_size=0", "batch_size must be >= 1, got 0"),
+    case("ranges", "features.num_features=0", "features.num_features must be >= 2, got 0"),
+    case("ranges", ["sampler=ddim", "sampler.steps=0"], "sampler.steps must be in [1, 50], got 0"),
+    # enumerations
+    case("enumerations", "weights=best", "weights must be one of ('auto', 'ema', 'raw'), got 'best'"),
+    case("enumerations", "device=tpu", "device=tpu is not a device"),
+    case("enumerations", [*DATA, "dataset.split=val"], "dataset.split must be one of ('train', 'test', 'all')"),
+    # checkpoints, run configs and weights files: missing, broken, hostile
+    case("checkpoints", "ckpt={tmp}/random.ckpt", "cannot read checkpoint {tmp}/random.ckpt"),
+    case("checkpoints", "ckpt={tmp}/hostile.ckpt", "cannot read checkpoint {tmp}/hostile.ckpt safely"),
+    case("checkpoints", "ckpt={tmp}/bare_run/checkpoints/last.ckpt", "{tmp}/bare_run/.hydra/config.yaml"),
+    case("checkpoints", "ckpt={tmp}/target_run/checkpoints/last.ckpt", "refusing to build _target_='os.system'"),
+    case("checkpoints", "ckpt={tmp}/env_run/checkpoints/last.ckpt", "refusing the interpolation '${{oc.env:HOME}}'"),
+    case("checkpoints", ["features=inception", "features.weights_path={tmp}/missing.pth"], "{tmp}/missing.pth"),
+    # data
+    case("data", ["dataset=image_folder", "dataset.root={tmp}/missing"], "image folder {tmp}/missing does not exist"),
+    case("data", ["dataset=image_folder", "dataset.root={tmp}/empty_folder"], "{tmp}/empty_folder holds no images"),
+    case("data", ["dataset=image_folder", "dataset.root={tmp}/garbage"], "unreadable image(s) under {tmp}/garbage"),
+    # output folders that cannot be created
+    case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
+    case("output", "cache_dir={tmp}/a_file", "cache_dir must be a folder, got '{tmp}/a_file'"),
+]
+
+SUBPROCESS = [c for c in CASES if c.overrides[0] in ("ckpt=???", "ckpt={tmp}/target_run/checkpoints/last.ckpt")]
+
+RUN_CONFIGS = {
+    # a dataset section that would run a shell command when built
+    "target_run": "dataset:\n  _target_: os.system\n  command: touch {tmp}/PWNED\n",
+    # a resolver that would read the environment
+    "env_run": (
+        "dataset:\n  _target_: ddpm_lab.data.ImageFolderDataModule\n  root: ${{oc.env:HOME}}\n  image_size: 16\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mistakes_evaluate")
+    write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
+    for run in ("bare_run", *RUN_CONFIGS):  # a checkpoint inside a run folder, with no or a hostile config
+        (root / run / "checkpoints").mkdir(parents=True)
+        shutil.copy(root / "good.ckpt", root / run / "checkpoints" / "last.ckpt")
+    for run, text in RUN_CONFIGS.items():
+        (root / run / ".hydra").mkdir()
+        (root / run / ".hydra" / "config.yaml").write_text(text.format(tmp=root))
+    return root
+
+
+def test_the_table_is_varied():
+    assert len(CASES) >= 25 and len(set(CASES)) == len(CASES)
+    assert set(counts(CASES)) == {"keys", "missing", "types", "ranges", "enumerations", "checkpoints", "data", "output"}
+
+
+def test_the_base_config_evaluates(tmp: Path):
+    """The control: the table's base launch with a dataset works (``n=4.0`` is an integer)."""
+    argv = [o.format(tmp=tmp) for o in (*BASE, *DATA)] + [
+        "n=4.0",
+        "n_real=8.0",
+        "kid_subset_size=3.0",
+        f"hydra.run.dir={tmp}/control",
+    ]
+    outcome = run_in_process(main, argv, tmp)
+    assert outcome.status == 0, outcome.stderr[-3000:]
+    assert (tmp / "control" / "results.json").is_file()
+    shutil.rmtree(tmp / "out" / "fid_stats")  # the real-image cache it wrote: the cases below start without it
+
+
+@pytest.mark.parametrize("item", CASES, ids=[c.id for c in CASES])
+def test_mistake_in_process(item, tmp: Path):
+    check_case(lambda argv, cwd: run_in_process(main, argv, cwd), BASE, item, tmp)
+
+
+@pytest.mark.parametrize("item", SUBPROCESS, ids=[c.id for c in SUBPROCESS])
+def test_mistake_through_the_command_line(item, tmp: Path):
+    check_case(lambda argv, cwd: run_subprocess("ddpm_lab.evaluate", argv, cwd), BASE, item, tmp)

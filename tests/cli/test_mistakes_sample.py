@@ -1,0 +1,96 @@
+"""``python -m ddpm_lab.sample``: every mistake and fault in this table is one ``error:`` line, exit status 2,
+found before any sampling, and leaves every file that was there before as it was (nothing added or changed).
+
+The harness is ``tests/cli/mistakes.py``; most cases run ``main()`` in this process, a few the real command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN, ours_checkpoint
+from ddpm_lab.sample import main
+from mistakes import case, check_case, counts, run_in_process, run_subprocess, write_inputs
+
+BASE = ("ckpt={tmp}/good.ckpt", "paths.output_root={tmp}/out", "n=2", "device=cpu")
+
+CASES = [
+    # mistyped keys: one line instead of Hydra's report (exit status 1)
+    case("keys", "steps=5", "steps is not a setting of sample.yaml: check its spelling"),
+    # required values
+    case("missing", "ckpt=???", "ckpt is required but not set: add ckpt=<run>/checkpoints/last.ckpt"),
+    case("missing", "paths.output_root=null", "paths.output_root must be a folder, got None"),
+    case("missing", "paths.output_root=", "paths.output_root must be a folder, got ''"),
+    # checkpoints: missing, broken, foreign, hostile, without what was asked for
+    case("checkpoints", "ckpt={tmp}/missing.ckpt", "ckpt={tmp}/missing.ckpt does not exist"),
+    case("checkpoints", "ckpt={tmp}/a_folder.ckpt", "ckpt={tmp}/a_folder.ckpt is a folder"),
+    case("checkpoints", "ckpt={tmp}/empty.ckpt", "ckpt={tmp}/empty.ckpt is empty (0 bytes)"),
+    case("checkpoints", "ckpt={tmp}/random.ckpt", "cannot read checkpoint {tmp}/random.ckpt"),
+    case("checkpoints", "ckpt={tmp}/truncated.ckpt", "cannot read checkpoint {tmp}/truncated.ckpt"),
+    case("checkpoints", "ckpt={tmp}/foreign.ckpt", "{tmp}/foreign.ckpt is not a ddpm_lab checkpoint"),
+    case("checkpoints", "ckpt={tmp}/hostile.ckpt", "cannot read checkpoint {tmp}/hostile.ckpt safely"),
+    case("checkpoints", "weights=ema", "{tmp}/good.ckpt holds no EMA weights: use weights=raw"),
+    # types: lists vs scalars, numbers that are not integers
+    case("types", "n=8.5", "n must be an integer, got 8.5"),
+    case("types", "n=abc", "n must be an integer, got 'abc'"),
+    case("types", "seed=abc", "seed must be an integer"),
+    case("types", "timesteps=5", "timesteps must be a list, got 5"),
+    case("types", "timesteps=[abc]", "timesteps must be a list of integers >= 0, got ['abc']"),
+    # ranges
+    case("ranges", "n=0", "n must be >= 1, got 0"),
+    case("ranges", "batch_size=-1", "batch_size must be >= 1, got -1"),
+    case("ranges", "gif_frames=0", "gif_frames must be >= 1, got 0"),
+    case("ranges", "timesteps=[-1]", "timesteps must be a list of integers >= 0, got [-1]"),
+    case("ranges", "timesteps=[]", "timesteps is an empty list"),
+    case("ranges", ["sampler=ddim", "sampler.steps=80"], "sampler.steps must be in [1, 50], got 80"),
+    case("ranges", ["sampler=ddim", "sampler.eta=2"], "sampler.eta must be in [0, 1], got 2.0"),
+    # enumerations
+    case("enumerations", "weights=best", "weights must be one of ('auto', 'ema', 'raw'), got 'best'"),
+    case("enumerations", "device=tpu", "device=tpu is not a device"),
+    case("enumerations", ["sampler=ddpm", "sampler.variance=wide"], "sampler.variance must be one of"),
+    # output folders that cannot be created
+    case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
+]
+if not torch.cuda.is_available():
+    CASES.append(case("enumerations", "device=cuda", "device=cuda but no CUDA GPU is visible"))
+
+SUBPROCESS = [c for c in CASES if c.overrides[0] in ("ckpt=???", "timesteps=5", "ckpt={tmp}/hostile.ckpt")]
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mistakes_sample")
+    write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
+    return root
+
+
+def test_the_table_is_varied():
+    assert len(CASES) >= 25 and len(set(CASES)) == len(CASES)
+    assert set(counts(CASES)) == {"keys", "missing", "checkpoints", "types", "ranges", "enumerations", "output"}
+
+
+def test_the_base_config_samples_with_integral_floats(tmp: Path):
+    """The control: the table's base launch works (``n=2.0`` is an integer), so each case fails for its mistake."""
+    argv = [o.format(tmp=tmp) for o in BASE] + [
+        "n=2.0",
+        "gif_frames=3.0",
+        "strip_n=2.0",
+        "gif_n=2.0",
+        f"hydra.run.dir={tmp}/control",
+    ]
+    outcome = run_in_process(main, argv, tmp)
+    assert outcome.status == 0, outcome.stderr[-3000:]
+    assert len(list((tmp / "control" / "samples").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("item", CASES, ids=[c.id for c in CASES])
+def test_mistake_in_process(item, tmp: Path):
+    check_case(lambda argv, cwd: run_in_process(main, argv, cwd), BASE, item, tmp)
+
+
+@pytest.mark.parametrize("item", SUBPROCESS, ids=[c.id for c in SUBPROCESS])
+def test_mistake_through_the_command_line(item, tmp: Path):
+    check_case(lambda argv, cwd: run_subprocess("ddpm_lab.sample", argv, cwd), BASE, item, tmp)
