@@ -126,8 +126,13 @@ def check(cfg: DictConfig) -> None:
     check_choice(cfg.weights, "weights", WEIGHTS)
     pick_device(str(cfg.device))
     cache_dir = cfg.cache_dir
-    if not isinstance(cache_dir, str) or not cache_dir.strip() or Path(cache_dir).expanduser().is_file():
-        raise ConfigError(f"cache_dir must be a folder, got {cache_dir!r}: set cache_dir=<folder>")
+    if cache_dir is not None and (
+        not isinstance(cache_dir, str) or not cache_dir.strip() or Path(cache_dir).expanduser().is_file()
+    ):
+        raise ConfigError(
+            f"cache_dir must be a folder or null (<paths.cache_dir>/fid_stats), got {cache_dir!r}: "
+            "set cache_dir=<folder>"
+        )
 
 
 def generate_uint8(loaded: LoadedModel, sampler: Sampler, cfg: DictConfig, device: torch.device) -> torch.Tensor:

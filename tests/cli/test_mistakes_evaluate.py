@@ -15,7 +15,14 @@ from conftest import TINY_TRAIN, ours_checkpoint
 from ddpm_lab.evaluate import main
 from mistakes import case, check_case, counts, run_in_process, run_subprocess, write_inputs
 
-BASE = ("ckpt={tmp}/good.ckpt", "paths.output_root={tmp}/out", "n=4", "features=tiny", "device=cpu")
+BASE = (
+    "ckpt={tmp}/good.ckpt",
+    "paths.output_root={tmp}/out",
+    "paths.cache_dir={tmp}/cache",
+    "n=4",
+    "features=tiny",
+    "device=cpu",
+)
 DATA = ("dataset=image_folder", "dataset.root={tmp}/images")
 
 CASES = [
@@ -23,7 +30,7 @@ CASES = [
     case("keys", "n_fake=10", "n_fake is not a setting of evaluate.yaml"),
     # required values
     case("missing", "ckpt=???", "ckpt is required but not set: add ckpt=<run>/checkpoints/last.ckpt"),
-    case("missing", "cache_dir=null", "cache_dir must be a folder, got None"),
+    case("missing", "cache_dir=''", "cache_dir must be a folder or null (<paths.cache_dir>/fid_stats), got ''"),
     case("missing", "dataset=image_folder", "dataset.root is required but not set"),
     case("missing", "paths.output_root=null", "paths.output_root must be a folder, got None"),
     # types
@@ -56,7 +63,11 @@ CASES = [
     case("data", ["dataset=image_folder", "dataset.root={tmp}/garbage"], "unreadable image(s) under {tmp}/garbage"),
     # output folders that cannot be created
     case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
-    case("output", "cache_dir={tmp}/a_file", "cache_dir must be a folder, got '{tmp}/a_file'"),
+    case(
+        "output",
+        "cache_dir={tmp}/a_file",
+        "cache_dir must be a folder or null (<paths.cache_dir>/fid_stats), got '{tmp}/a_file'",
+    ),
 ]
 
 SUBPROCESS = [c for c in CASES if c.overrides[0] in ("ckpt=???", "ckpt={tmp}/target_run/checkpoints/last.ckpt")]
@@ -100,7 +111,7 @@ def test_the_base_config_evaluates(tmp: Path):
     outcome = run_in_process(main, argv, tmp)
     assert outcome.status == 0, outcome.stderr[-3000:]
     assert (tmp / "control" / "results.json").is_file()
-    shutil.rmtree(tmp / "out" / "fid_stats")  # the real-image cache it wrote: the cases below start without it
+    shutil.rmtree(tmp / "cache" / "fid_stats")  # the real-image cache it wrote: the cases below start without it
 
 
 @pytest.mark.parametrize("item", CASES, ids=[c.id for c in CASES])
