@@ -42,10 +42,9 @@ def check_typed_keys(config_name: str, argv: Sequence[str]) -> None:
             return
         found = re.search(r"override '([^']+)'", str(e))
         key = found.group(1) if found else "a key"
-        typed = next((o for o in overrides if o.split("=", 1)[0] == key), f"{key}=...")
         raise ConfigError(
             f"{key} is not a setting of {config_name}.yaml: check its spelling "
-            f"(python -m ddpm_lab.{config_name} --cfg job lists them), or add a new key with +{typed}"
+            f"(python -m ddpm_lab.{config_name} --cfg job lists them)"
         ) from None
     except Exception:  # anything else (an unknown group option, bad syntax): Hydra's own message
         return
