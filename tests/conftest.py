@@ -5,6 +5,7 @@ entry points in subprocesses; ``test_architecture.py`` keeps the layers."""
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import shutil
 import subprocess
@@ -35,6 +36,17 @@ atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file and folder below ``root``: relative path -> sha256 of its bytes (``dir`` for folders).
+
+    Two equal snapshots mean nothing was added, removed or changed by a byte.
+    """
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def compose_config(name: str, overrides: Sequence[str] = (), hydra: bool = False) -> DictConfig:

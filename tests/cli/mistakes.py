@@ -8,7 +8,6 @@ cleared around each call); :func:`run_subprocess` runs a few through the real co
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import pickle
@@ -25,7 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
-from conftest import cli_env, write_image_folder
+from conftest import cli_env, snapshot, write_image_folder
 
 MAX_SECONDS = 20  # a mistake must be found before any work: far less than a training step on a real model
 
@@ -57,14 +56,6 @@ class Outcome:
     status: int
     stderr: str
     seconds: float
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file and folder below ``root`` with a hash of its bytes (``dir`` for folders)."""
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
-        for p in sorted(root.rglob("*"))
-    }
 
 
 def run_in_process(main: Callable[[], object], argv: Sequence[str], cwd: Path) -> Outcome:

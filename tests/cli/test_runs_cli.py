@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, cli_env, run_cli, start_cli
+from conftest import TINY_TRAIN, cli_env, run_cli, snapshot, start_cli
 from ddpm_lab.artifacts.checkpoint import read_checkpoint
 
 LONG = (*TINY_TRAIN, "trainer.max_steps=1000", "trainer.val_check_interval=1000")
@@ -26,11 +26,6 @@ SLOW_GRID = (
     "callbacks.sample_grid.sampler.steps=1000",
     "callbacks.model_checkpoint.every_n_train_steps=2",
 )
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` (relative path -> bytes)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:

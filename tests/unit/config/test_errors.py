@@ -7,24 +7,15 @@ output folder is left exactly as it was.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, ours_checkpoint, run_cli
+from conftest import TINY_TRAIN, ours_checkpoint, run_cli, snapshot
 from ddpm_lab.config.checks import check_train_config as validate_train_config
 from ddpm_lab.errors import UserError
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file and folder below ``root`` with a hash of its bytes."""
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
-        for p in sorted(root.rglob("*"))
-    }
 
 
 def fake_run(root: Path) -> Path:
