@@ -49,6 +49,21 @@ def snapshot(root: Path) -> dict[str, str]:
     }
 
 
+def fake_run(output_root: Path) -> Path:
+    """An earlier run's folder under ``output_root`` with files that must survive every failed launch byte for byte."""
+    run = output_root / "train" / "2020-01-01_00-00-00_earlier"
+    for rel, data in {
+        "checkpoints/last.ckpt": b"ckpt",
+        "tensorboard/events.out.tfevents.1": b"tb",
+        "samples/step_1.png": b"png",
+        ".hydra/overrides.yaml": b"[]\n",
+        "train.log": b"log\n",
+    }.items():
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_bytes(data)
+    return run
+
+
 def compose_config(name: str, overrides: Sequence[str] = (), hydra: bool = False) -> DictConfig:
     """``configs/<name>.yaml`` composed with ``overrides`` as the command line would.
 

@@ -24,7 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
-from conftest import cli_env, snapshot, write_image_folder
+from conftest import cli_env, fake_run, snapshot, write_image_folder
 
 MAX_SECONDS = 20  # a mistake must be found before any work: far less than a training step on a real model
 
@@ -129,15 +129,7 @@ def write_inputs(tmp: Path, good_ckpt: Callable[[Path], Path]) -> None:
         (tmp / "garbage" / f"{i}.png").write_bytes(os.urandom(100))
     (tmp / "one_image").mkdir()
     Image.new("RGB", (20, 20), (200, 10, 10)).save(tmp / "one_image" / "0.png")
-    earlier = tmp / "out" / "train" / "2020-01-01_00-00-00_earlier"
-    for rel, data in {
-        "checkpoints/last.ckpt": b"ckpt",
-        "tensorboard/events.out.tfevents.1": b"tb",
-        ".hydra/overrides.yaml": b"[]\n",
-        "train.log": b"log\n",
-    }.items():
-        (earlier / rel).parent.mkdir(parents=True, exist_ok=True)
-        (earlier / rel).write_bytes(data)
+    fake_run(tmp / "out")
 
 
 def check_case(run: Callable[[Sequence[str], Path], Outcome], base: Sequence[str], item: Case, tmp: Path) -> None:

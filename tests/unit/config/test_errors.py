@@ -13,23 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, ours_checkpoint, run_cli, snapshot
+from conftest import TINY_TRAIN, fake_run, ours_checkpoint, run_cli, snapshot
 from ddpm_lab.config.checks import check_train_config as validate_train_config
 from ddpm_lab.errors import UserError
-
-
-def fake_run(root: Path) -> Path:
-    """An earlier run's folder with files that must survive every failed launch byte for byte."""
-    run = root / "train" / "2020-01-01_00-00-00_earlier"
-    for rel, data in {
-        "checkpoints/last.ckpt": b"ckpt",
-        "tensorboard/events.out.tfevents.1": b"tb",
-        "samples/step_1.png": b"png",
-        ".hydra/overrides.yaml": b"[]\n",
-    }.items():
-        (run / rel).parent.mkdir(parents=True, exist_ok=True)
-        (run / rel).write_bytes(data)
-    return run
 
 
 @pytest.fixture(scope="module")
