@@ -1,0 +1,46 @@
+"""The start-up summary's pieces: files a checkpoint policy keeps, sizes, text to loggers that take it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from ddpm_lab.training.summary import files_kept, human_bytes, human_time, optimizer_slots, write_text
+
+
+def periodic(every: int, keep: int, last: bool = True, monitor: str | None = "step") -> ModelCheckpoint:
+    mode = "max" if monitor == "step" else "min"
+    return ModelCheckpoint(every_n_train_steps=every, save_top_k=keep, save_last=last, monitor=monitor, mode=mode)
+
+
+@pytest.mark.parametrize(
+    ("callback", "steps", "files"),
+    [
+        (periodic(10_000, 5), 800_000, 6),  # the CIFAR recipe: 5 periodic + last.ckpt (was 80 + 1)
+        (periodic(10_000, -1), 800_000, 81),  # keep all
+        (periodic(1000, 5), 2500, 3),  # a short run saves only 2 periodic ones
+        (periodic(1000, -1), None, None),  # keep all, no step limit: no bound
+        (periodic(1000, 5), None, 6),
+        (periodic(5000, 1, last=False, monitor="fid/fid"), 800_000, 1),  # the best by FID
+    ],
+)
+def test_files_kept(callback: ModelCheckpoint, steps: int | None, files: int | None) -> None:
+    assert files_kept(callback, steps) == files
+
+
+def test_human_units_and_optimizer_state() -> None:
+    assert [human_bytes(n) for n in (512, 26_000_000, 3.42e9)] == ["512 B", "26 MB", "3.42 GB"]
+    assert [human_time(s) for s in (42, 600, 36_000)] == ["42 s", "10.0 min", "10.0 h"]
+    adam = SimpleNamespace(defaults={"betas": (0.9, 0.999), "amsgrad": False})
+    sgd = SimpleNamespace(defaults={"momentum": 0.9})
+    assert [optimizer_slots(o) for o in (adam, sgd, None)] == [2, 1, 0]
+
+
+def test_text_goes_to_loggers_that_take_text() -> None:
+    written = []
+    takes_text = SimpleNamespace(experiment=SimpleNamespace(add_text=lambda *a, **k: written.append((a, k))))
+    no_text = SimpleNamespace(experiment=object())  # e.g. a CSV logger: skipped, not an error
+    write_text(SimpleNamespace(loggers=[no_text, takes_text]), "summary/startup", "a\nb", step=3)
+    assert written == [(("summary/startup", "    a\n    b"), {"global_step": 3})]  # a code block in Markdown
