@@ -48,7 +48,7 @@ def optimizer_slots(optimizer: torch.optim.Optimizer | None) -> int:
 
 def checkpoint_bytes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
     """The size of one training checkpoint, from the tensors it stores: the module's weights, the raw weights
-    beside the average when an EMA runs, and the optimizer's per-parameter state (pickling adds ~1%)."""
+    beside the average when an EMA runs, and the optimizer's per-parameter state (file overhead adds a few %)."""
     weights = sum(t.numel() * t.element_size() for t in pl_module.state_dict().values())
     params = sum(p.numel() * p.element_size() for p in pl_module.parameters() if p.requires_grad)
     copies = 2 if find_ema(trainer) is not None else 1

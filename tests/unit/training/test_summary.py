@@ -5,8 +5,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from ddpm_lab.models import UNet
+from ddpm_lab.models.flops import forward_flops_per_image
 from ddpm_lab.training.summary import files_kept, human_bytes, human_time, optimizer_slots, write_text
 
 
@@ -44,3 +47,20 @@ def test_text_goes_to_loggers_that_take_text() -> None:
     no_text = SimpleNamespace(experiment=object())  # e.g. a CSV logger: skipped, not an error
     write_text(SimpleNamespace(loggers=[no_text, takes_text]), "summary/startup", "a\nb", step=3)
     assert written == [(("summary/startup", "    a\n    b"), {"global_step": 3})]  # a code block in Markdown
+
+
+def test_the_flop_count_before_step_one_leaves_training_bit_for_bit() -> None:
+    """The summary runs a forward pass before the first step: no random numbers drawn, dropout back on."""
+    net = UNet(
+        in_channels=1,
+        image_size=8,
+        base_channels=8,
+        channel_mults=[1],
+        num_res_blocks=1,
+        groups=4,
+        dropout=0.5,
+        attention_resolutions=[],
+    )
+    state = torch.get_rng_state()
+    assert forward_flops_per_image(net, (1, 8, 8)) > 0
+    assert torch.equal(torch.get_rng_state(), state) and net.training
