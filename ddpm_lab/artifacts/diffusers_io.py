@@ -411,13 +411,13 @@ def read_diffusers(folder: str | os.PathLike, key: str = "from_diffusers") -> tu
     ``torch.load(weights_only=True)`` (no code runs), old attention names renamed.
     """
     require_diffusers()
-    from diffusers import DDPMScheduler, UNet2DModel
-
     unet_dir, scheduler_dir = locate_components(Path(folder).expanduser(), key)
     model = {"_target_": "ddpm_lab.models.UNet", **unet_kwargs_from_diffusers(_json(unet_dir / "config.json"), key)}
     raw_scheduler = _json(scheduler_dir / "scheduler_config.json")
     if raw_scheduler.get("_class_name", "DDPMScheduler") not in ("DDPMScheduler", "DDIMScheduler"):
         raise ConfigError(f"{key}={folder}: its scheduler is a {raw_scheduler['_class_name']}, not a DDPMScheduler")
+    from diffusers import DDPMScheduler, UNet2DModel  # only now: importing diffusers takes seconds
+
     scheduler = dict(DDPMScheduler.from_config(raw_scheduler).config)
     sections = {"model": model, **schedule_sections(scheduler, key)}
     try:

@@ -8,17 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-pytest.importorskip("diffusers")
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
-
-import ddpm_lab  # noqa: E402
-from conftest import FIXTURES  # noqa: E402
-from ddpm_lab.artifacts.allow_list import build_stored  # noqa: E402
-from ddpm_lab.artifacts.checkpoint import load_model, net_weights, read_checkpoint  # noqa: E402
-from ddpm_lab.artifacts.diffusers_io import read_diffusers, write_diffusers  # noqa: E402
-from ddpm_lab.convert import export_diffusers, import_diffusers  # noqa: E402
-from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError  # noqa: E402
+import ddpm_lab
+from conftest import FIXTURES
+from ddpm_lab.artifacts.allow_list import build_stored
+from ddpm_lab.artifacts.checkpoint import load_model, net_weights, read_checkpoint
+from ddpm_lab.artifacts.diffusers_io import read_diffusers, write_diffusers
+from ddpm_lab.convert import export_diffusers, import_diffusers
+from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError
 
 LEGACY = FIXTURES / "legacy_run" / "checkpoints" / "last.ckpt"
 # Ho et al.'s architectures as google/ddpm-cifar10-32 and google/ddpm-{celebahq,church,bedroom}-256 configure them.
