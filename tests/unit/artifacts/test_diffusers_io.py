@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from omegaconf import OmegaConf
 
 import ddpm_lab
 from conftest import FIXTURES
 from ddpm_lab.artifacts.allow_list import build_stored
 from ddpm_lab.artifacts.checkpoint import load_model, net_weights, read_checkpoint
-from ddpm_lab.artifacts.diffusers_io import read_diffusers, write_diffusers
+from ddpm_lab.artifacts.diffusers_io import diffusers_unet_config, read_diffusers, write_diffusers
 from ddpm_lab.convert import export_diffusers, import_diffusers
 from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError
+from ddpm_lab.models import UNet
 
 LEGACY = FIXTURES / "legacy_run" / "checkpoints" / "last.ckpt"
 # Ho et al.'s architectures as google/ddpm-cifar10-32 and google/ddpm-{celebahq,church,bedroom}-256 configure them.
@@ -43,6 +45,7 @@ LAYOUT_256 = {  # the 256 px layout (six levels, attention on the fifth), small 
     "down_block_types": ("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
     "up_block_types": ("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
 }
+LAYOUT_256_PUBLISHED = {"sample_size": 256, "block_out_channels": (128, 128, 256, 256, 512, 512), "norm_num_groups": 32}
 
 
 def save_pipeline(folder: Path, unet_config: dict, seed: int = 0, **scheduler: object) -> UNet2DModel:
@@ -172,3 +175,33 @@ def test_nothing_is_overwritten(tmp_path):
     ]
     with pytest.raises(CheckpointError):
         export_diffusers(str(tmp_path / "a.ckpt"), str(tmp_path / "new"))
+
+
+def test_class_conditional_model_exports_with_its_class_embedding(tmp_path):
+    """num_classes=3 -> num_class_embeds=4 (the last row our null class); the same outputs per label, and back."""
+    model = read_checkpoint(LEGACY)["ddpm_lab"]["config"]
+    config = {**model, "model": {**model["model"], "_target_": "ddpm_lab.models.UNet", "num_classes": 3}}
+    net = randomized(build_stored(config)[0], seed=4)
+    write_diffusers(tmp_path / "pipe", config, net.state_dict(), global_step=0)
+    theirs = UNet2DModel.from_pretrained(tmp_path / "pipe" / "unet", low_cpu_mem_usage=False).eval()
+    assert theirs.config.num_class_embeds == 4
+    x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 5, 10, 19]), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x, t, class_labels=y).sample, net(x, t, y), rtol=0, atol=1e-5)
+    sections, state = read_diffusers(tmp_path / "pipe")
+    assert sections["model"]["num_classes"] == 3
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "params"), [("ddpm_cifar10_original", 32, 35_746_307), ("ddpm_256_original", 256, 113_673_219)]
+)
+def test_shipped_configs_build_the_published_architectures(name, size, params, cfg_train):
+    """configs/model/<name>.yaml builds the network whose parameter count diffusers' config of it has."""
+    cfg = cfg_train(f"model={name}", "dataset=image_folder", "dataset.root=x", f"dataset.image_size={size}")
+    model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
+    with torch.device("meta"):
+        net = UNet(**model)
+        theirs = UNet2DModel(**(CIFAR10 if size == 32 else {**LAYOUT_256, **LAYOUT_256_PUBLISHED}))
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in theirs.parameters()) == params
+    assert diffusers_unet_config({"_target_": "ddpm_lab.models.UNet", **model})["norm_eps"] == 1e-6
