@@ -12,10 +12,11 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from omegaconf import OmegaConf
 
 import ddpm_lab
-from conftest import FIXTURES
+from conftest import FIXTURES, TINY_TRAIN
 from ddpm_lab.artifacts.allow_list import build_stored
 from ddpm_lab.artifacts.checkpoint import load_model, net_weights, read_checkpoint
 from ddpm_lab.artifacts.diffusers_io import diffusers_unet_config, read_diffusers, write_diffusers
+from ddpm_lab.config.checks import check_train_config
 from ddpm_lab.convert import export_diffusers, import_diffusers
 from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError
 from ddpm_lab.models import UNet
@@ -205,3 +206,18 @@ def test_shipped_configs_build_the_published_architectures(name, size, params, c
         theirs = UNet2DModel(**(CIFAR10 if size == 32 else {**LAYOUT_256, **LAYOUT_256_PUBLISHED}))
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in theirs.parameters()) == params
     assert diffusers_unet_config({"_target_": "ddpm_lab.models.UNet", **model})["norm_eps"] == 1e-6
+
+
+def test_ckpt_path_accepts_a_converted_checkpoint_to_fine_tune(tmp_path, cfg_train):
+    """The shipped model option with the same architecture passes train's ckpt_path= check, whatever its dropout
+    (converted files store diffusers' 0.0); a converted file has no loop state, so resume= would refuse it."""
+    tiny = {"sample_size": 16, "block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4}
+    tiny.update(down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, attention_head_dim=None)
+    save_pipeline(tmp_path / "pipe", {**tiny, "flip_sin_to_cos": False}, num_train_timesteps=50)
+    import_diffusers(str(tmp_path / "pipe"), str(tmp_path / "tiny.ckpt"))
+    base = [*TINY_TRAIN, "model=unet_tiny", f"dataset.root={tmp_path}", f"paths.output_root={tmp_path / 'out'}"]
+    check_train_config(cfg_train(*base, "model.dropout=0.1", f"ckpt_path={tmp_path / 'tiny.ckpt'}"))
+    with pytest.raises(ConfigError, match=r"different model \(model.time_cos_first differ\)"):
+        check_train_config(cfg_train(*base, "+model.time_cos_first=true", f"ckpt_path={tmp_path / 'tiny.ckpt'}"))
+    ckpt = read_checkpoint(tmp_path / "tiny.ckpt")
+    assert ckpt["optimizer_states"] == [] and "loops" not in ckpt and ckpt["global_step"] == 0
