@@ -36,7 +36,6 @@ VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_large": "fixed_large"}
 BETA_SCHEDULES = {"linear": "linear", "quadratic": "scaled_linear", "sigmoid": "sigmoid", "cosine": "squaredcos_cap_v2"}
 # diffusers' squaredcos_cap_v2 is our cosine schedule with these parameters.
 DIFFUSERS_COSINE = {"s": 0.008, "max_beta": 0.999}
-WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 
 
 def require_diffusers() -> None:
@@ -49,11 +48,12 @@ def require_diffusers() -> None:
 
 
 # --------------------------------------------------------------------------------------------- parameter names
+_RESBLOCK = {"norm1": "norm1", "conv1": "conv1", "temb": "time_emb_proj", "norm2": "norm2", "conv2": "conv2"}
+
+
 def _resblock_names(ours: str, theirs: str) -> Iterator[tuple[str, str]]:
-    for a, b in (("norm1", "norm1"), ("conv1", "conv1"), ("temb", "time_emb_proj"), ("norm2", "norm2")):
+    for a, b in {**_RESBLOCK, "skip": "conv_shortcut"}.items():
         yield f"{ours}.{a}", f"{theirs}.{b}"
-    yield f"{ours}.conv2", f"{theirs}.conv2"
-    yield f"{ours}.skip", f"{theirs}.conv_shortcut"
 
 
 def _attention_names(ours: str, theirs: str) -> Iterator[tuple[str, str]]:
@@ -459,7 +459,7 @@ def model_card(config: dict[str, Any], global_step: int, scheduler: dict[str, An
     dataset = config.get("dataset") or {}
     model = unet_options(config["model"])
     schedule = config["schedule"]
-    name = dataset.get("name") or "unknown"
+    name = str(dataset.get("name") or "unknown").removesuffix("DataModule")
     lines = [
         "---",
         "library_name: diffusers",

@@ -3,6 +3,7 @@ configurations, or small ones with the same layout), saved with save_pretrained,
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -221,3 +222,10 @@ def test_ckpt_path_accepts_a_converted_checkpoint_to_fine_tune(tmp_path, cfg_tra
         check_train_config(cfg_train(*base, "+model.time_cos_first=true", f"ckpt_path={tmp_path / 'tiny.ckpt'}"))
     ckpt = read_checkpoint(tmp_path / "tiny.ckpt")
     assert ckpt["optimizer_states"] == [] and "loops" not in ckpt and ckpt["global_step"] == 0
+
+
+def test_without_diffusers_convert_says_how_to_install_it(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "diffusers" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"converting needs diffusers, which is not installed: pip install"):
+        import_diffusers("anything", "x.ckpt")
