@@ -8,6 +8,7 @@ real command line).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ CASES = [
     case("data", ["from_diffusers={tmp}/cond", "out={tmp}/new.ckpt"], "holds a UNet2DConditionModel: only"),
     case("data", ["from_diffusers={tmp}/unet_only", "out={tmp}/n.ckpt"], "{tmp}/unet_only has no scheduler_config"),
     case("data", ["from_diffusers={tmp}/no_weights", "out={tmp}/new.ckpt"], "cannot load the U-Net weights in"),
+    case("data", ["from_diffusers={tmp}/hostile_bin", "out={tmp}/new.ckpt"], "cannot load the U-Net weights in"),
     # checkpoints
     case("checkpoints", ["ckpt={tmp}/missing.ckpt", "to_diffusers={tmp}/n"], "ckpt={tmp}/missing.ckpt does not exist"),
     case("checkpoints", ["ckpt={tmp}/random.ckpt", "to_diffusers={tmp}/n"], "cannot read checkpoint {tmp}/random"),
@@ -76,6 +78,9 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for file, content in files.items():
             (root / name / file).write_text(json.dumps(content))
     (root / "no_weights" / "scheduler_config.json").write_text("{}")
+    # Ho et al.'s files are pickles (.bin): one that would run code must be refused, never unpickled freely
+    shutil.copytree(root / "no_weights", root / "hostile_bin")
+    shutil.copy(root / "hostile.ckpt", root / "hostile_bin" / "diffusion_pytorch_model.bin")
     return root
 
 
