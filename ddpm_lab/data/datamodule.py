@@ -17,11 +17,13 @@ from ddpm_lab.data.sources import (
     ON_ERROR,
     cache_folder,
     fit_images,
+    index_image_folder,
     load_cifar10,
     load_digits,
     load_files,
     load_image_folder,
     load_mnist,
+    stanford_cars_class_names,
     stanford_cars_files,
 )
 from ddpm_lab.errors import ConfigError, DatasetError, check_choice, check_flag, check_number
@@ -29,6 +31,18 @@ from ddpm_lab.errors import ConfigError, DatasetError, check_choice, check_flag,
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test", "all")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -84,6 +98,13 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_images: torch.Tensor | None = None
 
     # -- to implement per dataset ------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names of the label indices 0, 1, ... (what ``conditioning=class`` conditions on); None: unlabeled.
+
+        Read without decoding any image (a folder listing at most)."""
+        return None
+
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (N, C, H, W) uint8 images at any size and (N,) labels for one split."""
         raise NotImplementedError
@@ -213,6 +234,10 @@ class MNISTDataModule(ImageDataModule):
         raw = Path(self.root) / "MNIST" / "raw"
         return f"Copy the four IDX files (train-/t10k-images-idx3-ubyte, -labels-idx1-ubyte, .gz or not) into {raw}"
 
+    @property
+    def class_names(self) -> list[str]:
+        return [str(digit) for digit in range(10)]
+
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return load_mnist(self.root, train=train)
 
@@ -237,6 +262,10 @@ class CIFAR10DataModule(ImageDataModule):
 
         return f"Unpack {CIFAR10.url} into {self.root} (it makes cifar-10-batches-py/)"
 
+    @property
+    def class_names(self) -> list[str]:
+        return list(CIFAR10_CLASSES)
+
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return load_cifar10(self.root, train=train)
 
@@ -246,14 +275,16 @@ class DigitsDataModule(ImageDataModule):
     so it works offline on any machine (the quick start). ``train``: the first 1,500 images, ``test``: the rest."""
 
     name = "digits"
-    class_names = tuple(str(d) for d in range(10))
-    num_classes = len(class_names)
 
     def __init__(
         self, root: str = "scikit-learn", image_size: int = 16, channels: int = 1, split: str = "all", **kwargs
     ) -> None:
         kwargs["download"] = False  # nothing to fetch: the file is part of the installed package
         super().__init__(root=root, image_size=image_size, channels=channels, split=split, **kwargs)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(digit) for digit in range(10)]
 
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return load_digits(train)
@@ -319,6 +350,11 @@ class StanfordCarsDataModule(DecodedImageDataModule):
                 CARS_HOW_TO_GET.format(root=self.root),
             )
 
+    @property
+    def class_names(self) -> list[str] | None:
+        self.prepare_data()  # a missing dataset says so, not "no labels"
+        return stanford_cars_class_names(self.root, self.split != "test")
+
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         files, labels, folder = stanford_cars_files(self.root, train)
         return load_files(files, labels, self.image_size, self.channels, self.on_error, folder, **self.cache_options())
@@ -337,6 +373,15 @@ class ImageFolderDataModule(DecodedImageDataModule):
             raise DatasetError(f"image folder {self.root} is a file: set dataset.root to a folder of images")
         if not Path(self.root).is_dir():
             raise DatasetError(f"image folder {self.root} does not exist: set dataset.root to a folder of images")
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class sub-folders (of ``train/`` when the folder is split), sorted as the labels are."""
+        self.prepare_data()  # a missing folder says so, not "no labels"
+        root = Path(self.root)
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            root = root / ("test" if self.split == "test" else "train")
+        return index_image_folder(root)[2] or None
 
     def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
         # A plain folder has no train/test halves unless it holds train/ and test/ sub-folders.

@@ -27,7 +27,7 @@ def test_digits_load_offline_with_labels_and_splits(monkeypatch: pytest.MonkeyPa
     assert images.shape == (1797, 1, 16, 16) and images.dtype == torch.uint8
     assert int(images.min()) == 0 and int(images.max()) == 255  # the 0-16 grey levels stretched to 0-255
     assert sorted(set(labels.tolist())) == list(range(10)) and torch.bincount(labels).min() >= 170  # ~180 each
-    assert dm.class_names == tuple("0123456789") and dm.num_classes == 10
+    assert dm.class_names == list("0123456789")  # what conditioning=class reads
     # Upsampled, not padded: the digit's strokes fill the 16 px frame like the 8 px original fills its own.
     assert images.float().mean(dim=0)[0, 4:12, 4:12].mean() > 2 * images.float().mean(dim=0)[0, :, :2].mean()
 
