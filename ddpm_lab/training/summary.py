@@ -160,7 +160,10 @@ class StartupSummary(pl.Callback):
             line += f" ({(end - self._start_step) * effective / len(train):.3g} epochs)"
         factor = getattr(pl_module, "lr_factor", None)
         if factor is not None:
-            line += f", lr warm-up {getattr(factor, 'warmup_steps', 0):,} steps then {type(factor).__name__}"
+            warmup = getattr(factor, "warmup_steps", 0)
+            line += f", lr warm-up {warmup:,} steps then {type(factor).__name__}"
+            if end is not None and warmup >= end:
+                line += " (the warm-up outlasts the run: the lr never reaches optimizer.lr; lower warmup_steps)"
         return line
 
     @rank_zero_only

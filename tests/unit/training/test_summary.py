@@ -10,6 +10,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ddpm_lab.models import UNet
 from ddpm_lab.models.flops import forward_flops_per_image
+from ddpm_lab.training import ConstantLR, StartupSummary
 from ddpm_lab.training.summary import files_kept, human_bytes, human_time, optimizer_slots, write_text
 
 
@@ -64,3 +65,12 @@ def test_the_flop_count_before_step_one_leaves_training_bit_for_bit() -> None:
     state = torch.get_rng_state()
     assert forward_flops_per_image(net, (1, 8, 8)) > 0
     assert torch.equal(torch.get_rng_state(), state) and net.training
+
+
+def test_steps_line_flags_a_warmup_longer_than_the_run() -> None:
+    summary = StartupSummary()
+    trainer = SimpleNamespace(max_steps=500)
+    images = torch.zeros(1000, 1, 2, 2)
+    too_long = summary._steps_line(trainer, SimpleNamespace(lr_factor=ConstantLR(1000)), 64, images)
+    assert too_long.startswith("0 -> 500 (32 epochs), lr warm-up 1,000 steps then ConstantLR (the warm-up outlasts")
+    assert "outlasts" not in summary._steps_line(trainer, SimpleNamespace(lr_factor=ConstantLR(25)), 64, images)
