@@ -17,7 +17,7 @@ mlflow = pytest.importorskip("mlflow", reason="logger=mlflow needs the mlflow ex
 
 pytestmark = pytest.mark.slow
 IMAGE_TAGS = ("samples/grid", "diffusion/x0_pred", "diffusion/denoising")
-SIDE = lambda k: 18 * k + 2  # 16 px images, 2 px padding  # noqa: E731
+SIDE = lambda k: 18 * k + 2  # 16 px images, 2 px padding
 
 
 @pytest.fixture(scope="module")
