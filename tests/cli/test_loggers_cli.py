@@ -1,5 +1,6 @@
-"""Several loggers at once, for real: ``logger=[tensorboard,csv,mlflow]`` on a tiny run. Scalars reach all three,
-images (sample grids, strips, the schedule figure) reach the two that show images, the config reaches MLflow."""
+"""Several loggers at once, for real: ``python -m ddpm_lab.train logger=[tensorboard,csv,mlflow]`` on a tiny run.
+Scalars reach all three, images (sample grids, strips, the schedule figure) reach the two that show images, the
+config reaches MLflow."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY_TRAIN, run_cli
+from conftest import TINY_TRAIN
+from ddpm_lab.train import main
+from mistakes import run_in_process
 
 mlflow = pytest.importorskip("mlflow", reason="logger=mlflow needs the mlflow extra (mlflow-skinny is in [dev])")
 
@@ -22,15 +25,14 @@ SIDE = lambda k: 18 * k + 2  # 16 px images, 2 px padding
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Path:
+    """The training command, run in this process (its imports are paid already)."""
     cwd = tmp_path_factory.mktemp("loggers")
-    run_cli(
-        "ddpm_lab.train",
-        *TINY_TRAIN,
-        f"dataset.root={image_folder}",
-        "hydra.run.dir=run",
-        "logger=[tensorboard,csv,mlflow]",
-        cwd=cwd,
-    )
+    argv = [*TINY_TRAIN, f"dataset.root={image_folder}", "hydra.run.dir=run", "logger=[tensorboard,csv,mlflow]"]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_ALLOW_FILE_STORE", "")  # so that the context removes it again afterwards
+        env.delenv("MLFLOW_ALLOW_FILE_STORE")  # absent during the run: the logger itself must allow its file store
+        outcome = run_in_process(main, argv, cwd)
+    assert outcome.status == 0, outcome.stderr[-3000:]
     return cwd / "run"
 
 
