@@ -24,7 +24,7 @@ from ddpm_lab.artifacts.figures import schedule_curves
 from ddpm_lab.artifacts.images import image_grid
 from ddpm_lab.diffusion import DDPMSampler, Denoiser, GaussianDiffusion, generate_batches
 
-DISPLAY_WIDTH = 320  # CSS pixels an image row is drawn at (small images are scaled up, pixelated)
+DISPLAY_WIDTH = 320  # least CSS width of an image row (small images are scaled up, pixelated), up to 4x, 640 px
 CURVE_SIZE = (320, 120)  # width, height of the ᾱ_t curve in CSS pixels
 
 
@@ -51,12 +51,16 @@ def _curve_points(alpha_bar: np.ndarray) -> str:
     return " ".join(f"{x:.1f},{(1 - a) * height:.1f}" for x, a in zip(xs, alpha_bar))
 
 
+def _display_width(image: torch.Tensor) -> int:
+    return max(DISPLAY_WIDTH, min(4 * image.shape[-1], 2 * DISPLAY_WIDTH))
+
+
 def _frame_html(frame: Frame, alpha_bar: float, T: int) -> str:
     snr = alpha_bar / (1 - alpha_bar) if alpha_bar < 1 else float("inf")
     log_snr = float(np.log(snr)) if 0 < snr < float("inf") else (float("inf") if snr > 0 else float("-inf"))
     x = frame.t / max(T - 1, 1) * CURVE_SIZE[0]
     figures = "".join(
-        f'<figure><img src="{png_data_uri(image)}" width="{DISPLAY_WIDTH}" alt="{html.escape(caption)}">'
+        f'<figure><img src="{png_data_uri(image)}" width="{_display_width(image)}" alt="{html.escape(caption)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         for caption, image in frame.panels.items()
     )
@@ -72,7 +76,7 @@ def _frame_html(frame: Frame, alpha_bar: float, T: int) -> str:
 STYLE = """
 body { font-family: sans-serif; margin: 16px; background: #fafafa; color: #222; }
 .panels { display: flex; gap: 16px; flex-wrap: wrap; }
-figure { margin: 0; } figcaption { font-size: 13px; max-width: 320px; }
+figure { margin: 0; } figcaption { font-size: 13px; max-width: 480px; }
 img { image-rendering: pixelated; height: auto; border: 1px solid #ccc; background: white; }
 input[type=range] { width: 640px; } .numbers { font-family: monospace; font-size: 15px; }
 svg { background: white; border: 1px solid #ccc; overflow: visible; }
