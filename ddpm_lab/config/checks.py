@@ -8,6 +8,7 @@ sampler vs schedule, model vs dataset, trainer vs machine, a continued checkpoin
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 import os
@@ -31,6 +32,13 @@ log = logging.getLogger(__name__)
 # A DDPM chain this short with σ² = β_t is far worse than with the posterior variance (Nichol & Dhariwal 2021:
 # FID ≈ 46 vs ≈ 11 on CIFAR-10 at 100 steps).
 SHORT_CHAIN = 500
+
+# Loggers whose package is an optional extra of ddpm_lab: Lightning class -> (module to import, extra to install).
+LOGGER_EXTRAS = {
+    "WandbLogger": ("wandb", "wandb"),
+    "MLFlowLogger": ("mlflow", "mlflow"),
+    "MLFlowFileLogger": ("mlflow", "mlflow"),
+}
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -250,12 +258,25 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def check_loggers(cfg: DictConfig) -> None:
+    """Refuse a logger whose optional package is not installed (Lightning would fail later, less clearly)."""
+    for name, node in (cfg.get("logger") or {}).items():
+        target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+        module, extra = LOGGER_EXTRAS.get(target.rsplit(".", 1)[-1], (None, None))
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"logger.{name} needs the {module} package, which is not installed: "
+                f'pip install "ddpm_lab[{extra}]", or choose another logger (logger=tensorboard, logger=csv)'
+            )
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Every check a training run needs before it reads data or writes a file; raises on the first problem.
 
     ``conditioning=class`` also fills in ``model.num_classes`` and ``conditioning.class_names`` from the dataset.
     """
     check_common(cfg, seed_optional=True)  # seed: null is documented (nondeterministic)
+    check_loggers(cfg)
     for key in ("ckpt_path", "resume"):
         value = cfg.get(key)
         if value is not None and not (isinstance(value, str) and value.strip()):

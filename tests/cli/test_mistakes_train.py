@@ -7,6 +7,7 @@ The harness is ``tests/cli/mistakes.py``; most cases run ``main()`` in this proc
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,13 @@ def test_a_data_error_inside_fit_removes_the_folder_it_had_started(tmp: Path):
     outcome = run_in_process(main, [o.format(tmp=tmp) for o in BASE] + [f"dataset.root={tmp}/garbage"], tmp)
     assert outcome.status == 2 and "garbage" in outcome.stderr.strip().splitlines()[-1]
     assert snapshot(tmp / "out") == before
+
+
+@pytest.mark.parametrize("module", ["mlflow", "wandb"])
+def test_a_logger_whose_extra_is_missing(module: str, tmp: Path, monkeypatch: pytest.MonkeyPatch):
+    """``logger=mlflow`` or ``logger=wandb`` without its package: one line naming the extra to install, before any
+    work. ``sys.modules[module] = None`` makes Python answer as if the package were not installed."""
+    monkeypatch.setitem(sys.modules, module, None)
+    culprit = f'logger.{module} needs the {module} package, which is not installed: pip install "ddpm_lab[{module}]"'
+    item = case("missing", f"logger=[tensorboard,{module}]", culprit)
+    check_case(lambda argv, cwd: run_in_process(main, argv, cwd), BASE, item, tmp)
