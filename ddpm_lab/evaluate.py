@@ -29,6 +29,7 @@ from ddpm_lab.data.sources import cache_folder
 from ddpm_lab.diffusion import Sampler, generate_batches
 from ddpm_lab.errors import ConfigError, check_choice, user_errors
 from ddpm_lab.metrics import (
+    ClassifierFeatures,
     FeatureExtractor,
     FeatureSet,
     cache_key,
@@ -74,6 +75,30 @@ def dataset_config(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
     return dataset
 
 
+def stats_folder(cfg: DictConfig) -> Path:
+    """Where real-image statistics (and the ``features=classifier`` networks) are cached."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    return cache_folder(cfg.paths.get("cache_dir")) / "fid_stats"
+
+
+def training_images(dataset: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dataset's labelled training split: uint8 images and labels (−1: none), for the classifier and class mix."""
+    datamodule = build("dataset", OmegaConf.create({**dataset, "split": "train"}))
+    datamodule.prepare_data()
+    return datamodule.load_split()
+
+
+def fit_classifier(cfg: DictConfig, dataset: dict[str, Any], extractor: ClassifierFeatures) -> None:
+    """Train (or read back) the ``features=classifier`` network on the dataset's own labelled training images."""
+    images, labels = training_images(dataset)
+    source = f"{dataset['_target_'].rsplit('.', 1)[-1]}" + (f" at {dataset['root']}" if dataset.get("root") else "")
+    extractor.fit(images, labels, stats_folder(cfg), source=source)
+    line = extractor.summary()
+    log.info("%s", line)
+    print(line)
+
+
 def real_features(
     cfg: DictConfig, dataset: dict[str, Any], extractor: FeatureExtractor, device: torch.device
 ) -> tuple[FeatureSet, Path]:
@@ -92,10 +117,7 @@ def real_features(
         "seed": cfg.seed,
     }
     n_tag = "all" if cfg.n_real is None else str(cfg.n_real)
-    folder = (
-        Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_folder(cfg.paths.get("cache_dir")) / "fid_stats"
-    )
-    path = folder / (
+    path = stats_folder(cfg) / (
         f"{name}_{dataset.get('split', 'train')}_{dataset['image_size']}px_{extractor.name}_{n_tag}_"
         f"{cache_key(description)}.pt"
     )
@@ -160,6 +182,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     extractor: FeatureExtractor = build("features", cfg.features)
     sampler: Sampler = build("sampler", cfg.sampler) if cfg.get("sampler") is not None else loaded.sampler
     dataset = dataset_config(cfg, loaded)
+    if isinstance(extractor, ClassifierFeatures):
+        fit_classifier(cfg, dataset, extractor)
 
     real, cache_path = real_features(cfg, dataset, extractor, device)
     started = time.perf_counter()
@@ -187,6 +211,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         seed=cfg.seed,
         device=str(device),
     )
+    if isinstance(extractor, ClassifierFeatures):
+        result["classifier"] = extractor.report()
     line = format_scores(result, extractor.name)
     log.info("%s", line)
     print(line)

@@ -23,7 +23,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Pat
         *TINY_TRAIN,
         f"dataset.root={image_folder}",
         "callbacks=fid",
-        "features@callbacks.fid.features=tiny",
+        "features@callbacks.fid.features=classifier",  # trained on the run's labelled images before step 1
+        "callbacks.fid.features.epochs=1",
+        "callbacks.fid.features.width=4",
+        "callbacks.fid.features.num_features=8",
         "callbacks.fid.every_n_steps=3",
         "callbacks.fid.n=8",
         "callbacks.fid.batch_size=8",
@@ -53,6 +56,7 @@ def compose_eval(cfg_eval):
 def test_fid_callback_logs_during_training(run_dir):
     log = (run_dir / "train.log").read_text()
     assert "step 3: FID" in log and "n=8 generated vs 8 training images" in log
+    assert "classifier: held-out accuracy" in log and "classifier8-" in log
 
 
 def test_evaluate_cli_scores_a_checkpoint_against_the_runs_dataset(run_dir, tmp_path):
@@ -111,3 +115,19 @@ def test_no_dataset_anywhere_is_one_clear_error(tmp_path, run_dir, compose_eval)
     cfg = compose_eval(tmp_path, f"ckpt={quoted(lone / 'last.ckpt')}", *FAST_EVAL)
     with pytest.raises(ConfigError, match="pass dataset=<option>"):
         evaluate(cfg)
+
+
+def test_classifier_features_are_trained_once_and_reported(run_dir, tmp_path, compose_eval, capsys):
+    """``features=classifier`` on an unconditional checkpoint: a domain FID/KID, the classifier cached and reused."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    small = ("features=classifier", "features.epochs=1", "features.width=4", "features.num_features=8")
+    overrides = (f"ckpt={quoted(ckpt)}", *small, *FAST_EVAL[1:])
+    first = evaluate(compose_eval(tmp_path, *overrides))
+    second = evaluate(compose_eval(tmp_path, *overrides, out="eval2"))
+    out = capsys.readouterr().out
+    assert out.count("classifier: held-out accuracy") == 2 and "trained in" in out and "read from" in out
+    assert first["features"].startswith("classifier8-") and first["fid"] == pytest.approx(second["fid"])
+    assert 0 <= first["classifier"]["heldout_accuracy"] <= 1 and first["classifier"]["n_heldout"] == 5
+    assert "class_accuracy" not in first  # unconditional samples asked for no class
+    stats = sorted(p.name for p in (tmp_path / "cache" / "fid_stats").iterdir())
+    assert len(stats) == 2 and stats[0].startswith("ImageFolderDataModule") and stats[1].startswith("classifier_16px")

@@ -61,6 +61,12 @@ CASES = [
     case("data", ["dataset=image_folder", "dataset.root={tmp}/missing"], "image folder {tmp}/missing does not exist"),
     case("data", ["dataset=image_folder", "dataset.root={tmp}/empty_folder"], "{tmp}/empty_folder holds no images"),
     case("data", ["dataset=image_folder", "dataset.root={tmp}/garbage"], "unreadable image(s) under {tmp}/garbage"),
+    case(  # no class sub-folders: nothing to train the classifier on
+        "data",
+        ["features=classifier", "dataset=image_folder", "dataset.root={tmp}/one_image"],
+        "features=classifier needs images of at least two labelled classes, but ImageFolderDataModule at "
+        "{tmp}/one_image has 0",
+    ),
     # output folders that cannot be created
     case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
     case(
