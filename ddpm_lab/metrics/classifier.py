@@ -2,8 +2,9 @@
 
 Inception features mean little on 28 px grayscale digits. This classifier is trained once per dataset (its
 images' contents) and settings, on a seeded, capped subset of the labelled training images, and kept on disk
-next to the real-image statistics. Its penultimate activations are the features of a domain FID/KID (as in
-the MNIST FIDs of e.g. Ho & Salimans, 2022, §4); its predictions give ``class_accuracy`` of conditional samples.
+next to the real-image statistics. Its penultimate activations are the features of a domain FID/KID (the
+Fréchet distance of Heusel et al., 2017, in a space that knows the domain); its predictions give
+``class_accuracy`` of conditional samples.
 """
 
 from __future__ import annotations
@@ -201,6 +202,8 @@ class ClassifierFeatures(FeatureExtractor):
                 raise ValueError("it holds non-finite weights")
             acc = float(stored["heldout_accuracy"])
             n_train, n_heldout = int(stored["n_train"]), int(stored["n_heldout"])
+            if not 0 <= acc <= 1:
+                raise ValueError(f"its held-out accuracy {acc} is not in [0, 1]")
         except Exception as e:  # truncated, foreign or tampered: retrain rather than fail every later run
             log.warning("classifier file %s is unusable (%s): training it again", path, first_line(e, 200))
             return None

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import TINY_TRAIN, run_cli
+from conftest import TINY_TRAIN, ours_checkpoint, run_cli
 from ddpm_lab.errors import ConfigError, OutputExistsError, WeightsMissingError
-from ddpm_lab.evaluate import evaluate
+from ddpm_lab.evaluate import class_mix, evaluate
 
 FAST_EVAL = ("features=tiny", "n=8", "batch_size=8", "sampler=ddpm", "sampler.steps=3", "kid_subsets=5")
 
@@ -131,3 +132,50 @@ def test_classifier_features_are_trained_once_and_reported(run_dir, tmp_path, co
     assert "class_accuracy" not in first  # unconditional samples asked for no class
     stats = sorted(p.name for p in (tmp_path / "cache" / "fid_stats").iterdir())
     assert len(stats) == 2 and stats[0].startswith("ImageFolderDataModule") and stats[1].startswith("classifier_16px")
+
+
+def test_guidance_sweep_of_a_conditional_checkpoint(tmp_path, image_folder):
+    """``guidance=0,1`` is one run: per-scale rows (FID, KID, class accuracy, counts), grids and the FID plot."""
+    ckpt = ours_checkpoint(
+        tmp_path / "cond.ckpt",
+        [*TINY_TRAIN, f"dataset.root={image_folder}", "conditioning=class", "++model.num_classes=2"],
+    )
+    proc = run_cli(
+        "ddpm_lab.evaluate",
+        f"ckpt={quoted(ckpt)}",
+        "guidance=0,1",
+        "features=classifier",
+        "features.epochs=1",
+        "features.width=4",
+        "features.num_features=8",
+        *FAST_EVAL[1:],
+        "dataset=image_folder",
+        f"dataset.root={quoted(image_folder)}",
+        f"paths.cache_dir={quoted(tmp_path / 'cache')}",
+        "hydra.run.dir=eval",
+        cwd=tmp_path,
+    )
+    assert "classifier: held-out accuracy" in proc.stdout
+    for w in (0, 1):
+        assert f"guidance {w}: FID" in proc.stdout and "(n=8 generated vs 48 real images" in proc.stdout
+    out = tmp_path / "eval"
+    result = json.loads((out / "results.json").read_text())
+    rows = result["per_guidance"]
+    assert [r["guidance"] for r in rows] == [0.0, 1.0] and all(r["n_fake"] == 8 for r in rows)
+    assert result["fid"] == min(r["fid"] for r in rows) and result["guidance"] in (0.0, 1.0)
+    assert result["samples_per_class"] == {"0": 4, "1": 4}  # the dataset's 24 + 24 images, in proportion
+    for r in rows:  # the same classes asked for at every scale; accuracy from the classifier's predictions
+        assert {k: v["n"] for k, v in r["per_class"].items()} == {"0": 4, "1": 4}
+        right = sum(v["n"] * v["accuracy"] for v in r["per_class"].values())
+        assert r["class_accuracy"] == pytest.approx(right / 8) and r["kid_mean"] == r["kid_mean"]
+    for name in ("fid_vs_guidance.png", "samples_guidance_0.png", "samples_guidance_1.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "samples.png").exists()
+
+
+def test_classes_are_drawn_in_the_datasets_proportions_reproducibly():
+    counts = torch.tensor([600, 300, 100, 0])
+    labels = class_mix(counts, 30, seed=0)
+    assert labels.bincount(minlength=4).tolist() == [18, 9, 3, 0]
+    assert torch.equal(labels, class_mix(counts, 30, seed=0)) and not torch.equal(labels, class_mix(counts, 30, seed=1))
+    assert sorted(class_mix(torch.tensor([5, 5, 5]), 7, seed=0).bincount().tolist()) == [2, 2, 3]

@@ -39,8 +39,11 @@ CASES = [
     case("types", "kid_subset_size=1.5", "kid_subset_size must be an integer, got 1.5"),
     case("types", "seed=-1.5", "seed must be an integer, got -1.5"),
     case("types", "features.width=abc", "features.width must be an integer"),
+    case("types", "guidance=abc", "guidance must be a number >= 0 or a list of them, got 'abc'"),
     # ranges
     case("ranges", "n=1", "n must be >= 2, got 1"),
+    case("ranges", "guidance=1,-2", "guidance must be a number >= 0 or a list of them, got '1,-2'"),
+    case("ranges", "guidance_rescale=2", "guidance_rescale must be in [0, 1], got 2.0"),
     case("ranges", "n_real=1", "n_real must be >= 2, got 1"),
     case("ranges", "kid_subsets=0", "kid_subsets must be >= 1, got 0"),
     case("ranges", "batch_size=0", "batch_size must be >= 1, got 0"),
@@ -57,6 +60,11 @@ CASES = [
     case("checkpoints", "ckpt={tmp}/target_run/checkpoints/last.ckpt", "refusing to build _target_='os.system'"),
     case("checkpoints", "ckpt={tmp}/env_run/checkpoints/last.ckpt", "refusing the interpolation '${{oc.env:HOME}}'"),
     case("checkpoints", ["features=inception", "features.weights_path={tmp}/missing.pth"], "{tmp}/missing.pth"),
+    case(  # guidance=0,1 (Hydra's sweep syntax) is read as a list, and refused for an unconditional model
+        "checkpoints",
+        [*DATA, "guidance=0,1"],
+        "guidance=0,1 needs a class-conditional checkpoint, but {tmp}/good.ckpt is unconditional",
+    ),
     # data
     case("data", ["dataset=image_folder", "dataset.root={tmp}/missing"], "image folder {tmp}/missing does not exist"),
     case("data", ["dataset=image_folder", "dataset.root={tmp}/empty_folder"], "{tmp}/empty_folder holds no images"),
