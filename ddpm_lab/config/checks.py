@@ -21,6 +21,7 @@ from pytorch_lightning.accelerators import AcceleratorRegistry
 from ddpm_lab.artifacts.allow_list import canonical_target
 from ddpm_lab.artifacts.checkpoint import checkpoint_config, checkpoint_file, read_checkpoint
 from ddpm_lab.config.build import build, build_components, build_module, name_key
+from ddpm_lab.config.conditioning import condition_on_dataset
 from ddpm_lab.config.run_folder import writable_folder
 from ddpm_lab.errors import ConfigError, check_flag, check_number, first_line
 
@@ -237,7 +238,10 @@ def pick_device(name: str) -> torch.device:
 
 
 def check_train_config(cfg: DictConfig) -> None:
-    """Every check a training run needs before it reads data or writes a file; raises on the first problem."""
+    """Every check a training run needs before it reads data or writes a file; raises on the first problem.
+
+    ``conditioning=class`` also fills in ``model.num_classes`` and ``conditioning.class_names`` from the dataset.
+    """
     check_common(cfg, seed_optional=True)  # seed: null is documented (nondeterministic)
     for key in ("ckpt_path", "resume"):
         value = cfg.get(key)
@@ -249,8 +253,9 @@ def check_train_config(cfg: DictConfig) -> None:
     for key, node in callback_samplers(cfg).items():
         check_sampler(node, num_timesteps, key)
     check_model_fits_data(cfg)
-    net, diffusion, sampler = build_components(cfg, device="meta", warn=False)  # constructors check their values
     build("dataset", cfg.dataset)
+    condition_on_dataset(cfg)
+    net, diffusion, sampler = build_components(cfg, device="meta", warn=False)  # constructors check their values
     check_number(_get(cfg, "optimizer.lr"), "optimizer.lr", float, low=0, low_open=True)  # torch's message names no key
     build_module(cfg, net, diffusion, sampler)
     check_trainer_values(cfg)

@@ -1,6 +1,9 @@
 """The DDPM U-Net (Ho et al., 2020): time-conditioned residual blocks, skip connections, self-attention.
 
-Plain PyTorch. ``UNet(x_t, t) -> prediction`` with the same shape as ``x_t``.
+Plain PyTorch. ``UNet(x_t, t) -> prediction`` with the same shape as ``x_t``; a class-conditional U-Net
+(``num_classes > 0``) takes ``UNet(x_t, t, y)``, a learned class embedding added to the time embedding, with one
+extra "null" class (index ``num_classes``, also what ``y=None`` means) for classifier-free guidance (Ho & Salimans,
+2022).
 """
 
 from __future__ import annotations
@@ -107,6 +110,8 @@ class UNet(nn.Module):
         num_heads: attention heads.
         groups: GroupNorm groups (reduced to a divisor of each width).
         out_channels: defaults to ``in_channels``.
+        num_classes: 0 (unconditional) or the number of classes of a class-conditional model; set from the
+            dataset by ``conditioning=class``. Adds ``class_emb`` with ``num_classes + 1`` rows (the last: null).
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class UNet(nn.Module):
         num_heads: int = 1,
         groups: int = 32,
         out_channels: int | None = None,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         sizes = {
@@ -136,12 +142,15 @@ class UNet(nn.Module):
         )
         dropout = check_number(dropout, "model.dropout", float, 0, 1, high_open=True)
         out_channels = check_number(out_channels, "model.out_channels", int, low=1, optional=True)
+        self.num_classes = check_number(num_classes, "model.num_classes", int, low=0)
         channel_mults, resolutions = self.check_layout(image_size, channel_mults, attention_resolutions)
         self.in_channels, self.image_size = in_channels, image_size
         self.out_channels = out_channels or in_channels
         self.base_channels = base_channels
         temb_dim = 4 * base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        if self.num_classes:  # only then: an unconditional U-Net keeps its modules and state_dict keys
+            self.class_emb = nn.Embedding(self.num_classes + 1, temb_dim)
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         def block(cin: int, cout: int, res: int) -> nn.ModuleList:
@@ -220,10 +229,23 @@ class UNet(nn.Module):
             h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def class_embedding(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """The class embedding of labels ``y`` (None: the null class ``num_classes`` for every sample)."""
+        if y is None:
+            y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        elif y.ndim == 0:
+            y = y.expand(batch)
+        return self.class_emb(y.to(device=device, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The prediction for ``x`` at timesteps ``t``; ``y``: class labels of a class-conditional U-Net."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         temb = self.time_mlp(sinusoidal_embedding(t, self.base_channels).to(x.dtype))
+        if self.num_classes:
+            temb = temb + self.class_embedding(y, x.shape[0], x.device).to(temb.dtype)
+        elif y is not None:
+            raise ValueError("this U-Net is unconditional (num_classes=0): it takes no class labels y")
         h = self.conv_in(x)
         skips = [h]
         for layers in self.down:
