@@ -208,8 +208,8 @@ def class_counts(labels: torch.Tensor, loaded: LoadedModel, source: str) -> torc
     labels = labels[labels >= 0]
     if len(labels) and int(labels.max()) >= loaded.num_classes:
         raise ConfigError(
-            f"{source} has labels up to {int(labels.max())}, but {loaded.path} was trained on "
-            f"{loaded.num_classes} classes: pass the dataset it was trained on (dataset=... dataset.root=...)"
+            f"{source} has labels up to {int(labels.max())}, but {loaded.path} knows {loaded.num_classes} "
+            f"class(es): pass the dataset it was trained on (dataset=... dataset.root=...)"
         )
     if not len(labels):
         log.warning("%s has no class labels: drawing the %d classes uniformly", source, loaded.num_classes)

@@ -69,6 +69,11 @@ CASES = [
     case("data", ["dataset=image_folder", "dataset.root={tmp}/missing"], "image folder {tmp}/missing does not exist"),
     case("data", ["dataset=image_folder", "dataset.root={tmp}/empty_folder"], "{tmp}/empty_folder holds no images"),
     case("data", ["dataset=image_folder", "dataset.root={tmp}/garbage"], "unreadable image(s) under {tmp}/garbage"),
+    case(  # a class-conditional model of one class, and a dataset of two
+        "data",
+        ["ckpt={tmp}/one_class.ckpt", *DATA],
+        "ImageFolderDataModule at {tmp}/images has labels up to 1, but {tmp}/one_class.ckpt knows 1 class(es)",
+    ),
     case(  # no class sub-folders: nothing to train the classifier on
         "data",
         ["features=classifier", "dataset=image_folder", "dataset.root={tmp}/one_image"],
@@ -100,6 +105,7 @@ RUN_CONFIGS = {
 def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mistakes_evaluate")
     write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
+    ours_checkpoint(root / "one_class.ckpt", [*TINY_TRAIN, "conditioning=class", "++model.num_classes=1"])
     for run in ("bare_run", *RUN_CONFIGS):  # a checkpoint inside a run folder, with no or a hostile config
         (root / run / "checkpoints").mkdir(parents=True)
         shutil.copy(root / "good.ckpt", root / run / "checkpoints" / "last.ckpt")
