@@ -373,10 +373,10 @@ def _main(cfg: DictConfig) -> float:
         return evaluate(cfg)["fid"]
 
 
-def main() -> float:
+def main() -> None:
     """``python -m ddpm_lab.evaluate ...`` (the Hydra entry point, with ``guidance=0,1,2`` read as a list)."""
     sys.argv[1:] = guidance_as_list(sys.argv[1:])
-    return _main()
+    _main()
 
 
 if __name__ == "__main__":
