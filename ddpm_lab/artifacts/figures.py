@@ -100,3 +100,29 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     with atomic_write(path, durable=False) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     return path
+
+
+# ------------------------------------------------------------------------------------------- guidance
+def guidance_figure(rows: Sequence[Mapping[str, float]], title: str = "") -> Figure:
+    """FID against the guidance scale w, one point per row (``guidance``, ``fid``, ``n_fake``), with the class
+    accuracy on a second axis when the rows have it (``features=classifier``)."""
+    rows = sorted(rows, key=lambda r: r["guidance"])
+    w = [r["guidance"] for r in rows]
+    fig = Figure(figsize=(5.0, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot(w, [r["fid"] for r in rows], "o-", color="tab:blue", label="FID")
+    for r in rows:
+        ax.annotate(
+            f"n={r['n_fake']}", (r["guidance"], r["fid"]), fontsize="x-small", xytext=(3, 3), textcoords="offset points"
+        )
+    ax.set_xlabel("guidance scale w (0: unconditional, 1: conditional)")
+    ax.set_ylabel("FID", color="tab:blue")
+    ax.grid(alpha=0.3)
+    if all("class_accuracy" in r for r in rows):
+        acc = ax.twinx()
+        acc.plot(w, [100 * r["class_accuracy"] for r in rows], "s--", color="tab:orange")
+        acc.set_ylabel("class accuracy (%)", color="tab:orange")
+        acc.set_ylim(0, 100)
+    fig.suptitle(title or "FID vs classifier-free guidance", fontsize="medium")
+    return fig
