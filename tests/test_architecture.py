@@ -169,14 +169,14 @@ def test_every_module_has_a_layer():
 
 
 def test_importing_ddpm_lab_loads_neither_lightning_nor_hydra(tmp_path: Path):
-    """A notebook can import ddpm_lab, load a checkpoint and sample without the training stack."""
+    """A notebook can import ddpm_lab, load a checkpoint and sample without the training stack (or diffusers)."""
     ckpt = REPO_ROOT / "tests" / "fixtures" / "legacy_run" / "checkpoints" / "last.ckpt"
     code = (
         "import sys, ddpm_lab\n"
         f"net, diffusion, sampler = ddpm_lab.load_model({str(ckpt)!r})\n"
         "x = ddpm_lab.generate(net, diffusion, 2, sampler=sampler, seed=0)\n"
         "assert x.shape == (2, 1, 8, 8), x.shape\n"
-        "stack = ('pytorch_lightning', 'lightning', 'lightning_fabric', 'hydra', 'omegaconf')\n"
+        "stack = ('pytorch_lightning', 'lightning', 'lightning_fabric', 'hydra', 'omegaconf', 'diffusers')\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in stack)\n"
         "print('HEAVY', heavy)\n"
     )
