@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from ddpm_lab.diffusion.core import Denoiser, Process, SampleStep
+from ddpm_lab.diffusion.gaussian import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import SAMPLERS, Sampler, _batch_t
+from ddpm_lab.diffusion.schedules import make_betas
 from ddpm_lab.diffusion.spacing import SPACINGS, space_timesteps
 from ddpm_lab.errors import ConfigError, check_choice, check_number
 
@@ -131,7 +133,9 @@ class DiffusersSampler(Sampler):
                 raise ConfigError(f"sampler.options.{key} is set by ddpm_lab: use {OWNED[key]} instead")
             if key not in init | step:
                 valid = sorted((init | step) - set(OWNED) - {"self", "kwargs"})
-                raise ConfigError(f"{scheduler} has no option {key!r}; its options: {', '.join(valid)}")
+                raise ConfigError(
+                    f"sampler.options.{key} is not an option of {scheduler}; its options: {', '.join(valid)}"
+                )
         self.scheduler_options = options
         self._init = {k: v for k, v in options.items() if k in init}
         self._step_kwargs = {k: v for k, v in options.items() if k not in init}
@@ -142,7 +146,17 @@ class DiffusersSampler(Sampler):
             raise ConfigError(f"{scheduler} cannot take sampler.spacing=quadratic: use linspace, leading or trailing")
         if spacing is not None and not self._custom_timesteps and "timestep_spacing" not in init:
             raise ConfigError(f"{scheduler} has no timestep spacing: leave sampler.spacing=null")
-        self.make(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), "eps")  # refuse bad options now
+        self._rehearse()
+
+    def _rehearse(self) -> None:
+        """Run the chain once on a 2×2 image with a zero network, so options that fail only while stepping
+        (e.g. UniPC ``solver_order=3`` with ``lower_order_final=false`` on a short chain) are refused now."""
+        diffusion = GaussianDiffusion(make_betas("linear", timesteps=1000, warn=False))
+        try:
+            for _ in self.steps(diffusion, lambda x, t: torch.zeros_like(x), torch.zeros(1, 1, 2, 2), None):
+                pass
+        except (RuntimeError, ValueError, NotImplementedError, IndexError, TypeError) as e:
+            raise ConfigError(f"sampler.options: {self.scheduler} fails with them: {_first_line(e)}") from None
 
     @property
     def options(self) -> dict[str, object]:
@@ -152,7 +166,7 @@ class DiffusersSampler(Sampler):
             "spacing": self.spacing,
             "clip_denoised": self.clip_denoised,
             "dynamic_threshold": self.dynamic_threshold,
-            "options": dict(self.scheduler_options),
+            "options": dict(self.scheduler_options) or None,
         }
 
     def _clipping_config(self, init: set[str]) -> dict[str, Any] | None:
@@ -184,7 +198,9 @@ class DiffusersSampler(Sampler):
             else:
                 scheduler.set_timesteps(self.num_steps)
         except (ValueError, NotImplementedError, TypeError) as e:
-            raise ConfigError(f"sampler {self.scheduler}: {str(e).strip().splitlines()[0]}") from None
+            raise ConfigError(
+                f"sampler.options: {self.scheduler} refuses them: {str(e).strip().splitlines()[0]}"
+            ) from None
         return scheduler
 
     def timesteps(self, num_timesteps: int) -> list[int]:
@@ -230,6 +246,12 @@ class DiffusersSampler(Sampler):
 
 
 SAMPLERS["diffusers"] = DiffusersSampler  # make_sampler("diffusers", scheduler=..., ...)
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error from diffusers or torch (their messages run over several)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _model_t(t: torch.Tensor | float, num_timesteps: int) -> int:

@@ -148,7 +148,10 @@ def test_learned_variance_outputs() -> None:
 def test_user_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="sampler.scheduler must be one of .*UniPCMultistepScheduler.*got 'Nope'"):
         make_sampler("diffusers", scheduler="Nope")
-    with pytest.raises(ConfigError, match="UniPCMultistepScheduler has no option 'eta'; its options: .*solver_order"):
+    with pytest.raises(
+        ConfigError,
+        match="sampler.options.eta is not an option of UniPCMultistepScheduler; its options: .*solver_order",
+    ):
         make_sampler("diffusers", options={"eta": 1.0})
     with pytest.raises(
         ConfigError, match="sampler.options.prediction_type is set by ddpm_lab: use diffusion.prediction"
@@ -156,7 +159,7 @@ def test_user_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         make_sampler("diffusers", options={"prediction_type": "epsilon"})
     with pytest.raises(ConfigError, match="DDIMScheduler cannot take sampler.spacing=quadratic"):
         make_sampler("diffusers", scheduler="DDIMScheduler", spacing="quadratic")
-    with pytest.raises(ConfigError, match="sampler UniPCMultistepScheduler: "):
+    with pytest.raises(ConfigError, match="sampler.options: UniPCMultistepScheduler refuses them: "):
         make_sampler("diffusers", options={"solver_type": "nope"})
     monkeypatch.setitem(sys.modules, "diffusers.schedulers", None)  # as if diffusers were not installed
     with pytest.raises(ConfigError, match=r"needs the diffusers package: pip install 'ddpm_lab\[diffusers\]'"):
