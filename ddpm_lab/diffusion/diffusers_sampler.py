@@ -241,7 +241,12 @@ class DiffusersSampler(Sampler):
             if self._clipping is None or fed_prediction != prediction:
                 # The scheduler cannot clip (or take x̂_0): hand it the output that our (clipped) x̂_0 implies.
                 fed = _output_of(diffusion, fed_prediction, x_in, tt, x0)
-            x = scheduler.step(fed, t, x, **step_kwargs).prev_sample.to(x.dtype)
+            try:
+                x = scheduler.step(fed, t, x, **step_kwargs).prev_sample.to(x.dtype)
+            except (IndexError, RuntimeError, ValueError, NotImplementedError) as e:  # raised inside diffusers
+                raise ConfigError(
+                    f"sampler.options: {self.scheduler} fails on this schedule with them: {_first_line(e)}"
+                ) from e
             yield SampleStep(t=int(tt[0]), x=_unscaled(scheduler, x), x0_pred=x0)
 
 
