@@ -17,7 +17,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 
 from test_gaussian_sampling import N, check_moments, optimal_model  # noqa: E402
 
-from ddpm_lab import GaussianDiffusion, generate, make_betas, make_sampler  # noqa: E402
+from conftest import TINY_TRAIN, ours_checkpoint  # noqa: E402
+from ddpm_lab import GaussianDiffusion, generate, load_model, make_betas, make_sampler  # noqa: E402
 from ddpm_lab.diffusion.diffusers_sampler import SCHEDULERS  # noqa: E402
 from ddpm_lab.errors import ConfigError  # noqa: E402
 
@@ -180,3 +181,11 @@ def test_missing_extra_package_is_named() -> None:
 def test_quadratic_spacing_through_custom_timesteps() -> None:
     sampler = make_sampler("diffusers", scheduler="DPMSolverMultistepScheduler", steps=10, spacing="quadratic")
     assert sampler.timesteps(1000) == [800, 632, 483, 355, 246, 158, 88, 39, 9, 0]
+
+
+def test_a_checkpoint_storing_it_loads(tmp_path) -> None:
+    """The sampler section a run stores (``+sampler.options...`` included) passes the allow-list and rebuilds."""
+    overrides = [*TINY_TRAIN, f"dataset.root={tmp_path}", "sampler=diffusers", "+sampler.options.solver_order=3"]
+    _, diffusion, sampler = load_model(ours_checkpoint(tmp_path / "a.ckpt", overrides))
+    assert sampler.options == {**make_sampler("diffusers").options, "options": {"solver_order": 3}}
+    assert len(sampler.timesteps(diffusion.num_timesteps)) == 20
