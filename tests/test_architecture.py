@@ -25,7 +25,13 @@ LAYERS: list[set[str]] = [
     {"ddpm_lab.data"},  # LightningDataModules
     {"ddpm_lab.training"},  # the LightningModule and callbacks
     {"ddpm_lab.config"},  # Hydra: compose, check, build, run folders
-    {"ddpm_lab.train", "ddpm_lab.sample", "ddpm_lab.evaluate", "ddpm_lab.visualize"},  # entry points
+    {
+        "ddpm_lab.train",
+        "ddpm_lab.sample",
+        "ddpm_lab.evaluate",
+        "ddpm_lab.visualize",
+        "ddpm_lab.convert",
+    },  # entry points
 ]
 # Third-party frameworks and the lowest layer allowed to import them.
 FRAMEWORKS = {
@@ -34,6 +40,7 @@ FRAMEWORKS = {
     "lightning_fabric": "ddpm_lab.data",
     "hydra": "ddpm_lab.config",
     "omegaconf": "ddpm_lab.config",
+    "diffusers": "ddpm_lab.artifacts",  # optional (ddpm_lab[diffusers]): only artifacts.diffusers_io imports it
 }
 
 

@@ -95,11 +95,25 @@ def build_module(cfg: DictConfig, net: Any, diffusion: GaussianDiffusion, sample
             warmup_steps=cfg.warmup_steps,
             config=stored_config(cfg),
             compile_net=bool(cfg.get("compile", False)),
+            p_uncond=label_dropout(cfg),
         )
     except UserError:
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(first_line(e)) from e
+
+
+def label_dropout(cfg: DictConfig) -> float:
+    """The label dropout of a ``conditioning=class`` run (0 for an unconditional one)."""
+    if OmegaConf.select(cfg, "conditioning.kind", default="none") != "class":
+        return 0.0
+    return OmegaConf.select(cfg, "conditioning.p_uncond", default=0.0)
+
+
+def class_names(cfg: DictConfig) -> list[str] | None:
+    """The class names ``condition_on_dataset`` filled in (None for an unconditional run)."""
+    names = OmegaConf.select(cfg, "conditioning.class_names", default=None)
+    return [str(name) for name in names] if names else None
 
 
 def group_choices() -> dict[str, str]:
@@ -120,12 +134,15 @@ def _resolved(cfg: DictConfig) -> dict[str, Any]:
 
 def stored_config(cfg: DictConfig) -> dict[str, Any]:
     """What every checkpoint of a run stores: the resolved model sections (enough to rebuild the model), the
-    dataset's name, size and channels, and the whole run config with its group choices (for display)."""
+    dataset's name, size and channels (and class names, ``conditioning=class``), and the whole run config with its
+    group choices (for display)."""
     keep = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "schedule", "diffusion", "sampler")}
     keep["dataset"] = {
         "name": cfg.dataset.get("_target_", "").rsplit(".", 1)[-1],
         "image_size": int(cfg.dataset.image_size),
         "channels": int(cfg.dataset.channels),
     }
+    if class_names(cfg):
+        keep["dataset"]["class_names"] = class_names(cfg)
     keep["run"] = {"config": _resolved(cfg), "choices": group_choices()}
     return keep

@@ -12,7 +12,8 @@ from pytorch_lightning.utilities import grad_norm
 from torch import nn
 
 from ddpm_lab.artifacts.checkpoint import write_entry
-from ddpm_lab.diffusion import GaussianDiffusion, Sampler
+from ddpm_lab.diffusion import Denoiser, GaussianDiffusion, Sampler
+from ddpm_lab.diffusion.guidance import num_classes_of
 from ddpm_lab.errors import check_number
 from ddpm_lab.training.ema import find_ema
 
@@ -35,6 +36,9 @@ class DiffusionModule(pl.LightningModule):
         config: the plain-dict config stored in every checkpoint, enough to rebuild net, diffusion and sampler.
         val_seed: seed of the fixed noise and timesteps behind ``val/loss``.
         compile_net: run training steps through ``torch.compile(net)`` (validation and sampling stay eager).
+        p_uncond: label dropout of a class-conditional ``net`` (``num_classes > 0``): the probability that a
+            training label is replaced by the null class, so one network learns both ε(x, c) and ε(x, ∅) for
+            classifier-free guidance (Ho & Salimans, 2022). Unused (and no random numbers drawn) otherwise.
     """
 
     def __init__(
@@ -47,9 +51,11 @@ class DiffusionModule(pl.LightningModule):
         config: dict[str, Any] | None = None,
         val_seed: int = 1234,
         compile_net: bool = False,
+        p_uncond: float = 0.0,
     ) -> None:
         super().__init__()
         warmup_steps = check_number(warmup_steps, "warmup_steps", int, low=0)
+        self.p_uncond = check_number(p_uncond, "conditioning.p_uncond", float, 0, 1, high_open=True)
         self.net = net
         self.diffusion = diffusion
         self.sampler = sampler
@@ -70,8 +76,29 @@ class DiffusionModule(pl.LightningModule):
             # A compiled bound method, not a submodule: checkpoint keys stay ``net.*`` and the EMA copy stays eager.
             self._train_forward = torch.compile(self.net.forward)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(x_t, t)
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x_t, t) if y is None else self.net(x_t, t, y)
+
+    @property
+    def num_classes(self) -> int:
+        """The classes ``net`` is conditioned on (0: unconditional)."""
+        return num_classes_of(self.net)
+
+    def class_labels(self, labels: torch.Tensor, drop: bool) -> torch.Tensor:
+        """The labels the network sees: unlabeled images (−1) and, with ``drop``, a ``p_uncond`` fraction become
+        the null class ``num_classes``. Uses the global torch RNG (seeded, saved and restored with the run)."""
+        labels = labels.long()
+        null = labels < 0
+        if drop and self.p_uncond > 0:
+            null = null | (torch.rand(labels.shape, device=labels.device) < self.p_uncond)
+        return torch.where(null, torch.full_like(labels, self.num_classes), labels)
+
+    def _denoiser(self, forward: Callable[..., torch.Tensor], batch: Any, drop: bool) -> Denoiser:
+        """``forward`` itself for an unconditional net; for a conditional one, bound to the batch's labels."""
+        if not self.num_classes:
+            return forward
+        y = self.class_labels(batch[1], drop)
+        return lambda x_t, t: forward(x_t, t, y)
 
     @property
     def sampling_net(self) -> nn.Module:
@@ -83,7 +110,8 @@ class DiffusionModule(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0 = batch[0]
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
-        per_sample = self.diffusion.loss(self._train_forward or self.net, x0, t=t, reduction="none")
+        model = self._denoiser(self._train_forward or self.net, batch, drop=True)
+        per_sample = self.diffusion.loss(model, x0, t=t, reduction="none")
         loss = per_sample.mean()
         self._check_finite(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
@@ -115,7 +143,7 @@ class DiffusionModule(pl.LightningModule):
         g = torch.Generator().manual_seed(self.val_seed + 100_003 * batch_idx + self.global_rank)
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device, generator=g)
         noise = torch.randn(x0.shape, generator=g).to(x0.device)
-        loss = self.diffusion.loss(self.net, x0, t=t, noise=noise)
+        loss = self.diffusion.loss(self._denoiser(self.net, batch, drop=False), x0, t=t, noise=noise)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
         return loss
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_lab import GaussianDiffusion, make_betas, make_sampler
+from ddpm_lab import GaussianDiffusion, generate, make_betas, make_sampler
 
 MU = torch.tensor([0.5, -0.3, 0.2, -0.6]).view(1, 1, 2, 2)
 SIGMA = torch.tensor([0.5, 0.7, 0.85, 1.0]).view(1, 1, 2, 2)
@@ -55,10 +55,12 @@ def optimal_model(diffusion: GaussianDiffusion):
     return model
 
 
-def check_moments(x: torch.Tensor, mean_allowance: float, std_allowance: float) -> None:
+def check_moments(
+    x: torch.Tensor, mean_allowance: float, std_allowance: float, mu: torch.Tensor = MU, sigma: torch.Tensor = SIGMA
+) -> None:
     x = x.double()
-    mean_err = ((x.mean(0) - MU[0]) / SIGMA[0]).abs().max().item()
-    std_err = (x.std(0) / SIGMA[0] - 1).abs().max().item()
+    mean_err = ((x.mean(0) - mu[0]) / sigma[0]).abs().max().item()
+    std_err = (x.std(0) / sigma[0] - 1).abs().max().item()
     n = x.shape[0]
     assert mean_err < 4 / n**0.5 + mean_allowance, f"mean off by {mean_err:.4f} σ"
     assert std_err < 4 / (2 * n) ** 0.5 + std_allowance, f"std off by {std_err:.4f}"
@@ -113,3 +115,85 @@ def test_converged_chains_are_tight(prediction: str, kind: str, options: dict) -
         generator=torch.Generator().manual_seed(2),
     )
     check_moments(x, 0.005, 0.015)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Classifier-free guidance, exactly: two classes, each N(μ_c, σ_c²) per dimension, equally likely. The exact
+# conditional denoiser is the Gaussian one above with (μ_c, σ_c); the exact unconditional one is their mixture
+# weighted by p(c | x_t) ∝ N(x_t; √ᾱ μ_c, ᾱσ_c² + 1 − ᾱ). Guided at w = 1 every sampler must draw class c's
+# Gaussian, at w = 0 the mixture, and w > 1 must push the class mean further from the other class.
+MUS = (torch.tensor([-0.4, -0.2, 0.1, -0.5]).view(1, 1, 2, 2), torch.tensor([0.4, 0.3, 0.6, 0.3]).view(1, 1, 2, 2))
+SIGMAS = (torch.tensor([0.3, 0.4, 0.35, 0.5]).view(1, 1, 2, 2), torch.tensor([0.35, 0.3, 0.45, 0.4]).view(1, 1, 2, 2))
+# Every sampler with eps; the x0 and v networks with the two deterministic ones (the suite's time budget).
+GUIDED_SAMPLERS = {
+    "eps": ("ddpm_fixed_large_100", "ddim_eta0_100", "dpm_solver_20"),
+    "x0": ("ddim_eta0_100", "dpm_solver_20"),
+    "v": ("ddim_eta0_100", "dpm_solver_20"),
+}
+
+
+class MixtureDenoiser:
+    """The exact ``net(x_t, t, y)`` of the two-class mixture; ``y = 2`` (the null class) is the unconditional one."""
+
+    num_classes = 2
+
+    def __init__(self, diffusion: GaussianDiffusion) -> None:
+        self.diffusion = diffusion
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        ab = self.diffusion.alphas_cumprod[t].view(-1, 1, 1, 1).to(x.dtype)
+        posts, log_lik = [], []
+        for mu, sigma in zip(MUS, SIGMAS, strict=True):
+            var_t = ab * sigma**2 + 1 - ab
+            posts.append(mu + ab.sqrt() * sigma**2 / var_t * (x - ab.sqrt() * mu))
+            log_lik.append((-0.5 * (x - ab.sqrt() * mu) ** 2 / var_t - 0.5 * var_t.log()).flatten(1).sum(1))
+        p1 = torch.sigmoid(log_lik[1] - log_lik[0]).view(-1, 1, 1, 1)  # p(c = 1 | x_t), equal priors
+        y = torch.full((x.shape[0],), 2) if y is None else y
+        weight = torch.where(y.view(-1, 1, 1, 1) == 2, p1, y.view(-1, 1, 1, 1).to(x.dtype))
+        x0 = (1 - weight) * posts[0] + weight * posts[1]
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return {"eps": eps, "x0": x0, "v": ab.sqrt() * eps - (1 - ab).sqrt() * x0}[self.diffusion.prediction]
+
+
+def guided_samples(diffusion: GaussianDiffusion, kind: str, options: dict, labels: torch.Tensor, w: float):
+    return generate(
+        MixtureDenoiser(diffusion),
+        diffusion,
+        len(labels),
+        labels=labels,
+        guidance=w,
+        sampler=make_sampler(kind, **options),
+        shape=(1, 2, 2),
+        batch_size=len(labels),
+    ).double()
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_guidance_one_draws_the_class_and_zero_the_mixture(prediction: str) -> None:
+    diffusion = GaussianDiffusion(make_betas("cosine", timesteps=1000), prediction=prediction)
+    labels = torch.tensor([0, 1]).repeat_interleave(N // 2)
+    mix_mu = (MUS[0] + MUS[1]) / 2
+    mix_sigma = ((SIGMAS[0] ** 2 + SIGMAS[1] ** 2) / 2 + ((MUS[1] - MUS[0]) / 2) ** 2).sqrt()
+    for name in GUIDED_SAMPLERS[prediction]:
+        (kind, options), mean_allowance, std_allowance = SAMPLERS[name]
+        x = guided_samples(diffusion, kind, options, labels, 1.0)
+        x_uncond = guided_samples(diffusion, kind, options, labels, 0.0)
+        try:
+            for c in (0, 1):
+                check_moments(x[labels == c], mean_allowance, std_allowance, MUS[c], SIGMAS[c])
+            check_moments(x_uncond, mean_allowance, std_allowance, mix_mu, mix_sigma)
+        except AssertionError as err:
+            raise AssertionError(f"{name}: {err}") from None
+
+
+def test_larger_guidance_moves_the_class_mean_further() -> None:
+    """Guidance w samples ∝ p(x|c)·p(c|x)^(w−1) (in the small-noise limit): the mean leaves the other class."""
+    diffusion = GaussianDiffusion(make_betas("cosine", timesteps=1000), prediction="eps")
+    labels = torch.ones(N, dtype=torch.long)
+    away = (MUS[1] - MUS[0])[0] / (MUS[1] - MUS[0]).norm()  # unit direction from class 0 to class 1
+    shifts = [
+        float(((guided_samples(diffusion, "dpm_solver", {"steps": 20}, labels, w).mean(0) - MUS[1][0]) * away).sum())
+        for w in (1.0, 3.0, 5.0)
+    ]
+    assert abs(shifts[0]) < 0.05, shifts  # w = 1: the class itself (up to DPM-Solver's last-step bias)
+    assert shifts[0] + 0.1 < shifts[1] < shifts[2] - 0.03, shifts
