@@ -340,6 +340,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         global_step=loaded.global_step,
         weights=cfg.weights,
         sampler=repr(sampler),
+        nfe=len(sampler.timesteps(loaded.diffusion.num_timesteps)),  # model evaluations per image
         features=extractor.name,
         dataset=dataset["_target_"],
         real_stats=str(cache_path),

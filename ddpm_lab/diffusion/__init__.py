@@ -2,6 +2,7 @@
 timestep spacing, classifier-free guidance, and :func:`generate` (n images from a seed, in batches)."""
 
 from ddpm_lab.diffusion.core import Denoiser, SampleStep, randn
+from ddpm_lab.diffusion.diffusers_sampler import DiffusersSampler
 from ddpm_lab.diffusion.gaussian import GaussianDiffusion
 from ddpm_lab.diffusion.generate import Batch, SamplingStopped, generate, generate_batches
 from ddpm_lab.diffusion.guidance import ClassifierFreeGuidance, guided
@@ -16,6 +17,7 @@ __all__ = [
     "DDPMSampler",
     "DPMSolverSampler",
     "Denoiser",
+    "DiffusersSampler",
     "GaussianDiffusion",
     "SAMPLERS",
     "SCHEDULES",

@@ -142,7 +142,7 @@ class DDPMSampler(_SingleStepSampler):
         dynamic_threshold: percentile of Saharia et al.'s dynamic thresholding (replaces clipping); ``None`` = off.
         steps: visit only this many timesteps (Nichol & Dhariwal's respacing, β of each step recomputed from
             ᾱ); ``None`` = all T.
-        spacing: how respaced timesteps are chosen: ``linspace``, ``leading`` or ``trailing``.
+        spacing: how respaced timesteps are chosen: ``linspace``, ``leading``, ``trailing`` or ``quadratic``.
     """
 
     def __init__(
@@ -185,7 +185,8 @@ class DDIMSampler(_SingleStepSampler):
     Args:
         steps: number of model evaluations.
         eta: η in [0, 1].
-        spacing: ``linspace``, ``leading`` or ``trailing`` (only ``trailing`` starts at t = T−1).
+        spacing: ``linspace``, ``leading``, ``trailing`` or ``quadratic`` (DDIM's CIFAR-10 setting; only ``trailing``
+            starts at t = T−1).
         clip_denoised: clip x̂_0 to [−1, 1].
         dynamic_threshold: percentile of dynamic thresholding (replaces clipping); ``None`` = off.
         set_alpha_to_one: final step to ᾱ = 1 (clean data) rather than to ᾱ_0.
@@ -233,7 +234,7 @@ class DPMSolverSampler(Sampler):
     Args:
         steps: number of model evaluations (10–20 give good samples).
         order: 2 (2M) or 1 (equivalent to deterministic DDIM).
-        spacing: ``linspace``, ``leading`` or ``trailing``.
+        spacing: ``linspace``, ``leading``, ``trailing`` or ``quadratic``.
         clip_denoised: clip x̂_0 to [−1, 1]. On by default: with a trained network, x̂_0 at t ≈ T is
             ε-error / √ᾱ_T (×2·10⁴ for the cosine schedule), which an unclipped first step carries into every image.
         dynamic_threshold: percentile of dynamic thresholding (replaces clipping); ``None`` = off.
