@@ -232,7 +232,9 @@ class DiffusionStrips(EveryNSteps):
             preds = []
             for t, x_t in zip(ts, x_ts):
                 tt = torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)
-                preds.append(diffusion.predict_x0(x_t, tt, net(x_t, tt).float()).clamp(-1, 1))
+                preds.append(
+                    diffusion.predict_x0(x_t, tt, diffusion.split_output(net(x_t, tt))[0].float()).clamp(-1, 1)
+                )
             writer.add_image("diffusion/x0_pred", strip_grid(preds), global_step=step)
 
         sampler = self.sampler or pl_module.sampler
