@@ -3,7 +3,8 @@
 Samples ``n`` images from a checkpoint and scores them (FID, KID, IS where the extractor has class logits)
 against the dataset's real images. A class-conditional checkpoint is sampled per guidance scale
 (``guidance=0,1,2,4``) with classes in the dataset's proportions; ``features=classifier`` adds their class
-accuracy. ``evaluate(cfg)`` does the work; ``main`` is only the Hydra wrapper.
+accuracy. ``metrics=nll`` instead bounds the likelihood of the test split in bits/dim.
+``evaluate(cfg)`` does the work; ``main`` is only the Hydra wrapper.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm_lab.artifacts.allow_list import check_safe, resolve_references
 from ddpm_lab.artifacts.atomic import atomic_write
 from ddpm_lab.artifacts.checkpoint import WEIGHTS, LoadedModel, checkpoint_file, load_model
-from ddpm_lab.artifacts.figures import guidance_figure, save_figure
+from ddpm_lab.artifacts.figures import bound_terms_figure, guidance_figure, save_figure
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_png, to_uint8
 from ddpm_lab.config import build, check_sampler, config_dir, pick_device
 from ddpm_lab.config.checks import check_common, check_integer
@@ -32,7 +33,8 @@ from ddpm_lab.config.overrides import read_yaml
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.data.sources import cache_folder
 from ddpm_lab.diffusion import Sampler, generate_batches
-from ddpm_lab.errors import ConfigError, check_choice, check_list, check_number, user_errors
+from ddpm_lab.diffusion.samplers import VARIANCES
+from ddpm_lab.errors import ConfigError, check_choice, check_flag, check_list, check_number, user_errors
 from ddpm_lab.metrics import (
     ClassifierFeatures,
     FeatureExtractor,
@@ -43,10 +45,12 @@ from ddpm_lab.metrics import (
     class_accuracy,
     extract_features,
     format_scores,
+    images_bound,
     scores,
 )
 
 log = logging.getLogger(__name__)
+METRICS = ("fid", "nll")
 
 GUIDANCE_PLOT = "fid_vs_guidance.png"
 
@@ -154,6 +158,12 @@ def check(cfg: DictConfig) -> None:
     check_integer(cfg, "kid_subset_size", low=2)
     check_integer(cfg, "is_splits", low=1)
     check_choice(cfg.weights, "weights", WEIGHTS)
+    if check_choice(cfg.get("metrics", "fid"), "metrics", METRICS) == "nll":
+        check_integer(cfg, "nll.n", low=1, optional=True)
+        check_integer(cfg, "nll.stride", low=1)
+        check_flag(cfg.nll.clip_denoised, "nll.clip_denoised")
+        if cfg.nll.variance is not None:
+            check_choice(cfg.nll.variance, "nll.variance", VARIANCES)
     pick_device(str(cfg.device))
     parse_guidance(cfg.get("guidance"))
     check_number(cfg.guidance_rescale, "guidance_rescale", float, low=0, high=1)
@@ -284,6 +294,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check(cfg)
     checkpoint_file(cfg.ckpt)
     out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("metrics", "fid") == "nll":
+        return evaluate_nll(cfg, out_dir)
     device = pick_device(str(cfg.device))
     # Everything a user can get wrong is checked before any sampling: checkpoint, extractor weights, dataset.
     loaded = load_model(cfg.ckpt, device=device, weights=cfg.weights)
@@ -367,11 +379,62 @@ def guidance_as_list(argv: list[str]) -> list[str]:
     return [f"guidance=[{a[9:]}]" if re.fullmatch(r"guidance=[^\[\]'\"]*,[^\[\]'\"]*", a) else a for a in argv]
 
 
+def evaluate_nll(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """``metrics=nll``: the variational bound on ``nll.n`` test images, its parts (``results.json``) and the
+    figure of its terms against t (``bound_terms.png``); see ``ddpm_lab.metrics.nll``."""
+    refuse_existing([out_dir / "results.json", out_dir / "bound_terms.png"])
+    device = pick_device(str(cfg.device))
+    loaded = load_model(cfg.ckpt, device=device, weights=cfg.weights)
+    dataset = {**dataset_config(cfg, loaded), "split": "test"}
+    datamodule = build("dataset", OmegaConf.create(dataset))
+    datamodule.prepare_data()
+    images, _ = datamodule.load_split()
+    if cfg.nll.n is not None and cfg.nll.n < len(images):
+        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.nll.n]]
+    fixed = cfg.nll.variance or getattr(loaded.sampler, "variance", "fixed_small")
+    variance = "learned_range" if loaded.diffusion.learned_variance else fixed
+    log.info("bounding the NLL of %d test images (variance %s, stride %d)", len(images), variance, cfg.nll.stride)
+    result = images_bound(
+        loaded.net,
+        loaded.diffusion,
+        images,
+        cfg.batch_size,
+        cfg.nll.stride,
+        cfg.seed,
+        fixed,
+        cfg.nll.clip_denoised,
+        device,
+        progress=lambda done: log.info("bounded %d / %d", done, len(images)),
+    )
+    title = f"{result.bpd:.3f} bits/dim on {result.n_images} images, step {loaded.global_step}, {variance}"
+    figure = bound_terms_figure(
+        result.timesteps, result.per_t, result.decoder, result.prior, result.num_timesteps, title
+    )
+    save_figure(figure, out_dir / "bound_terms.png")
+    summary = {
+        **result.as_dict(),
+        "ckpt": str(cfg.ckpt),
+        "global_step": loaded.global_step,
+        "weights": cfg.weights,
+        "variance": variance,
+        "dataset": dataset["_target_"],
+        "split": "test",
+        "seed": cfg.seed,
+        "device": str(device),
+    }
+    print(result.line())
+    log.info("%s", result.line())
+    with atomic_write(out_dir / "results.json", durable=False) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 @entry_point("evaluate")  # a mistyped key: one line, exit status 2
 @hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
 def _main(cfg: DictConfig) -> float:
     with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2
-        return evaluate(cfg)["fid"]
+        result = evaluate(cfg)
+        return result["fid"] if "fid" in result else result["bpd"]
 
 
 def main() -> None:

@@ -94,6 +94,26 @@ def strip_figure(
     return fig
 
 
+def bound_terms_figure(
+    timesteps: Sequence[int], terms: Sequence[float], decoder: float, prior: float, num_timesteps: int, title: str = ""
+) -> Figure:
+    """The terms of the variational bound against t, bits/dim on a log axis (Nichol & Dhariwal, 2021, Fig. 2):
+    the mean L_t at each evaluated t, the decoder L_0 at t = 0 and the prior L_T at t = T."""
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    floor = 1e-12  # a log axis cannot show 0 (an exact term)
+    ax.plot(list(timesteps), np.maximum(np.asarray(terms, dtype=float), floor), label="L_t (mean over images)")
+    ax.scatter([0], [max(decoder, floor)], color="C1", zorder=3, label=f"L_0 decoder = {decoder:.3g}")
+    ax.scatter([num_timesteps], [max(prior, floor)], color="C2", zorder=3, label=f"L_T prior = {prior:.2g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("diffusion step t")
+    ax.set_ylabel("loss term (bits/dim)")
+    ax.set_title(title or "terms of the variational bound")
+    ax.legend(fontsize="small")
+    return fig
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Write a figure as PNG (atomically), creating the folder."""
     path = Path(path)

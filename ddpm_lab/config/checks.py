@@ -22,7 +22,7 @@ from pytorch_lightning.accelerators import AcceleratorRegistry
 
 from ddpm_lab.artifacts.allow_list import SECTION_BUILDERS, canonical_target
 from ddpm_lab.artifacts.checkpoint import checkpoint_config, checkpoint_file, read_checkpoint
-from ddpm_lab.config.build import build, build_components, build_module, name_key
+from ddpm_lab.config.build import build, build_components, build_module, model_node, name_key
 from ddpm_lab.config.conditioning import condition_on_dataset
 from ddpm_lab.config.run_folder import writable_folder
 from ddpm_lab.errors import ConfigError, check_flag, check_number, first_line
@@ -125,7 +125,7 @@ def callback_samplers(cfg: DictConfig) -> dict[str, DictConfig]:
 
 
 def check_model_fits_data(cfg: DictConfig) -> None:
-    """The network's channels and image size are the dataset's."""
+    """The network's channels and image size are the dataset's (out_channels twice that with a learned variance)."""
     channels = check_number(_get(cfg, "dataset.channels"), "dataset.channels", int, low=1)
     size = check_number(_get(cfg, "dataset.image_size"), "dataset.image_size", int, low=1)
     for key, want, name in (
@@ -134,6 +134,13 @@ def check_model_fits_data(cfg: DictConfig) -> None:
         ("model.image_size", size, "dataset.image_size"),
     ):
         value = _get(cfg, key)
+        if key == "model.out_channels" and value is not None and _get(cfg, "diffusion.variance") == "learned_range":
+            if value != 2 * channels:
+                raise ConfigError(
+                    f"model.out_channels={value} but diffusion.variance=learned_range needs 2 x dataset.channels = "
+                    f"{2 * channels}: leave model.out_channels out (it follows diffusion.variance)"
+                )
+            continue
         if value is not None and value != want:
             raise ConfigError(f"{key}={value} disagrees with {name}={want}: set {key}=${{{name}}} or change {name}")
 
@@ -235,7 +242,7 @@ def check_continued_checkpoint(cfg: DictConfig) -> None:
     stored = checkpoint_config(read_checkpoint(path, mmap=True), path).get("model")
     if isinstance(stored, dict) and "_target_" in stored:  # checkpoints of ddpm_lab 0.1 name ddpm_lab.unet.UNet
         stored = {**stored, "_target_": canonical_target(stored["_target_"])}
-    stored, current = _with_defaults(stored), _with_defaults(OmegaConf.to_container(cfg.model, resolve=True))
+    stored, current = _with_defaults(stored), _with_defaults(OmegaConf.to_container(model_node(cfg), resolve=True))
     # dropout changes no weight: fine-tuning may set its own (converted diffusers checkpoints store theirs, 0.0)
     diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k) and k != "dropout")
     if diff:

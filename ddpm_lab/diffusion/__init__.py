@@ -1,6 +1,7 @@
 """The diffusion process, plain PyTorch: β schedules, the Gaussian process and its loss, reverse samplers,
 timestep spacing, classifier-free guidance, and :func:`generate` (n images from a seed, in batches)."""
 
+from ddpm_lab.diffusion.bound import BoundTerms, bound_timesteps, variational_bound
 from ddpm_lab.diffusion.core import Denoiser, SampleStep, randn
 from ddpm_lab.diffusion.diffusers_sampler import DiffusersSampler
 from ddpm_lab.diffusion.gaussian import GaussianDiffusion
@@ -13,6 +14,7 @@ from ddpm_lab.diffusion.spacing import evenly_spaced, fit_timesteps, space_times
 __all__ = [
     "Batch",
     "ClassifierFreeGuidance",
+    "BoundTerms",
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolverSampler",
@@ -24,6 +26,7 @@ __all__ = [
     "SampleStep",
     "SamplingStopped",
     "Sampler",
+    "bound_timesteps",
     "evenly_spaced",
     "fit_timesteps",
     "generate",
@@ -33,4 +36,5 @@ __all__ = [
     "make_sampler",
     "randn",
     "space_timesteps",
+    "variational_bound",
 ]

@@ -52,6 +52,8 @@ CASES = [
     # enumerations
     case("enumerations", "weights=best", "weights must be one of ('auto', 'ema', 'raw'), got 'best'"),
     case("enumerations", "device=tpu", "device=tpu is not a device"),
+    case("enumerations", "metrics=is", "metrics must be one of ('fid', 'nll'), got 'is'"),
+    case("ranges", ["metrics=nll", "nll.stride=0"], "nll.stride must be >= 1, got 0"),
     case("enumerations", [*DATA, "dataset.split=val"], "dataset.split must be one of ('train', 'test', 'all')"),
     # checkpoints, run configs and weights files: missing, broken, hostile
     case("checkpoints", "ckpt={tmp}/random.ckpt", "cannot read checkpoint {tmp}/random.ckpt"),

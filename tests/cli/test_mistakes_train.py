@@ -63,6 +63,13 @@ CASES = [
     case("enumerations", "diffusion.loss_weighting=foo", "diffusion.loss_weighting must be one of"),
     case("enumerations", "sampler.variance=wide", "sampler.variance must be one of"),
     case("enumerations", "sampler.spacing=sideways", "sampler.spacing must be one of"),
+    # learned variances: a loss that trains nothing new; channels that contradict the variance (unit tests: the rest)
+    case("enumerations", "diffusion.loss=hybrid", "diffusion.loss=hybrid stops L_vlb's gradient to the mean"),
+    case(
+        "ranges",
+        ["diffusion.variance=learned_range", "diffusion.loss=hybrid", "+model.out_channels=3"],
+        "model.out_channels=3 but diffusion.variance=learned_range needs 2 x dataset.channels = 6",
+    ),
     # checkpoints and run folders: missing, broken, foreign, hostile
     case("checkpoints", "ckpt_path={tmp}/missing.ckpt", "ckpt_path={tmp}/missing.ckpt does not exist"),
     case("checkpoints", "ckpt_path={tmp}/a_folder.ckpt", "ckpt_path={tmp}/a_folder.ckpt is a folder"),
