@@ -12,10 +12,12 @@ from pytorch_lightning.utilities import grad_norm
 from torch import nn
 
 from ddpm_lab.artifacts.checkpoint import write_entry
-from ddpm_lab.diffusion import Denoiser, GaussianDiffusion, Sampler
+from ddpm_lab.artifacts.figures import bound_terms_figure
+from ddpm_lab.diffusion import BoundTerms, Denoiser, GaussianDiffusion, Sampler, variational_bound
 from ddpm_lab.diffusion.guidance import num_classes_of
 from ddpm_lab.errors import check_number
 from ddpm_lab.training.ema import find_ema
+from ddpm_lab.training.media import image_loggers, log_figure
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -39,6 +41,9 @@ class DiffusionModule(pl.LightningModule):
         p_uncond: label dropout of a class-conditional ``net`` (``num_classes > 0``): the probability that a
             training label is replaced by the null class, so one network learns both ε(x, c) and ε(x, ∅) for
             classifier-free guidance (Ho & Salimans, 2022). Unused (and no random numbers drawn) otherwise.
+        val_bpd_every: every this many validations, ``val/bpd`` (the variational bound in bits/dim) of the first
+            validation batch and the figure of its terms (``val/bpd_terms``); 0 = never.
+        val_bpd_stride: evaluate every k-th L_t for ``val/bpd`` (their sum scaled up: an approximate estimate).
     """
 
     def __init__(
@@ -52,10 +57,16 @@ class DiffusionModule(pl.LightningModule):
         val_seed: int = 1234,
         compile_net: bool = False,
         p_uncond: float = 0.0,
+        val_bpd_every: int = 0,
+        val_bpd_stride: int = 10,
     ) -> None:
         super().__init__()
         warmup_steps = check_number(warmup_steps, "warmup_steps", int, low=0)
         self.p_uncond = check_number(p_uncond, "conditioning.p_uncond", float, 0, 1, high_open=True)
+        self.val_bpd_every = check_number(val_bpd_every, "val_bpd_every", int, low=0)
+        self.val_bpd_stride = check_number(val_bpd_stride, "val_bpd_stride", int, low=1)
+        self._validations = 0
+        self._bound: BoundTerms | None = None
         self.net = net
         self.diffusion = diffusion
         self.sampler = sampler
@@ -109,9 +120,9 @@ class DiffusionModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0 = batch[0]
-        t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
+        t, weights = self.diffusion.training_timesteps(x0.shape[0], x0.device)  # uniform t unless importance sampling
         model = self._denoiser(self._train_forward or self.net, batch, drop=True)
-        per_sample = self.diffusion.loss(model, x0, t=t, reduction="none")
+        per_sample = self.diffusion.loss(model, x0, t=t, reduction="none", weights=weights)
         loss = per_sample.mean()
         self._check_finite(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
@@ -145,7 +156,40 @@ class DiffusionModule(pl.LightningModule):
         noise = torch.randn(x0.shape, generator=g).to(x0.device)
         loss = self.diffusion.loss(self._denoiser(self.net, batch, drop=False), x0, t=t, noise=noise)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
+        if batch_idx == 0 and self._bpd_due():
+            self._bound = variational_bound(
+                self.net,
+                self.diffusion,
+                x0,
+                stride=self.val_bpd_stride,
+                generator=torch.Generator().manual_seed(self.val_seed),
+                fixed=getattr(self.sampler, "variance", "fixed_small"),
+            )
+            self.log("val/bpd", self._bound.total.mean(), sync_dist=True, batch_size=x0.shape[0])
         return loss
+
+    def _bpd_due(self) -> bool:
+        """Whether this validation computes ``val/bpd``: every ``val_bpd_every``-th one, not the sanity check."""
+        return (
+            self.val_bpd_every > 0 and not self.trainer.sanity_checking and self._validations % self.val_bpd_every == 0
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self._validations += 1
+        bound, self._bound = self._bound, None
+        if bound is None or self.global_rank != 0 or not image_loggers(self.trainer):
+            return
+        fig = bound_terms_figure(
+            bound.timesteps,
+            bound.terms.mean(0).tolist(),
+            bound.decoder.mean().item(),
+            bound.prior.mean().item(),
+            self.diffusion.num_timesteps,
+            title=f"val/bpd = {bound.total.mean().item():.3f} at step {self.global_step} ({len(bound.total)} images)",
+        )
+        log_figure(self.trainer, "val/bpd_terms", fig, self.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
         factory = self.optimizer_factory

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from ddpm_lab.config import config_dir
 from ddpm_lab.models.unet import UNet, sinusoidal_embedding
 
-MODELS = sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml"))
+# The published architectures (*_original, up to 114M parameters): tests/unit/artifacts/test_diffusers_io.py.
+MODELS = sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml") if not p.stem.endswith("_original"))
 
 
 def model_config(name: str, channels: int, size: int):
