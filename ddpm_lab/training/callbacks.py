@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from ddpm_lab.artifacts.figures import schedule_figure
-from ddpm_lab.artifacts.images import image_grid, save_png, strip_grid
+from ddpm_lab.artifacts.images import image_grid, labelled_grid, save_png, strip_grid
 from ddpm_lab.data import first_images
 from ddpm_lab.diffusion import Sampler, SamplingStopped, evenly_spaced, generate, generate_batches, randn
 from ddpm_lab.errors import check_number
@@ -69,10 +69,17 @@ def stop_sampling_on_sigterm() -> Iterator[None]:
 
 
 def sample_images(
-    pl_module: pl.LightningModule, n: int, sampler: Sampler | None, seed: int, batch_size: int
+    pl_module: pl.LightningModule,
+    n: int,
+    sampler: Sampler | None,
+    seed: int,
+    batch_size: int,
+    labels: torch.Tensor | None = None,
+    guidance: float = 1.0,
 ) -> torch.Tensor:
     """``n`` samples in [−1, 1] (CPU) of the module's sampling weights (EMA when on), in eval mode, from ``seed``
-    as ``ddpm_lab.diffusion.generate`` defines it; ``sampler`` overrides the module's own.
+    as ``ddpm_lab.diffusion.generate`` defines it; ``sampler`` overrides the module's own. ``labels`` and
+    ``guidance``: classes and classifier-free guidance scale of a class-conditional network.
 
     Stops between two reverse steps with ``SIGTERMException`` when SIGTERM arrives during training."""
     net = pl_module.sampling_net
@@ -86,7 +93,24 @@ def sample_images(
             batch_size=batch_size,
             device=pl_module.device,
             should_stop=sigterm_received(pl_module._trainer),
+            labels=labels,
+            guidance=guidance,
         )
+
+
+def grid_classes(num_classes: int, seed: int, max_rows: int = 10) -> list[int]:
+    """The classes a conditional sample grid shows, a row each: all of them, or a random subset fixed by ``seed``."""
+    if num_classes <= max_rows:
+        return list(range(num_classes))
+    return sorted(torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed))[:max_rows].tolist())
+
+
+def class_names_of(pl_module: pl.LightningModule) -> list[str]:
+    """The class names the module's stored config holds (indices as text when it holds none)."""
+    dataset = (getattr(pl_module, "config", None) or {}).get("dataset") or {}
+    names = dataset.get("class_names")
+    count = int(getattr(pl_module, "num_classes", 0))
+    return [str(x) for x in names] if isinstance(names, list) and len(names) == count else list(map(str, range(count)))
 
 
 class EveryNSteps(pl.Callback):
@@ -133,12 +157,20 @@ class SampleGrid(EveryNSteps):
     ``<run>/samples/step_XXXXXXX.png``. Same seed every time, so grids differ only by the weights, which
     are ``pl_module.sampling_net`` (the EMA copy when EMA is on).
 
+    A class-conditional run's grid has one row per class, named (at most ``max_rows``: a random subset fixed by
+    the seed when there are more), sampled with guidance ``guidance``; ``samples/guidance`` (and
+    ``<run>/samples/guidance_XXXXXXX.png``) shows one image per row class from the same noise at each scale of
+    ``guidance_strip``.
+
     Args:
         every_n_steps: sampling interval; 0 turns periodic grids off (the final one stays).
         n: images per grid.
         seed: seed of x_T and of the sampler's noise.
         sampler: overrides the module's sampler (e.g. a respaced DDPM to keep grids cheap).
         out_dir: where PNGs go; defaults to the trainer's ``default_root_dir``.
+        guidance: classifier-free guidance scale w of a conditional run's grid (1: purely conditional).
+        guidance_strip: the scales of a conditional run's guidance strip.
+        max_rows: classes (rows) in a conditional run's grid.
     """
 
     def __init__(
@@ -148,21 +180,53 @@ class SampleGrid(EveryNSteps):
         seed: int = 0,
         sampler: Sampler | None = None,
         out_dir: str | None = None,
+        guidance: float = 3.0,
+        guidance_strip: Sequence[float] = (0.0, 1.0, 3.0, 5.0),
+        max_rows: int = 10,
     ) -> None:
         super().__init__(every_n_steps)
         self.n, self.seed = check_number(n, "callbacks.sample_grid.n", int, low=1), seed
         self.sampler = sampler
         self.out_dir = out_dir
+        self.guidance = check_number(guidance, "callbacks.sample_grid.guidance", float)
+        self.guidance_strip = [check_number(w, "callbacks.sample_grid.guidance_strip", float) for w in guidance_strip]
+        self.max_rows = check_number(max_rows, "callbacks.sample_grid.max_rows", int, low=1)
 
     def sample(self, pl_module: pl.LightningModule) -> torch.Tensor:
         return sample_images(pl_module, self.n, self.sampler, self.seed, batch_size=self.n)
 
     def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
-        grid = image_grid(self.sample(pl_module))
+        conditional = bool(getattr(pl_module, "num_classes", 0))
+        grid = self.class_grid(pl_module) if conditional else image_grid(self.sample(pl_module))
         log_image(trainer, "samples/grid", grid, step)
-        out = Path(self.out_dir or trainer.default_root_dir) / "samples" / f"step_{step:07d}.png"
-        save_png(grid, out)
-        log.info("sample grid at step %d: %s", step, out)
+        folder = Path(self.out_dir or trainer.default_root_dir) / "samples"
+        save_png(grid, folder / f"step_{step:07d}.png")
+        log.info("sample grid at step %d: %s", step, folder / f"step_{step:07d}.png")
+        if conditional and self.guidance_strip:
+            strip = self.guidance_grid(pl_module)
+            log_image(trainer, "samples/guidance", strip, step)
+            save_png(strip, folder / f"guidance_{step:07d}.png")
+
+    def class_grid(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        """A row per class (named), ``n // rows`` samples each, guided with ``guidance``."""
+        classes = grid_classes(pl_module.num_classes, self.seed, self.max_rows)
+        cols = max(1, self.n // len(classes))
+        labels = torch.tensor(classes).repeat_interleave(cols)
+        images = sample_images(pl_module, len(labels), self.sampler, self.seed, len(labels), labels, self.guidance)
+        names = class_names_of(pl_module)
+        return labelled_grid(images.view(len(classes), cols, *images.shape[1:]), [names[c] for c in classes])
+
+    def guidance_grid(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        """One image per row class (rows) at each guidance scale (columns), all from the same noise."""
+        classes = grid_classes(pl_module.num_classes, self.seed, self.max_rows)
+        labels = torch.tensor(classes)
+        columns = [
+            sample_images(pl_module, len(labels), self.sampler, self.seed, len(labels), labels, w)
+            for w in self.guidance_strip
+        ]
+        names = class_names_of(pl_module)
+        titles = [f"w={w:g}" for w in self.guidance_strip]
+        return labelled_grid(torch.stack(columns, 1), [names[c] for c in classes], titles)
 
 
 class DiffusionStrips(EveryNSteps):

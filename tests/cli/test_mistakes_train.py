@@ -50,6 +50,9 @@ CASES = [
     case("ranges", "schedule.beta_start=-0.1", "schedule.beta_start must be in (0, 1)"),
     case("ranges", "warmup_steps=-1", "warmup_steps must be >= 0"),
     case("ranges", "callbacks.ema.decay=1.5", "callbacks.ema.decay must be in [0, 1]"),
+    case(
+        "ranges", ["conditioning=class", "conditioning.p_uncond=1"], "conditioning.p_uncond must be in [0, 1), got 1.0"
+    ),
     # required values
     case("missing", "dataset.root=???", "dataset.root is required but not set: add dataset.root=<folder"),
     case("missing", "paths.output_root=null", "paths.output_root must be a folder, got None"),
@@ -86,6 +89,11 @@ CASES = [
     case("data", "dataset.root={tmp}/garbage", "unreadable image(s) under {tmp}/garbage"),
     case("data", "dataset.root={tmp}/one_image", "1 training images are fewer than one batch"),
     case("data", "dataset.batch_size=64", "fewer than one batch (dataset.batch_size=64)"),
+    case(
+        "data",
+        ["conditioning=class", "dataset.root={tmp}/one_image"],
+        "conditioning=class needs class labels, but ImageFolderDataModule under {tmp}/one_image has none",
+    ),
     # output folders that cannot be created
     case(
         "output",
