@@ -247,6 +247,228 @@ def sample_seconds(cfg, args, name: str) -> dict[str, float]:
         return since(t0, torch.device(args.device))
 
 
+# ----------------------------------------------------------------------------------------------- GPU suite
+GPU_PRECISIONS = ("bf16-mixed", "32-true", "16-mixed")
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def gpu_configs(args) -> list[dict[str, Any]]:
+    """The (b) matrix, most important first: if the time budget runs out, the tail is skipped, not the target."""
+    configs = [{"precision": "bf16-mixed", "compiled": True, "channels_last": True}]
+    configs += [{"precision": p, "compiled": False, "channels_last": True} for p in GPU_PRECISIONS]
+    configs += [{"precision": "bf16-mixed", "compiled": False, "channels_last": False}]
+    configs += [{"precision": p, "compiled": True, "channels_last": True} for p in GPU_PRECISIONS[1:]]
+    return configs
+
+
+def gpu_train_config(cfg, args, precision: str, compiled: bool, channels_last: bool) -> dict[str, Any]:
+    """images/s, MFU and peak memory of DiffusionModule's training step, without Lightning around it.
+
+    The same work as ``training_step`` + Lightning's optimizer step: uint8 batches sliced on the GPU (as with
+    ``dataset.on_device=true``), autocast, ``GaussianDiffusion.loss`` through ``torch.compile(net.forward)``,
+    gradient-norm clipping, fused AdamW (and a GradScaler for 16-mixed).
+    """
+    from hydra.utils import instantiate
+
+    from ddpm_lab.config import build_components
+    from ddpm_lab.models.flops import train_flops_per_image
+    from ddpm_lab.training.throughput import peak_flops
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    net, diffusion, _ = build_components(cfg, warn=False)
+    net, diffusion = net.to(device).train(), diffusion.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    params = list(net.parameters())
+    optimizer = instantiate(cfg.optimizer)(params, fused=True)
+    forward = torch.compile(net.forward) if compiled else net
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+    dtype = AUTOCAST.get(precision)
+    clip = float(cfg.trainer.gradient_clip_val)
+    shape = (3, args.image_size, args.image_size)
+    images = torch.randint(0, 256, (args.gpu_dataset, *shape), dtype=torch.uint8, device=device)
+
+    def step() -> None:
+        idx = torch.randint(len(images), (args.batch,), device=device)
+        x0 = images[idx].float().div_(127.5).sub_(1.0)
+        if channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = diffusion.loss(forward, x0)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    warmup_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    seconds = time.perf_counter() - start
+    rate = args.steps * args.batch / seconds
+    flops = train_flops_per_image(net, shape)
+    peak = peak_flops(device, precision)
+    return {
+        "images_per_s": rate,
+        "step_ms": 1000 * seconds / args.steps,
+        "mfu": rate * flops / peak if peak else None,
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "warmup_s": warmup_s,
+        "train_gflop_per_image": flops / 1e9,
+    }
+
+
+@torch.inference_mode()
+def gpu_sampling(cfg, args) -> list[dict[str, Any]]:
+    """(c) on the GPU: DDIM and DPM-Solver images/s in float32 and under bf16 autocast, from the same noise, with
+    the largest pixel difference between the two (random weights: a check of the arithmetic, not of quality)."""
+    from ddpm_lab.config import build_components
+    from ddpm_lab.diffusion import generate
+
+    torch.manual_seed(0)
+    net, diffusion, _ = build_components(cfg, warn=False)
+    device = torch.device(args.device)
+    for p in net.parameters():  # the zero-initialised output layers would make every sample identical
+        if not p.any():
+            p.normal_(0.0, 0.02)
+    net, diffusion = net.to(device).eval().to(memory_format=torch.channels_last), diffusion.to(device)
+    rows = []
+    for name in ("ddim", "dpm_solver"):
+        sampler, why = make_named_sampler(name)
+        if sampler is None:
+            rows.append({"sampler": name, "error": why})
+            continue
+        out = {}
+        for precision in ("32-true", "bf16-mixed"):
+            dtype = AUTOCAST.get(precision)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                generate(net, diffusion, 8, sampler=sampler, batch_size=8, seed=0)  # warm-up
+                sync(device)
+                start = time.perf_counter()
+                images = generate(net, diffusion, args.sample_batch, sampler=sampler, batch_size=args.sample_batch)
+                seconds = time.perf_counter() - start
+            out[precision] = images
+            rows.append(
+                {
+                    "sampler": name,
+                    "steps": SAMPLER_STEPS[name],
+                    "precision": precision,
+                    "batch": args.sample_batch,
+                    "images_per_s": args.sample_batch / seconds,
+                }
+            )
+        diff = (out["bf16-mixed"] - out["32-true"]).abs()
+        rows[-1] |= {"max_abs_diff_vs_fp32": float(diff.max()), "mean_abs_diff_vs_fp32": float(diff.mean())}
+    return rows
+
+
+def gpu_report(args, results: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {results['machine']}",
+        "",
+        f"Training step of `{args.model}` at batch {args.batch}, {args.image_size}x{args.image_size} RGB: "
+        f"{args.steps} timed steps after {args.warmup} warm-up steps (which include compilation); "
+        f"{results.get('train_gflop_per_image', 0):.2f} GFLOP per training image (3 x forward). MFU: against the "
+        "card's dense peak for the precision (bf16/fp16 tensor cores; TF32 for 32-true, as cuDNN convolutions "
+        "use it by default).",
+        "",
+        "| precision | torch.compile | channels_last | images/s | step (ms) | MFU | peak memory (MiB) | warm-up (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["train"]:
+        yes = {True: "yes", False: "no"}
+        head = f"| {row['precision']} | {yes[row['compiled']]} | {yes[row['channels_last']]}"
+        if "error" in row:
+            lines.append(f"{head} | {row['error']} | | | | |")
+            continue
+        mfu = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
+        mem = "n/a" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+        lines.append(
+            f"{head} | {row['images_per_s']:.0f} | {row['step_ms']:.2f} | {mfu} | {mem} | {row['warmup_s']:.0f} |"
+        )
+    if results.get("sampling"):
+        lines += [
+            "",
+            f"Sampling (random weights, batch {args.sample_batch}, torch.inference_mode, eager):",
+            "",
+            "| sampler | steps | precision | images/s | pixel difference vs float32 (mean / max, range [-1, 1]) |",
+            "|---|---|---|---|---|",
+        ]
+        for row in results["sampling"]:
+            if "error" in row:
+                lines.append(f"| {row['sampler']} | | | unavailable: {row['error']} | |")
+                continue
+            diff = (
+                f"{row['mean_abs_diff_vs_fp32']:.4f} / {row['max_abs_diff_vs_fp32']:.3f}"
+                if "max_abs_diff_vs_fp32" in row
+                else ""
+            )
+            lines.append(
+                f"| {row['sampler']} | {row['steps']} | {row['precision']} | {row['images_per_s']:.1f} | {diff} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def gpu_suite(args) -> None:
+    """(b) + GPU sampling: every configuration in this process, within ``--budget`` seconds; results are written
+    after each one, so a timeout still leaves what was measured."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--suite gpu --device cuda needs a CUDA GPU (torch.cuda.is_available() is False)")
+    from hydra import compose, initialize_config_dir
+
+    from ddpm_lab.config import config_dir
+
+    overrides = [f"model={args.model}", "dataset=cifar10", f"dataset.image_size={args.image_size}", *args.override]
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    deadline = time.monotonic() + args.budget
+    results: dict[str, Any] = {"machine": machine(args), "settings": vars(args) | {"output": str(args.output)}}
+    results["train"] = []
+    out = args.output or Path("gpu_benchmark")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        (out / "gpu_benchmark.json").write_text(json.dumps(results, indent=1, default=str))
+        (out / "gpu_benchmark.md").write_text(gpu_report(args, results))
+
+    for config in gpu_configs(args):
+        row = dict(config)
+        if config["compiled"] and args.eager_only:
+            row["error"] = "skipped: --eager-only"
+        elif time.monotonic() > deadline:
+            row["error"] = "skipped: --budget spent"
+        else:
+            try:
+                row |= gpu_train_config(cfg, args, **config)
+                results["train_gflop_per_image"] = row["train_gflop_per_image"]
+            except Exception as e:  # one failing configuration must not lose the others
+                row["error"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        results["train"].append(row)
+        print(f"gpu: {row}", file=sys.stderr, flush=True)
+        save()
+    if args.sample_batch and time.monotonic() < deadline:
+        try:
+            results["sampling"] = gpu_sampling(cfg, args)
+        except Exception as e:
+            results["sampling"] = [{"sampler": "all", "error": f"{type(e).__name__}: {e}"[:200]}]
+        save()
+    print(gpu_report(args, results))
+
+
 # ----------------------------------------------------------------------------------------------- memory
 def status_mib(field: str) -> float:
     """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB."""
@@ -325,7 +547,7 @@ def machine(args) -> str:
         )
     except (OSError, StopIteration):
         pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if args.device == "cuda" else ", no GPU"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return (
         f"{cpu}, {torch.get_num_threads()} torch threads of {__import__('os').cpu_count()} cores{gpu}; "
         f"Python {platform.python_version()}, torch {torch.__version__}"
@@ -385,7 +607,8 @@ def report(args, train: dict, params: dict, sampling: dict, memory: dict) -> str
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="cpu", choices=("cpu", "gpu"), help="what to measure (see above)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--model", default="unet_small", help="a configs/model option")
     p.add_argument("--image-size", type=int, default=16)
@@ -402,7 +625,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="extra train-config override, e.g. model.attention_resolutions=[8]",
     )
-    p.add_argument("--output", type=Path, default=None, help="write the Markdown table here")
+    p.add_argument("--output", type=Path, default=None, help="cpu: a Markdown file; gpu: a folder")
+    p.add_argument("--budget", type=float, default=240, help="gpu: seconds after which the remaining rows are skipped")
+    p.add_argument("--gpu-dataset", type=int, default=50_000, help="gpu: random uint8 images kept on the GPU")
+    p.add_argument("--eager-only", action="store_true", help="gpu: skip the torch.compile rows (smoke tests)")
     p.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data-root", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out-dir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -413,6 +639,9 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.suite == "gpu":
+        gpu_suite(args)
+        return
     if args.measure:  # a memory subprocess: one measurement, one JSON line
         print(json.dumps(measure_peak(args.device, lambda: run_one(args, args.measure, args.data_root, args.out_dir))))
         return

@@ -95,6 +95,7 @@ def build_module(cfg: DictConfig, net: Any, diffusion: GaussianDiffusion, sample
             warmup_steps=cfg.warmup_steps,
             config=stored_config(cfg),
             compile_net=bool(cfg.get("compile", False)),
+            channels_last=bool(cfg.get("channels_last", True)),
         )
     except UserError:
         raise

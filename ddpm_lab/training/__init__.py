@@ -7,6 +7,7 @@ from ddpm_lab.training.ema import EMA
 from ddpm_lab.training.fid import FIDCallback
 from ddpm_lab.training.module import DiffusionModule, NonFiniteLossError
 from ddpm_lab.training.preemption import PreemptionGuard
+from ddpm_lab.training.throughput import Throughput
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -18,4 +19,5 @@ __all__ = [
     "PreemptionGuard",
     "RunSummary",
     "SampleGrid",
+    "Throughput",
 ]

@@ -35,6 +35,8 @@ class DiffusionModule(pl.LightningModule):
         config: the plain-dict config stored in every checkpoint, enough to rebuild net, diffusion and sampler.
         val_seed: seed of the fixed noise and timesteps behind ``val/loss``.
         compile_net: run training steps through ``torch.compile(net)`` (validation and sampling stay eager).
+        channels_last: on CUDA, keep the network's weights and the training batches in ``channels_last`` (NHWC)
+            memory format, the layout cuDNN's tensor-core convolutions run in; CPUs keep NCHW.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class DiffusionModule(pl.LightningModule):
         config: dict[str, Any] | None = None,
         val_seed: int = 1234,
         compile_net: bool = False,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         warmup_steps = check_number(warmup_steps, "warmup_steps", int, low=0)
@@ -58,6 +61,8 @@ class DiffusionModule(pl.LightningModule):
         self.config = config or {}
         self.val_seed = val_seed
         self.compile_net = compile_net
+        self.channels_last = channels_last
+        self._nonfinite: torch.Tensor | None = None  # on GPUs: whether a loss since the last check was NaN/inf
         self._train_forward: Callable[..., torch.Tensor] | None = None
 
     def setup(self, stage: str) -> None:
@@ -69,6 +74,14 @@ class DiffusionModule(pl.LightningModule):
         if self.compile_net and self._train_forward is None:
             # A compiled bound method, not a submodule: checkpoint keys stay ``net.*`` and the EMA copy stays eager.
             self._train_forward = torch.compile(self.net.forward)
+
+    def on_fit_start(self) -> None:
+        if self._uses_channels_last():
+            # Parameters keep their identity (the optimizer's references stay valid); only their strides change.
+            self.net.to(memory_format=torch.channels_last)
+
+    def _uses_channels_last(self) -> bool:
+        return self.channels_last and self.device.type == "cuda"
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(x_t, t)
@@ -82,6 +95,8 @@ class DiffusionModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0 = batch[0]
+        if self._uses_channels_last():
+            x0 = x0.contiguous(memory_format=torch.channels_last)
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
         per_sample = self.diffusion.loss(self._train_forward or self.net, x0, t=t, reduction="none")
         loss = per_sample.mean()
@@ -134,10 +149,24 @@ class DiffusionModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     def _check_finite(self, loss: torch.Tensor) -> None:
-        """Stop before a NaN/inf loss reaches the weights (all ranks agree, so none is left waiting)."""
-        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+        """Stop before a NaN/inf loss reaches the weights (all ranks agree, so none is left waiting).
+
+        On an accelerator, reading the loss on the host waits for the device: steps that do not log only
+        accumulate the verdict on the device, and logging steps check it (so a run stops at the first logging
+        step after the loss went non-finite; checkpoints refuse non-finite weights in between). CPUs check
+        every step, which costs nothing there.
+        """
+        finite = torch.isfinite(loss.detach())
+        if loss.device.type != "cpu":
+            finite = finite if self._nonfinite is None else finite & ~self._nonfinite
+            if not self._logs_this_step():
+                self._nonfinite = ~finite
+                return
+            self._nonfinite = None
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(finite), all=False)
         if bad:
-            raise NonFiniteLossError(f"train/loss is {loss.item()} {self._where(self.trainer.global_step + 1)}")
+            value = "non-finite at a step since the last check" if bool(torch.isfinite(loss)) else loss.item()
+            raise NonFiniteLossError(f"train/loss is {value} {self._where(self.trainer.global_step + 1)}")
 
     def _where(self, step: int) -> str:
         trainer = self.trainer
