@@ -1,13 +1,19 @@
-"""Benchmark ddpm_lab against a bare PyTorch loop and diffusers; writes a Markdown table.
+"""Speed of ddpm_lab's training and sampling (issue 16); every comparison is a ratio measured in one process.
 
-    python scripts/benchmark.py                       # CPU, small settings, a few minutes
-    python scripts/benchmark.py --device cuda --model unet_ddpm_cifar10 --image-size 32 --batch 128 \
-        --steps 100 --warmup 20 --precision bf16-mixed
+  --suite cpu (default): (a) the MNIST recipe on the CPU (unet_small, 28x28x1, AdamW, clipping, EMA) for each
+      --batches size: ddpm_lab through Lightning (``ddpm_lab.train.train``) vs the same step in a bare PyTorch
+      loop vs diffusers' UNet2DModel (32/64/128 channels, one block per level, attention at 7x7) in that loop;
+      images/s, images per CPU-second and GFLOP/s (FLOPs counted by ddpm_lab.models.flops), the three loops
+      interleaved over --rounds (median). Then (c) sampling images/s per sampler and step count. About 5 min.
+        OMP_NUM_THREADS=2 python scripts/benchmark.py --threads 2 --output cpu.md
+  --suite gpu: (b) the training step of unet_ddpm_cifar10 at batch 128 on a CUDA GPU, 32-true / bf16-mixed /
+      16-mixed x eager / torch.compile (images/s, MFU, peak memory), and bf16 vs float32 sampling;
+      JSON + Markdown into the --output folder. scripts/gpu_check.sh runs it.
+        python scripts/benchmark.py --suite gpu --device cuda --model unet_ddpm_cifar10 --image-size 32 \
+            --batch 128 --threads 8 --sample-batch 256 --output gpu_out
 
-All speed comparisons run in this one process, with the same threads, batch, U-Net and optimizer, warm-up
-steps excluded and the methods interleaved over ``--rounds`` (median reported), so they come out as ratios.
-Peak memory is measured in a fresh subprocess per method (``--measure``): CPU peak RSS (VmHWM, reset after
-imports), or CUDA max allocated.
+Timings mean something only with nothing else running on the machine. Peak memory on the CPU (--memory) is
+measured in a fresh subprocess per method.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SAMPLER_STEPS = {"ddpm": 1000, "ddim": 50, "dpm_solver": 20}
+SAMPLER_STEPS = {"ddpm": 100, "ddim": 50, "dpm_solver": 20}  # DDPM respaced to 100 steps: 1000 take too long
 TRAIN_METHODS = ("ddpm_lab", "bare", "diffusers")
 
 
@@ -51,13 +57,14 @@ def since(start: tuple[float, float], device: torch.device) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------- setup
-def write_images(root: Path, n: int, size: int) -> Path:
+def write_images(root: Path, n: int, size: int, channels: int = 3) -> Path:
     """Random uint8 PNGs: training speed does not depend on what the pictures show."""
     from ddpm_lab.artifacts.images import save_png
 
     g = torch.Generator().manual_seed(0)
     for i in range(n):
-        save_png(torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8), root / "x" / f"{i:04d}.png")
+        image = torch.randint(0, 256, (channels, size, size), generator=g, dtype=torch.uint8)
+        save_png(image, root / "x" / f"{i:04d}.png")
     return root
 
 
@@ -72,7 +79,9 @@ def compose_cfg(args: argparse.Namespace, data_root: Path, out_dir: Path):
         "dataset=image_folder",
         f"dataset.root={data_root}",
         f"dataset.image_size={args.image_size}",
+        f"dataset.channels={args.channels}",
         f"dataset.batch_size={args.batch}",
+        "dataset.cache_min_files=null",
         "dataset.val_size=0",
         f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
         f"trainer.precision={args.precision}",
@@ -94,8 +103,9 @@ def param_count(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def diffusers_unet(model_cfg: Any, image_size: int, channels: int):
-    """A diffusers ``UNet2DModel`` laid out like ddpm_lab's U-Net (same widths, blocks, attention levels)."""
+def diffusers_unet(model_cfg: Any, image_size: int, channels: int, layers_per_block: int | None = None):
+    """A diffusers ``UNet2DModel`` with ddpm_lab's widths and attention levels; ``layers_per_block`` (default: the
+    config's ``num_res_blocks``) sets its depth (1 matches unet_small's FLOPs within 5%)."""
     from diffusers import UNet2DModel
 
     mults = list(model_cfg.channel_mults)
@@ -108,7 +118,7 @@ def diffusers_unet(model_cfg: Any, image_size: int, channels: int):
         in_channels=channels,
         out_channels=channels,
         block_out_channels=[model_cfg.base_channels * m for m in mults],
-        layers_per_block=model_cfg.num_res_blocks,
+        layers_per_block=layers_per_block or model_cfg.num_res_blocks,
         down_block_types=down,
         up_block_types=up,
         attention_head_dim=None,
@@ -159,6 +169,7 @@ def bare_loop(
     """Warm-up then timed steps of: random batch -> [-1, 1] -> loss -> backward -> clip -> optimizer step."""
     device = torch.device(args.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    ema = [p.detach().clone() for p in params]  # the recipe's EMA, as one foreach update
     g = torch.Generator().manual_seed(0)
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
@@ -172,6 +183,8 @@ def bare_loop(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, params, 1.0 - min(0.9999, (2 + i) / (11 + i)))
     return since(t0, device)
 
 
@@ -200,7 +213,7 @@ def train_diffusers(cfg, args, images) -> dict[str, float]:
     from diffusers import DDPMScheduler
     from hydra.utils import instantiate
 
-    net = diffusers_unet(cfg.model, args.image_size, 3).to(args.device).train()
+    net = diffusers_unet(cfg.model, args.image_size, args.channels, args.diffusers_blocks).to(args.device).train()
     scheduler = DDPMScheduler(num_train_timesteps=int(cfg.schedule.timesteps), beta_schedule="linear")
     optimizer = instantiate(cfg.optimizer)(net.parameters())
 
@@ -237,7 +250,7 @@ def sample_seconds(cfg, args, name: str) -> dict[str, float]:
         raise RuntimeError(why)
     net, diffusion, _ = build_components(cfg)
     net, diffusion = net.to(args.device).eval(), diffusion.to(args.device)
-    shape = (args.sample_batch, 3, args.image_size, args.image_size)
+    shape = (args.sample_batch, args.channels, args.image_size, args.image_size)
     with _autocast(args):
         diffusion.sample(
             net, shape, sampler=DDPMSampler(steps=2), generator=torch.Generator().manual_seed(0), device=args.device
@@ -508,7 +521,7 @@ def run_one(args, measure: str, data_root: Path, out_dir: Path) -> dict[str, Any
     else:
         from ddpm_lab.data.sources import load_image_folder
 
-        images = load_image_folder(data_root, args.image_size, 3)[0]
+        images = load_image_folder(data_root, args.image_size, args.channels)[0]
         seconds, n = (train_bare if name == "bare" else train_diffusers)(cfg, args, images), args.steps * args.batch
     return {"seconds": seconds["wall"], "images_per_s": n / seconds["wall"], "images_per_cpu_s": n / seconds["cpu"]}
 
@@ -524,7 +537,8 @@ def memory_in_subprocess(args, measure: str, data_root: Path, out_dir: Path) -> 
         "--out-dir",
         str(out_dir / measure.replace(":", "_")),
     ]
-    for key in ("device", "model", "image_size", "batch", "precision", "threads", "sample_batch"):
+    keys = ("device", "model", "image_size", "channels", "batch", "precision", "threads", "sample_batch")
+    for key in (*keys, "diffusers_blocks"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     cmd += ["--steps", str(max(2, args.steps // 4)), "--warmup", "1"] + [f"--override={o}" for o in args.override]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -554,31 +568,59 @@ def machine(args) -> str:
     )
 
 
-def report(args, train: dict, params: dict, sampling: dict, memory: dict) -> str:
-    """Markdown tables; on CPU the ratios use images per CPU-second of the process (robust to a busy machine)."""
-    key = "images_per_cpu_s" if args.device == "cpu" else "images_per_s"
-    med = {k: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for k, runs in train.items()}
-    lines = [
-        "| training loop | parameters | images/s (wall, median) | images per CPU-second (median) "
-        "| runs (images per CPU-s) "
-        "| vs bare loop | peak memory (MiB) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for k in TRAIN_METHODS:
-        runs = ", ".join(f"{r['images_per_cpu_s']:.1f}" for r in train[k])
-        mem = memory.get(f"train:{k}")
-        lines.append(
-            f"| {k} | {params[k] / 1e6:.3f}M | {med[k]['images_per_s']:.1f} | {med[k]['images_per_cpu_s']:.1f} | "
-            f"{runs} | {med[k][key] / med['bare'][key]:.3f} | {'n/a' if mem is None else f'{mem:.0f}'} |"
+def train_flops(cfg, args) -> dict[str, float]:
+    """Training FLOPs per image (3 x forward, FlopCounterMode) of ddpm_lab's U-Net and of the diffusers one."""
+    from ddpm_lab.config import build_components
+    from ddpm_lab.models.flops import train_flops_per_image
+
+    shape = (args.channels, args.image_size, args.image_size)
+    ours = train_flops_per_image(build_components(cfg, warn=False)[0], shape)
+    net = diffusers_unet(cfg.model, args.image_size, args.channels, args.diffusers_blocks)
+
+    class Sample(torch.nn.Module):  # diffusers returns an output object; the counter needs the tensor
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.net(x, t).sample
+
+    return {"ddpm_lab": ours, "bare": ours, "diffusers": train_flops_per_image(Sample(), shape)}
+
+
+def report(args, train: dict, flops: dict, sampling: dict, memory: dict) -> str:
+    """Markdown: per batch size, the three loops' medians and the two target ratios; then sampling."""
+    lines = []
+    for batch, runs in train.items():
+        med = {k: {m: statistics.median(r[m] for r in rs) for m in rs[0]} for k, rs in runs.items()}
+        lines += [
+            f"Batch {batch}:",
+            "",
+            "| training loop | GFLOP per image | images/s (wall, median) | images per CPU-second | GFLOP/s (wall) "
+            "| runs (images/s) | peak memory (MiB) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for k in TRAIN_METHODS:
+            mem = memory.get(f"train:{k}:{batch}")
+            lines.append(
+                f"| {k} | {flops[k] / 1e9:.3f} | {med[k]['images_per_s']:.1f} | {med[k]['images_per_cpu_s']:.1f} "
+                f"| {med[k]['images_per_s'] * flops[k] / 1e9:.1f} "
+                f"| {', '.join(format(r['images_per_s'], '.1f') for r in runs[k])} "
+                f"| {'n/a' if mem is None else f'{mem:.0f}'} |"
+            )
+        per_flop = (med["bare"]["images_per_s"] * flops["bare"]) / (
+            med["diffusers"]["images_per_s"] * flops["diffusers"]
         )
-    overhead = 1 - med["ddpm_lab"][key] / med["bare"][key]
-    wall_overhead = 1 - med["ddpm_lab"]["images_per_s"] / med["bare"]["images_per_s"]
+        lines += [
+            "",
+            f"- ddpm_lab's U-Net vs diffusers' per FLOP (bare loops, wall): **{per_flop:.3f}x** (target >= 1.00).",
+            f"- Lightning run vs the bare loop (images/s, wall): "
+            f"**{med['ddpm_lab']['images_per_s'] / med['bare']['images_per_s']:.3f}x** (target >= 0.97); "
+            f"per CPU-second {med['ddpm_lab']['images_per_cpu_s'] / med['bare']['images_per_cpu_s']:.3f}x.",
+            "",
+        ]
     lines += [
-        "",
-        f"- ddpm_lab overhead vs the bare loop: **{100 * overhead:.1f}%** ({key.replace('_', ' ')}; "
-        f"{100 * wall_overhead:.1f}% in wall-clock images/s) (target < 3%).",
-        f"- ddpm_lab vs diffusers UNet2DModel + DDPMScheduler: **{med['ddpm_lab'][key] / med['diffusers'][key]:.2f}x** "
-        f"({key.replace('_', ' ')}) at {params['diffusers'] / params['ddpm_lab']:.3f}x the parameters.",
+        f"Sampling (`GaussianDiffusion.sample`, batch {args.sample_batch}, random weights, eager, float32):",
         "",
         "| sampler | steps | images/s (wall) | images per CPU-second | seconds per batch | peak memory (MiB) |",
         "|---|---|---|---|---|---|",
@@ -589,36 +631,88 @@ def report(args, train: dict, params: dict, sampling: dict, memory: dict) -> str
             lines.append(f"| {name} | {SAMPLER_STEPS[name]} | unavailable: {res} | | | |")
         else:
             lines.append(
-                f"| {name} | {SAMPLER_STEPS[name]} | {res['images_per_s']:.3f} | {res['images_per_cpu_s']:.3f} | "
+                f"| {name} | {SAMPLER_STEPS[name]} | {res['images_per_s']:.2f} | {res['images_per_cpu_s']:.2f} | "
                 f"{res['seconds']:.2f} | {'n/a' if mem is None else f'{mem:.0f}'} |"
             )
-    what = (
-        "CUDA max allocated"
-        if args.device == "cuda"
-        else "peak RSS above the RSS after imports (torch, Lightning, Hydra, diffusers, ddpm_lab: "
-        f"{getattr(memory_in_subprocess, 'rss_before', None) or 0:.0f} MiB, the same for every row)"
-    )
-    lines += [
-        "",
-        f"Peak memory: {what}, in a fresh process per row; samplers run a 20-step chain there "
-        "(memory does not grow with the number of steps).",
-    ]
+    if memory:
+        lines += [
+            "",
+            "Peak memory: peak RSS above the RSS after imports, in a fresh process per row "
+            f"(imports: {getattr(memory_in_subprocess, 'rss_before', None) or 0:.0f} MiB).",
+        ]
     return "\n".join(lines)
+
+
+def cpu_suite(args) -> None:
+    """(a) + (c): see the module docstring."""
+    import logging
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("ddpm_lab").setLevel(logging.WARNING)
+    batches = [int(b) for b in args.batches.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # One epoch covers every step: epoch boundaries (rare in real training) stay out of the comparison.
+        most = max((args.warmup + steps_for(args, b) + 1) * b for b in batches)
+        data_root = write_images(tmp / "data", most, args.image_size, args.channels)
+        train: dict[int, dict[str, list[dict[str, float]]]] = {}
+        memory: dict[str, float | None] = {}
+        for batch in batches:
+            args.batch, args.steps = batch, steps_for(args, batch)
+            cfg = compose_cfg(args, data_root, tmp / "run")
+            flops = train_flops(cfg, args)
+            train[batch] = {k: [] for k in TRAIN_METHODS}
+            for r in range(args.rounds):
+                for k in TRAIN_METHODS:
+                    train[batch][k].append(run_one(args, f"train:{k}", data_root, tmp / f"run{batch}_{r}{k}"))
+                    print(f"batch {batch} round {r}: {k} {train[batch][k][-1]}", file=sys.stderr, flush=True)
+            if args.memory:
+                for k in TRAIN_METHODS:
+                    memory[f"train:{k}:{batch}"] = memory_in_subprocess(args, f"train:{k}", data_root, tmp)
+        sampling: dict[str, Any] = {}
+        for name in SAMPLER_STEPS if args.sample_batch else ():
+            try:
+                sampling[name] = run_one(args, f"sample:{name}", data_root, tmp / f"s_{name}")
+            except RuntimeError as e:
+                sampling[name] = str(e)
+            print(f"sampling {name}: {sampling[name]}", file=sys.stderr, flush=True)
+            if args.memory and not isinstance(sampling[name], str):
+                memory[f"sample:{name}"] = memory_in_subprocess(args, f"sample:{name}", data_root, tmp)
+    settings = (
+        f"model={args.model} {' '.join(args.override)}, {args.image_size}x{args.image_size}x{args.channels}, "
+        f"diffusers with {args.diffusers_blocks} block(s) per level, batches {args.batches}, "
+        f"{args.images} timed images per run after {args.warmup} warm-up steps, {args.rounds} interleaved rounds, "
+        f"{torch.get_num_threads()} torch threads, precision {args.precision}, sampling batch {args.sample_batch}"
+    )
+    text = f"Machine: {machine(args)}\n\nSettings: {settings}\n\n{report(args, train, flops, sampling, memory)}\n"
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+
+
+def steps_for(args, batch: int) -> int:
+    """Timed steps of one run: ``--images`` images, at least 2 steps."""
+    return max(2, round(args.images / batch))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", default="cpu", choices=("cpu", "gpu"), help="what to measure (see above)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="gpu suite: cuda (cpu: a smoke test)")
     p.add_argument("--model", default="unet_small", help="a configs/model option")
-    p.add_argument("--image-size", type=int, default=16)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run")
-    p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before them")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of each training loop")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared CPU more threads mostly wait)")
-    p.add_argument("--precision", default="32-true", help="Lightning precision (32-true | bf16-mixed)")
-    p.add_argument("--sample-batch", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--channels", type=int, default=1, help="image channels (cpu suite; the gpu suite uses 3)")
+    p.add_argument("--batches", default="32,128", help="cpu: comma-separated batch sizes, each measured in turn")
+    p.add_argument("--images", type=int, default=512, help="cpu: timed images per run (steps = images / batch)")
+    p.add_argument("--diffusers-blocks", type=int, default=1, help="cpu: diffusers' blocks per level")
+    p.add_argument("--batch", type=int, default=128, help="gpu: batch size")
+    p.add_argument("--steps", type=int, default=50, help="gpu: timed optimizer steps per configuration")
+    p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first (gpu: include compilation)")
+    p.add_argument("--rounds", type=int, default=3, help="cpu: interleaved repetitions of each training loop")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (also set OMP_NUM_THREADS to the same)")
+    p.add_argument("--precision", default="32-true", help="cpu: Lightning precision (32-true | bf16-mixed)")
+    p.add_argument("--sample-batch", type=int, default=64, help="images per sampling batch (0: no sampling)")
+    p.add_argument("--memory", action="store_true", help="cpu: also peak memory, in a subprocess per row (slower)")
     p.add_argument(
         "--override",
         action="append",
@@ -645,45 +739,7 @@ def main() -> None:
     if args.measure:  # a memory subprocess: one measurement, one JSON line
         print(json.dumps(measure_peak(args.device, lambda: run_one(args, args.measure, args.data_root, args.out_dir))))
         return
-    import logging
-
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        # One epoch covers every step: epoch boundaries (rare in real training) stay out of the comparison.
-        data_root = write_images(tmp / "data", (args.warmup + args.steps + 1) * args.batch, args.image_size)
-        cfg = compose_cfg(args, data_root, tmp / "run")
-        from ddpm_lab.config import build_components
-
-        params = {"ddpm_lab": param_count(build_components(cfg)[0])}
-        params["bare"] = params["ddpm_lab"]
-        params["diffusers"] = param_count(diffusers_unet(cfg.model, args.image_size, 3))
-        train: dict[str, list[dict[str, float]]] = {k: [] for k in TRAIN_METHODS}
-        for r in range(args.rounds):
-            for k in TRAIN_METHODS:
-                train[k].append(run_one(args, f"train:{k}", data_root, tmp / f"run{r}{k}"))
-                print(f"round {r}: {k} {train[k][-1]}", file=sys.stderr)
-        sampling: dict[str, Any] = {}
-        for name in SAMPLER_STEPS:
-            try:
-                sampling[name] = run_one(args, f"sample:{name}", data_root, tmp / f"s_{name}")
-            except RuntimeError as e:
-                sampling[name] = str(e)
-            print(f"sampling {name}: {sampling[name]}", file=sys.stderr)
-        memory = {
-            m: memory_in_subprocess(args, m, data_root, tmp)
-            for m in [f"train:{k}" for k in TRAIN_METHODS]
-            + [f"sample:{n}" for n, r in sampling.items() if not isinstance(r, str)]
-        }
-    settings = (
-        f"model={args.model} {' '.join(args.override)}, {args.image_size}x{args.image_size} RGB, batch {args.batch}, "
-        f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} interleaved rounds, "
-        f"precision {args.precision}, sampling batch {args.sample_batch}"
-    )
-    text = f"Machine: {machine(args)}\n\nSettings: {settings}\n\n{report(args, train, params, sampling, memory)}\n"
-    print(text)
-    if args.output:
-        args.output.write_text(text)
+    cpu_suite(args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-${CIFAR10_DIR:-.gpu_data/cifar10-subset}}
 OUT=${2:-${OUT:-gpu_check_out}}
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 BENCH_BUDGET=${BENCH_BUDGET:-100}
 TRAIN_SECONDS=${TRAIN_SECONDS:-210}
 SMOKE=${SMOKE:-0}

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 # Lightning precision -> the dtype the matrix products run in (what the card's peak is quoted for).
 COMPUTE_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16}
+# Lightning's table misses "NVIDIA H200" and quotes H200 with sparsity; its dense peaks are the H100 SXM's.
+H200_DENSE = {torch.float32: 66.9e12, "tfloat32": 494.7e12, torch.bfloat16: 989.4e12, torch.float16: 989.4e12}
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
@@ -28,6 +30,8 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     dtype: torch.dtype | str = COMPUTE_DTYPES.get(str(precision), torch.float32)
     if dtype is torch.float32 and torch.backends.cudnn.allow_tf32:
         dtype = "tfloat32"  # a U-Net's work is convolutions, which cuDNN runs in TF32 by default
+    if "h200" in torch.cuda.get_device_name(device).lower():
+        return H200_DENSE[dtype]
     flops = get_available_flops(device, dtype)
     return float(flops) if flops else None
 
