@@ -25,7 +25,13 @@ LAYERS: list[set[str]] = [
     {"ddpm_lab.data"},  # LightningDataModules
     {"ddpm_lab.training"},  # the LightningModule and callbacks
     {"ddpm_lab.config"},  # Hydra: compose, check, build, run folders
-    {"ddpm_lab.train", "ddpm_lab.sample", "ddpm_lab.evaluate", "ddpm_lab.visualize"},  # entry points
+    {
+        "ddpm_lab.train",
+        "ddpm_lab.sample",
+        "ddpm_lab.evaluate",
+        "ddpm_lab.visualize",
+        "ddpm_lab.convert",
+    },  # entry points
 ]
 # Third-party frameworks and the lowest layer allowed to import them.
 FRAMEWORKS = {
@@ -34,6 +40,7 @@ FRAMEWORKS = {
     "lightning_fabric": "ddpm_lab.data",
     "hydra": "ddpm_lab.config",
     "omegaconf": "ddpm_lab.config",
+    "diffusers": "ddpm_lab.artifacts",  # optional (ddpm_lab[diffusers]): only artifacts.diffusers_io imports it
 }
 
 
@@ -169,14 +176,14 @@ def test_every_module_has_a_layer():
 
 
 def test_importing_ddpm_lab_loads_neither_lightning_nor_hydra(tmp_path: Path):
-    """A notebook can import ddpm_lab, load a checkpoint and sample without the training stack."""
+    """A notebook can import ddpm_lab, load a checkpoint and sample without the training stack (or diffusers)."""
     ckpt = REPO_ROOT / "tests" / "fixtures" / "legacy_run" / "checkpoints" / "last.ckpt"
     code = (
         "import sys, ddpm_lab\n"
         f"net, diffusion, sampler = ddpm_lab.load_model({str(ckpt)!r})\n"
         "x = ddpm_lab.generate(net, diffusion, 2, sampler=sampler, seed=0)\n"
         "assert x.shape == (2, 1, 8, 8), x.shape\n"
-        "stack = ('pytorch_lightning', 'lightning', 'lightning_fabric', 'hydra', 'omegaconf')\n"
+        "stack = ('pytorch_lightning', 'lightning', 'lightning_fabric', 'hydra', 'omegaconf', 'diffusers')\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in stack)\n"
         "print('HEAVY', heavy)\n"
     )

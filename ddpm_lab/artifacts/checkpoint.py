@@ -5,7 +5,9 @@ A ddpm_lab checkpoint is a Lightning checkpoint (``state_dict`` with ``net.*`` w
 optimizer and callback states) plus ``checkpoint["ddpm_lab"] = {"format": 1, "config": {...}}``: the resolved
 ``model``, ``schedule``, ``diffusion`` and ``sampler`` sections (enough to rebuild the model without the run's
 config files), the dataset's name, size and channels, and the run's config for display. With EMA on,
-``state_dict`` holds the averaged weights and ``current_model_state`` the raw ones.
+``state_dict`` holds the averaged weights and ``current_model_state`` the raw ones. A class-conditional run
+also stores its class names under ``config["dataset"]["class_names"]`` (the model's ``num_classes`` is in
+``config["model"]``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from torch import nn
 
 from ddpm_lab.artifacts.allow_list import build_model, build_stored
 from ddpm_lab.diffusion import GaussianDiffusion, Sampler
-from ddpm_lab.errors import CheckpointError, UnsafeConfigError, check_choice, first_line
+from ddpm_lab.diffusion.guidance import num_classes_of
+from ddpm_lab.errors import CheckpointError, ConfigError, UnsafeConfigError, check_choice, first_line
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,8 @@ class LoadedModel:
     """A trained model rebuilt from a checkpoint: ``net`` (in eval mode), ``diffusion``, its default ``sampler``.
 
     Unpacks as ``net, diffusion, sampler = load_model(path)``; ``config``, ``global_step`` and ``path`` say where
-    it came from.
+    it came from. ``num_classes`` (0: unconditional) and ``class_names`` describe a class-conditional model;
+    :meth:`class_index` turns ``7`` or ``"seven"`` into a label.
     """
 
     net: nn.Module
@@ -49,6 +53,61 @@ class LoadedModel:
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.net, self.diffusion, self.sampler))
+
+    @property
+    def num_classes(self) -> int:
+        """The classes the network is conditioned on; 0 for an unconditional model."""
+        return num_classes_of(self.net)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The dataset's class names, index by index (None: unconditional, or not stored)."""
+        return stored_class_names(self.config, self.num_classes)
+
+    def class_index(self, value: int | str, key: str = "class") -> int:
+        """The label of class ``value``, given as an index (``7``) or a name (``"cat"``); see :func:`resolve_class`."""
+        return resolve_class(value, self.num_classes, self.class_names, key, self.path)
+
+
+def stored_class_names(config: dict[str, Any], num_classes: int) -> list[str] | None:
+    """The class names a stored config holds, when they are a list of ``num_classes`` strings."""
+    dataset = config.get("dataset")
+    names = dataset.get("class_names") if isinstance(dataset, dict) else None
+    if not num_classes or not isinstance(names, list) or len(names) != num_classes:
+        return None
+    return [str(name) for name in names]
+
+
+def resolve_class(
+    value: int | str,
+    num_classes: int,
+    class_names: list[str] | None,
+    key: str = "class",
+    path: str | os.PathLike = "this checkpoint",
+) -> int:
+    """The label ``value`` names: a class name (exact match first), else an index in ``[0, num_classes)``.
+
+    Raises :class:`~ddpm_lab.errors.ConfigError` (one line, the valid choices) for an unconditional model, an
+    unknown name or an index out of range.
+    """
+    if not num_classes:
+        raise ConfigError(
+            f"{key}={value} needs a class-conditional model, but {path} is unconditional: "
+            "train one with conditioning=class, or leave out class/per_class/guidance"
+        )
+    names = class_names or []
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    text = str(value).strip()
+    if not isinstance(value, bool) and (isinstance(value, int) or text.lstrip("-").isdigit()):
+        index = int(text)
+        if 0 <= index < num_classes:
+            return index
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    raise ConfigError(
+        f"{key}={value} is not one of the model's {num_classes} classes: use an index 0..{num_classes - 1}"
+        + (f" or a name ({shown})" if names else "")
+    )
 
 
 def checkpoint_file(path: str | os.PathLike, key: str = "ckpt") -> Path:

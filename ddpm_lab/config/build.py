@@ -69,6 +69,16 @@ def build_all(group: DictConfig | None, key: str) -> list[Any]:
     return [build(f"{key}.{name}", node) for name, node in group.items() if node is not None and "_target_" in node]
 
 
+def model_node(cfg: DictConfig) -> DictConfig:
+    """``cfg.model``, with ``out_channels`` = 2 × ``in_channels`` when ``diffusion.variance=learned_range``: the
+    network's extra half is v (Nichol & Dhariwal, eq. 15), so the channel count follows the diffusion config."""
+    if cfg.diffusion.get("variance", "fixed") != "learned_range":
+        return cfg.model
+    node = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    node.out_channels = 2 * int(node.in_channels)
+    return node
+
+
 def build_components(
     cfg: DictConfig, device: str | torch.device | None = None, warn: bool = True
 ) -> tuple[Any, GaussianDiffusion, Sampler]:
@@ -80,7 +90,7 @@ def build_components(
     diffusion = build("diffusion", cfg.diffusion, betas=betas)
     sampler = build("sampler", cfg.sampler)
     with torch.device(device) if device is not None else nullcontext():
-        net = build("model", cfg.model)
+        net = build("model", model_node(cfg))
     return net, diffusion, sampler
 
 
@@ -96,11 +106,27 @@ def build_module(cfg: DictConfig, net: Any, diffusion: GaussianDiffusion, sample
             config=stored_config(cfg),
             compile_net=bool(cfg.get("compile", False)),
             channels_last=bool(cfg.get("channels_last", True)),
+            p_uncond=label_dropout(cfg),
+            val_bpd_every=cfg.get("val_bpd_every", 0),
+            val_bpd_stride=cfg.get("val_bpd_stride", 10),
         )
     except UserError:
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(first_line(e)) from e
+
+
+def label_dropout(cfg: DictConfig) -> float:
+    """The label dropout of a ``conditioning=class`` run (0 for an unconditional one)."""
+    if OmegaConf.select(cfg, "conditioning.kind", default="none") != "class":
+        return 0.0
+    return OmegaConf.select(cfg, "conditioning.p_uncond", default=0.0)
+
+
+def class_names(cfg: DictConfig) -> list[str] | None:
+    """The class names ``condition_on_dataset`` filled in (None for an unconditional run)."""
+    names = OmegaConf.select(cfg, "conditioning.class_names", default=None)
+    return [str(name) for name in names] if names else None
 
 
 def group_choices() -> dict[str, str]:
@@ -121,12 +147,16 @@ def _resolved(cfg: DictConfig) -> dict[str, Any]:
 
 def stored_config(cfg: DictConfig) -> dict[str, Any]:
     """What every checkpoint of a run stores: the resolved model sections (enough to rebuild the model), the
-    dataset's name, size and channels, and the whole run config with its group choices (for display)."""
+    dataset's name, size and channels (and class names, ``conditioning=class``), and the whole run config with its
+    group choices (for display)."""
     keep = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "schedule", "diffusion", "sampler")}
+    keep["model"] = OmegaConf.to_container(model_node(cfg), resolve=True)
     keep["dataset"] = {
         "name": cfg.dataset.get("_target_", "").rsplit(".", 1)[-1],
         "image_size": int(cfg.dataset.image_size),
         "channels": int(cfg.dataset.channels),
     }
+    if class_names(cfg):
+        keep["dataset"]["class_names"] = class_names(cfg)
     keep["run"] = {"config": _resolved(cfg), "choices": group_choices()}
     return keep

@@ -17,10 +17,12 @@ from ddpm_lab.data.sources import (
     ON_ERROR,
     cache_folder,
     fit_images,
+    index_image_folder,
     load_cifar10,
     load_files,
     load_image_folder,
     load_mnist,
+    stanford_cars_class_names,
     stanford_cars_files,
 )
 from ddpm_lab.errors import ConfigError, DatasetError, check_choice, check_flag, check_number
@@ -28,6 +30,18 @@ from ddpm_lab.errors import ConfigError, DatasetError, check_choice, check_flag,
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test", "all")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -83,6 +97,13 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_images: torch.Tensor | None = None
 
     # -- to implement per dataset ------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names of the label indices 0, 1, ... (what ``conditioning=class`` conditions on); None: unlabeled.
+
+        Read without decoding any image (a folder listing at most)."""
+        return None
+
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (N, C, H, W) uint8 images at any size and (N,) labels for one split."""
         raise NotImplementedError
@@ -207,6 +228,10 @@ class MNISTDataModule(ImageDataModule):
         raw = Path(self.root) / "MNIST" / "raw"
         return f"Copy the four IDX files (train-/t10k-images-idx3-ubyte, -labels-idx1-ubyte, .gz or not) into {raw}"
 
+    @property
+    def class_names(self) -> list[str]:
+        return [str(digit) for digit in range(10)]
+
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return load_mnist(self.root, train=train)
 
@@ -230,6 +255,10 @@ class CIFAR10DataModule(ImageDataModule):
         from torchvision.datasets import CIFAR10
 
         return f"Unpack {CIFAR10.url} into {self.root} (it makes cifar-10-batches-py/)"
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(CIFAR10_CLASSES)
 
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return load_cifar10(self.root, train=train)
@@ -295,6 +324,11 @@ class StanfordCarsDataModule(DecodedImageDataModule):
                 CARS_HOW_TO_GET.format(root=self.root),
             )
 
+    @property
+    def class_names(self) -> list[str] | None:
+        self.prepare_data()  # a missing dataset says so, not "no labels"
+        return stanford_cars_class_names(self.root, self.split != "test")
+
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         files, labels, folder = stanford_cars_files(self.root, train)
         return load_files(files, labels, self.image_size, self.channels, self.on_error, folder, **self.cache_options())
@@ -313,6 +347,15 @@ class ImageFolderDataModule(DecodedImageDataModule):
             raise DatasetError(f"image folder {self.root} is a file: set dataset.root to a folder of images")
         if not Path(self.root).is_dir():
             raise DatasetError(f"image folder {self.root} does not exist: set dataset.root to a folder of images")
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class sub-folders (of ``train/`` when the folder is split), sorted as the labels are."""
+        self.prepare_data()  # a missing folder says so, not "no labels"
+        root = Path(self.root)
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            root = root / ("test" if self.split == "test" else "train")
+        return index_image_folder(root)[2] or None
 
     def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
         # A plain folder has no train/test halves unless it holds train/ and test/ sub-folders.

@@ -361,6 +361,26 @@ CARS_HOW_TO_GET = (
 )
 
 
+def stanford_cars_class_names(root: str | Path, train: bool) -> list[str] | None:
+    """The class names of a Stanford Cars split: ``devkit/cars_meta.mat`` in torchvision's layout, else the
+    class sub-folders of ``cars_train/`` (or ``cars_test/``); None when the images have no classes."""
+    root = Path(root).expanduser()
+    base = root / "stanford_cars"
+    split = "cars_train" if train else "cars_test"
+    if (base / "devkit").is_dir():
+        from torchvision.datasets import StanfordCars
+
+        try:
+            return [str(name) for name in StanfordCars(str(root), split="train" if train else "test").classes]
+        except (RuntimeError, OSError, ValueError, KeyError):
+            stanford_cars_files(root, train)  # raises the missing-files message
+            raise
+    for folder in (root / split, base / split):
+        if folder.is_dir():
+            return index_image_folder(folder)[2] or None
+    return None
+
+
 def stanford_cars_files(root: str | Path, train: bool) -> tuple[list[Path], list[int], Path]:
     """Files and labels of one Stanford Cars split, in torchvision's layout or as cars_train/ + cars_test/ folders.
 

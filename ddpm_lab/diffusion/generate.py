@@ -4,7 +4,9 @@ sample grids and denoising strips all use. Plain PyTorch.
 What ``seed`` means, everywhere in ddpm_lab: it seeds one CPU ``torch.Generator``; batch after batch (of
 ``batch_size`` images, the last one smaller), x_T ~ N(0, I) is drawn from it and then every noise the sampler
 adds, in order. Noise is drawn on the CPU and then moved, so the same seed, batch size and sampler give the same
-images on every device, and a larger ``n`` starts with the full batches of a smaller one.
+images on every device, and a larger ``n`` starts with the full batches of a smaller one. Class labels and
+classifier-free guidance (:mod:`ddpm_lab.diffusion.guidance`) draw no random numbers: the same seed gives the same
+noise at every guidance scale.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ddpm_lab.diffusion.core import Denoiser, randn
 from ddpm_lab.diffusion.gaussian import GaussianDiffusion
+from ddpm_lab.diffusion.guidance import check_labels, guided
 from ddpm_lab.diffusion.samplers import DDPMSampler, Sampler
 from ddpm_lab.errors import check_number
 
@@ -29,11 +32,13 @@ class SamplingStopped(Exception):
 
 @dataclass
 class Batch:
-    """One batch of generated images: its position, x_0 on the sampling device, the kept x_t (first batch only)."""
+    """One batch of generated images: its position, x_0 on the sampling device, the kept x_t (first batch only),
+    and its class labels (CPU, None when unconditional)."""
 
     start: int
     images: torch.Tensor
     kept: dict[int, torch.Tensor] = field(default_factory=dict)
+    labels: torch.Tensor | None = None
 
 
 def image_shape(net: Denoiser) -> tuple[int, int, int]:
@@ -64,6 +69,9 @@ def generate_batches(
     keep: Iterable[int] = (),
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    labels: torch.Tensor | Sequence[int] | None = None,
+    guidance: float = 1.0,
+    guidance_rescale: float = 0.0,
 ) -> Iterator[Batch]:
     """Yield ``n`` samples as :class:`Batch` es of at most ``batch_size``, reproducibly from ``seed`` (see module doc).
 
@@ -72,9 +80,14 @@ def generate_batches(
     ``device``: where sampling runs (the network's device by default). ``sampler``: DDPM ancestral by default.
     ``should_stop``: polled after every reverse step; when it returns True, :class:`SamplingStopped` is raised
     (a training run uses it to stop a long sample grid at once when SIGTERM arrives).
+    ``labels``: ``n`` class indices of a class-conditional network (None: its unconditional, null-class model),
+    sliced per batch; ``guidance`` w: classifier-free guidance ε(∅) + w·(ε(c) − ε(∅)) (1: conditional, 0:
+    unconditional, > 1 amplified), ``guidance_rescale`` φ (Lin et al., 2023); see ``ddpm_lab.diffusion.guidance``.
     """
     n = check_number(n, "n", int, low=1)
     batch_size = check_number(batch_size, "batch_size", int, low=1)
+    labels = check_labels(net, labels, n, guidance)
+    check_number(guidance_rescale, "guidance_rescale", float, 0, 1)
     sampler = DDPMSampler() if sampler is None else sampler
     shape = tuple(shape) if shape is not None else image_shape(net)
     device = torch.device(device) if device is not None else _device_of(net)
@@ -85,15 +98,17 @@ def generate_batches(
     try:
         for start in range(0, n, batch_size):
             x = randn((min(batch_size, n - start), *shape), generator, device)
+            y = None if labels is None else labels[start : start + len(x)]
+            model = guided(net, y, guidance, guidance_rescale)
             kept: dict[int, torch.Tensor] = {}
-            for step in diffusion.sample_loop(net, sampler=sampler, generator=generator, x_T=x):
+            for step in diffusion.sample_loop(model, sampler=sampler, generator=generator, x_T=x):
                 if should_stop is not None and should_stop():
                     raise SamplingStopped(f"sampling stopped at image {start}, timestep {step.t}")
                 if start == 0 and step.t in keep:
                     kept[step.t] = x.cpu()
                 x = step.x
                 bar.update()
-            yield Batch(start, x, kept)
+            yield Batch(start, x, kept, y)
     finally:
         bar.close()
 

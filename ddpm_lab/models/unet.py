@@ -1,6 +1,9 @@
 """The DDPM U-Net (Ho et al., 2020): time-conditioned residual blocks, skip connections, self-attention.
 
-Plain PyTorch. ``UNet(x_t, t) -> prediction`` with the same shape as ``x_t``.
+Plain PyTorch. ``UNet(x_t, t) -> prediction`` with the same shape as ``x_t``; a class-conditional U-Net
+(``num_classes > 0``) takes ``UNet(x_t, t, y)``, a learned class embedding added to the time embedding, with one
+extra "null" class (index ``num_classes``, also what ``y=None`` means) for classifier-free guidance (Ho & Salimans,
+2022).
 """
 
 from __future__ import annotations
@@ -12,33 +15,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm_lab.errors import ConfigError, check_number
+from ddpm_lab.errors import ConfigError, check_choice, check_flag, check_number
 
 __all__ = ["UNet", "sinusoidal_embedding"]
 
 
-def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Transformer-style embedding of (integer) timesteps: [sin(t·ω_i), cos(t·ω_i)], ω_i = max_period^(−i/half)."""
+def sinusoidal_embedding(
+    t: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: float = 0.0, cos_first: bool = False
+) -> torch.Tensor:
+    """Transformer-style embedding of (integer) timesteps: [sin(t·ω_i), cos(t·ω_i)], ω_i = max_period^(−i/(half−s)).
+
+    ``freq_shift`` s = 1 and sin first is Ho et al.'s original code (diffusers' ``freq_shift=1``,
+    ``flip_sin_to_cos=False``); ``cos_first`` gives [cos, sin] (diffusers' ``flip_sin_to_cos=True``).
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    # the operations in this order keep default embeddings bit-identical to earlier versions
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - freq_shift)
+    )
     args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    parts = [torch.cos(args), torch.sin(args)] if cos_first else [torch.sin(args), torch.cos(args)]
+    emb = torch.cat(parts, dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
-def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(groups, channels), channels)
+def _norm(channels: int, groups: int, eps: float = 1e-5) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=eps)
 
 
 class ResBlock(nn.Module):
     """GroupNorm → SiLU → conv, plus the projected time embedding, GroupNorm → SiLU → dropout → conv, residual."""
 
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int, eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm1 = _norm(in_ch, groups)
+        self.norm1 = _norm(in_ch, groups, eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.temb = nn.Linear(temb_dim, out_ch)
-        self.norm2 = _norm(out_ch, groups)
+        self.norm2 = _norm(out_ch, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stable early training
@@ -55,14 +68,14 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over the H·W positions, with ``scaled_dot_product_attention``."""
 
-    def __init__(self, channels: int, num_heads: int, groups: int) -> None:
+    def __init__(self, channels: int, num_heads: int, groups: int, eps: float = 1e-5) -> None:
         super().__init__()
         if channels % num_heads:
             raise ConfigError(
                 f"model.num_heads={num_heads} does not divide the {channels} channels of an attention block"
             )
         self.num_heads = num_heads
-        self.norm = _norm(channels, groups)
+        self.norm = _norm(channels, groups, eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj.weight)
@@ -77,12 +90,15 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int) -> None:
+    """Strided 3×3 conv. ``padding=0`` pads only right and bottom by one first, as Ho et al.'s TensorFlow code."""
+
+    def __init__(self, channels: int, padding: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.pad_right = padding == 0
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.pad_right else x)
 
 
 class Upsample(nn.Module):
@@ -107,6 +123,12 @@ class UNet(nn.Module):
         num_heads: attention heads.
         groups: GroupNorm groups (reduced to a divisor of each width).
         out_channels: defaults to ``in_channels``.
+        num_classes: 0 (unconditional) or the number of classes of a class-conditional model; set from the
+            dataset by ``conditioning=class``. Adds ``class_emb`` with ``num_classes + 1`` rows (the last: null).
+        norm_eps: GroupNorm epsilon (Ho et al.'s models: 1e-6).
+        time_freq_shift: s in the time embedding's frequencies max_period^(−i/(half−s)) (Ho et al.: 1).
+        time_cos_first: time embedding as [cos, sin] instead of [sin, cos].
+        downsample_padding: padding of the strided downsampling conv; 0 pads right/bottom only (Ho et al.).
     """
 
     def __init__(
@@ -121,6 +143,11 @@ class UNet(nn.Module):
         num_heads: int = 1,
         groups: int = 32,
         out_channels: int | None = None,
+        num_classes: int = 0,
+        norm_eps: float = 1e-5,
+        time_freq_shift: float = 0.0,
+        time_cos_first: bool = False,
+        downsample_padding: int = 1,
     ) -> None:
         super().__init__()
         sizes = {
@@ -136,18 +163,27 @@ class UNet(nn.Module):
         )
         dropout = check_number(dropout, "model.dropout", float, 0, 1, high_open=True)
         out_channels = check_number(out_channels, "model.out_channels", int, low=1, optional=True)
+        self.num_classes = check_number(num_classes, "model.num_classes", int, low=0)
+        norm_eps = check_number(norm_eps, "model.norm_eps", float, low=0, low_open=True)
+        self.time_freq_shift = check_number(time_freq_shift, "model.time_freq_shift", float, low=0)
+        if self.time_freq_shift >= base_channels // 2:
+            raise ConfigError(f"model.time_freq_shift={time_freq_shift} must be below base_channels/2")
+        self.time_cos_first = check_flag(time_cos_first, "model.time_cos_first")
+        check_choice(downsample_padding, "model.downsample_padding", (0, 1))
         channel_mults, resolutions = self.check_layout(image_size, channel_mults, attention_resolutions)
         self.in_channels, self.image_size = in_channels, image_size
         self.out_channels = out_channels or in_channels
         self.base_channels = base_channels
         temb_dim = 4 * base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        if self.num_classes:  # only then: an unconditional U-Net keeps its modules and state_dict keys
+            self.class_emb = nn.Embedding(self.num_classes + 1, temb_dim)
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         def block(cin: int, cout: int, res: int) -> nn.ModuleList:
-            layers: list[nn.Module] = [ResBlock(cin, cout, temb_dim, dropout, groups)]
+            layers: list[nn.Module] = [ResBlock(cin, cout, temb_dim, dropout, groups, norm_eps)]
             if res in attention_resolutions:
-                layers.append(AttentionBlock(cout, num_heads, groups))
+                layers.append(AttentionBlock(cout, num_heads, groups, norm_eps))
             return nn.ModuleList(layers)
 
         self.down = nn.ModuleList()
@@ -158,14 +194,14 @@ class UNet(nn.Module):
                 ch = base_channels * mult
                 skip_channels.append(ch)
             if level < len(channel_mults) - 1:
-                self.down.append(nn.ModuleList([Downsample(ch)]))
+                self.down.append(nn.ModuleList([Downsample(ch, downsample_padding)]))
                 skip_channels.append(ch)
 
         self.mid = nn.ModuleList(
             [
-                ResBlock(ch, ch, temb_dim, dropout, groups),
-                AttentionBlock(ch, num_heads, groups),
-                ResBlock(ch, ch, temb_dim, dropout, groups),
+                ResBlock(ch, ch, temb_dim, dropout, groups, norm_eps),
+                AttentionBlock(ch, num_heads, groups, norm_eps),
+                ResBlock(ch, ch, temb_dim, dropout, groups, norm_eps),
             ]
         )
 
@@ -177,7 +213,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.up.append(nn.ModuleList([Upsample(ch)]))
 
-        self.norm_out = _norm(ch, groups)
+        self.norm_out = _norm(ch, groups, norm_eps)
         self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -220,10 +256,26 @@ class UNet(nn.Module):
             h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def class_embedding(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """The class embedding of labels ``y`` (None: the null class ``num_classes`` for every sample)."""
+        if y is None:
+            y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        elif y.ndim == 0:
+            y = y.expand(batch)
+        return self.class_emb(y.to(device=device, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The prediction for ``x`` at timesteps ``t``; ``y``: class labels of a class-conditional U-Net."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        temb = self.time_mlp(sinusoidal_embedding(t, self.base_channels).to(x.dtype))
+        temb = sinusoidal_embedding(
+            t, self.base_channels, freq_shift=self.time_freq_shift, cos_first=self.time_cos_first
+        )
+        temb = self.time_mlp(temb.to(x.dtype))
+        if self.num_classes:
+            temb = temb + self.class_embedding(y, x.shape[0], x.device).to(temb.dtype)
+        elif y is not None:
+            raise ValueError("this U-Net is unconditional (num_classes=0): it takes no class labels y")
         h = self.conv_in(x)
         skips = [h]
         for layers in self.down:

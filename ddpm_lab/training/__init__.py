@@ -1,10 +1,11 @@
 """Training with PyTorch Lightning: the LightningModule, EMA, callbacks (sample grids, strips, run summary,
-FID, preemption) and atomic checkpoint IO. Imports neither Hydra nor OmegaConf."""
+FID, preemption), logging to any logger and atomic checkpoint IO. Imports neither Hydra nor OmegaConf."""
 
 from ddpm_lab.training.callbacks import DiffusionStrips, RunSummary, SampleGrid
 from ddpm_lab.training.checkpoint_io import AtomicCheckpointIO
 from ddpm_lab.training.ema import EMA
 from ddpm_lab.training.fid import FIDCallback
+from ddpm_lab.training.loggers import MLFlowFileLogger
 from ddpm_lab.training.module import DiffusionModule, NonFiniteLossError
 from ddpm_lab.training.preemption import PreemptionGuard
 from ddpm_lab.training.throughput import Throughput
@@ -15,6 +16,7 @@ __all__ = [
     "DiffusionStrips",
     "EMA",
     "FIDCallback",
+    "MLFlowFileLogger",
     "NonFiniteLossError",
     "PreemptionGuard",
     "RunSummary",

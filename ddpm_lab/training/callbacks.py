@@ -1,4 +1,5 @@
-"""Lightning callbacks that show the model's progress in TensorBoard and in the run folder.
+"""Lightning callbacks that show the model's progress in the loggers (TensorBoard, W&B, MLflow: see
+``ddpm_lab.training.media``) and in the run folder.
 
 Everything here runs on rank zero only and stays silent under ``fast_dev_run`` and the sanity check.
 """
@@ -15,7 +16,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import yaml
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
@@ -25,10 +25,11 @@ from ddpm_lab.artifacts.images import image_grid, save_png, strip_grid
 from ddpm_lab.data import first_images
 from ddpm_lab.diffusion import Sampler, SamplingStopped, evenly_spaced, generate, generate_batches, randn
 from ddpm_lab.errors import check_number
+from ddpm_lab.training.media import image_loggers, log_figure, log_hparams, log_image, log_text
 
 log = logging.getLogger(__name__)
 
-# Config sections whose scalar leaves fill TensorBoard's HPARAMS table, and single top-level keys.
+# Config sections whose scalar leaves are the run's hyperparameters (TensorBoard's HPARAMS table), and single keys.
 HPARAM_SECTIONS = ("schedule", "diffusion", "model", "sampler", "optimizer")
 HPARAM_KEYS = (
     "dataset.batch_size",
@@ -38,17 +39,6 @@ HPARAM_KEYS = (
     "trainer.max_steps",
     "trainer.precision",
 )
-
-
-def tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
-    """The trainer's first ``TensorBoardLogger``, or None."""
-    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-
-
-def tensorboard(trainer: pl.Trainer):
-    """The TensorBoard ``SummaryWriter`` of the trainer's first TensorBoard logger, or None."""
-    logger = tensorboard_logger(trainer)
-    return logger.experiment if logger is not None else None
 
 
 @contextmanager
@@ -139,7 +129,7 @@ class EveryNSteps(pl.Callback):
 class SampleGrid(EveryNSteps):
     """Every ``every_n_steps`` optimizer steps (and at the end), sample ``n`` images from fixed noise.
 
-    The grid goes to TensorBoard as ``samples/grid`` (one tag over training: use the step slider) and to
+    The grid goes to every image logger as ``samples/grid`` (one tag over training: use the step slider) and to
     ``<run>/samples/step_XXXXXXX.png``. Same seed every time, so grids differ only by the weights, which
     are ``pl_module.sampling_net`` (the EMA copy when EMA is on).
 
@@ -169,16 +159,14 @@ class SampleGrid(EveryNSteps):
 
     def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
         grid = image_grid(self.sample(pl_module))
-        writer = tensorboard(trainer)
-        if writer is not None:
-            writer.add_image("samples/grid", grid, global_step=step)
+        log_image(trainer, "samples/grid", grid, step)
         out = Path(self.out_dir or trainer.default_root_dir) / "samples" / f"step_{step:07d}.png"
         save_png(grid, out)
         log.info("sample grid at step %d: %s", step, out)
 
 
 class DiffusionStrips(EveryNSteps):
-    """Strips of the diffusion in TensorBoard, a row per image and a column per timestep (step slider).
+    """Strips of the diffusion in the image loggers, a row per image and a column per timestep (step slider).
 
     - ``diffusion/denoising``: x_t of ``n`` samples from fixed noise, from t = T−1 down to the output x_0;
     - ``diffusion/x0_pred``: the model's x̂_0 from the forward strip's x_t, one column per t;
@@ -216,8 +204,7 @@ class DiffusionStrips(EveryNSteps):
         return None if self._real is None else self._real.to(pl_module.device)
 
     def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
-        writer = tensorboard(trainer)
-        if writer is None:
+        if not image_loggers(trainer):
             return
         net, diffusion = pl_module.sampling_net, pl_module.diffusion
         T = diffusion.num_timesteps
@@ -227,13 +214,15 @@ class DiffusionStrips(EveryNSteps):
             noise = randn(x0.shape, torch.Generator().manual_seed(self.seed), x0.device)
             x_ts = [diffusion.q_sample(x0, torch.full((len(x0),), t, device=x0.device), noise) for t in ts]
             if not self._forward_logged:
-                writer.add_image("diffusion/forward", strip_grid(x_ts), global_step=step)
+                log_image(trainer, "diffusion/forward", strip_grid(x_ts), step)
                 self._forward_logged = True
             preds = []
             for t, x_t in zip(ts, x_ts):
                 tt = torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)
-                preds.append(diffusion.predict_x0(x_t, tt, net(x_t, tt).float()).clamp(-1, 1))
-            writer.add_image("diffusion/x0_pred", strip_grid(preds), global_step=step)
+                preds.append(
+                    diffusion.predict_x0(x_t, tt, diffusion.split_output(net(x_t, tt))[0].float()).clamp(-1, 1)
+                )
+            log_image(trainer, "diffusion/x0_pred", strip_grid(preds), step)
 
         sampler = self.sampler or pl_module.sampler
         keep = evenly_spaced(sampler.timesteps(T), self.frames - 1)
@@ -250,7 +239,7 @@ class DiffusionStrips(EveryNSteps):
                 should_stop=sigterm_received(trainer),
             )
         frames = [batch.kept[t] for t in keep] + [batch.images.cpu()]
-        writer.add_image("diffusion/denoising", strip_grid(frames), global_step=step)
+        log_image(trainer, "diffusion/denoising", strip_grid(frames), step)
 
 
 def _select(config: dict[str, Any], dotted: str) -> Any:
@@ -283,6 +272,8 @@ class RunSummary(pl.Callback):
     What it shows comes from the module's stored config (``pl_module.config``): the run's full resolved config
     and group choices under ``run`` when the launcher put them there, else the model sections themselves.
 
+    Figure and text go to the loggers that show them (:mod:`ddpm_lab.training.media`), hyperparameters to all.
+
     - ``schedule`` (figure): β_t, ᾱ_t, √ᾱ_t and log-SNR against t of the run's diffusion;
     - ``config`` (text): the resolved run config;
     - HPARAMS: :func:`main_hparams` with the final ``val/loss`` (``train/loss`` when there is no validation).
@@ -295,30 +286,28 @@ class RunSummary(pl.Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        writer = tensorboard(trainer)
-        if trainer.fast_dev_run or writer is None:
+        if trainer.fast_dev_run or not trainer.loggers:
             return
         start = time.perf_counter()
         stored = dict(getattr(pl_module, "config", {}) or {})
         run = stored.get("run") or {}
         self._config = dict(run.get("config") or {k: v for k, v in stored.items() if k != "run"})
         self._choices = dict(run.get("choices") or {})
-        text = yaml.safe_dump(self._config, sort_keys=False, allow_unicode=True)
-        # Markdown: indent by four spaces so TensorBoard renders the YAML as a code block.
-        writer.add_text("config", "\n".join("    " + line for line in text.splitlines()), global_step=0)
+        if not image_loggers(trainer):  # e.g. CSV alone: the hyperparameters at the end are all it can take
+            return
+        log_text(trainer, "config", yaml.safe_dump(self._config, sort_keys=False, allow_unicode=True), 0, "yaml")
         name = _select(self._config, "schedule.name") or "schedule"
         fig = schedule_figure({name: pl_module.diffusion.betas}, title=f"{name}, T={pl_module.diffusion.num_timesteps}")
-        writer.add_figure("schedule", fig, global_step=0)
+        log_figure(trainer, "schedule", fig, 0)
         log.debug("RunSummary at start took %.3f s", time.perf_counter() - start)
 
     @rank_zero_only
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        logger = tensorboard_logger(trainer)
-        if trainer.fast_dev_run or logger is None:
+        if trainer.fast_dev_run or not trainer.loggers:
             return
         metrics = {
             k: float(trainer.callback_metrics[k]) for k in ("val/loss", "train/loss") if k in trainer.callback_metrics
         }
         metrics = {"val/loss": metrics["val/loss"]} if "val/loss" in metrics else metrics
         if metrics:
-            logger.log_hyperparams(main_hparams(self._config, self._choices), metrics=metrics, step=trainer.global_step)
+            log_hparams(trainer, main_hparams(self._config, self._choices), metrics, trainer.global_step)

@@ -12,9 +12,12 @@ from pytorch_lightning.utilities import grad_norm
 from torch import nn
 
 from ddpm_lab.artifacts.checkpoint import write_entry
-from ddpm_lab.diffusion import GaussianDiffusion, Sampler
+from ddpm_lab.artifacts.figures import bound_terms_figure
+from ddpm_lab.diffusion import BoundTerms, Denoiser, GaussianDiffusion, Sampler, variational_bound
+from ddpm_lab.diffusion.guidance import num_classes_of
 from ddpm_lab.errors import check_number
 from ddpm_lab.training.ema import find_ema
+from ddpm_lab.training.media import image_loggers, log_figure
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -37,6 +40,12 @@ class DiffusionModule(pl.LightningModule):
         compile_net: run training steps through ``torch.compile(net)`` (validation and sampling stay eager).
         channels_last: on CUDA, keep the network's weights and the training batches in ``channels_last`` (NHWC)
             memory format, the layout cuDNN's tensor-core convolutions run in; CPUs keep NCHW.
+        p_uncond: label dropout of a class-conditional ``net`` (``num_classes > 0``): the probability that a
+            training label is replaced by the null class, so one network learns both ε(x, c) and ε(x, ∅) for
+            classifier-free guidance (Ho & Salimans, 2022). Unused (and no random numbers drawn) otherwise.
+        val_bpd_every: every this many validations, ``val/bpd`` (the variational bound in bits/dim) of the first
+            validation batch and the figure of its terms (``val/bpd_terms``); 0 = never.
+        val_bpd_stride: evaluate every k-th L_t for ``val/bpd`` (their sum scaled up: an approximate estimate).
     """
 
     def __init__(
@@ -50,9 +59,17 @@ class DiffusionModule(pl.LightningModule):
         val_seed: int = 1234,
         compile_net: bool = False,
         channels_last: bool = True,
+        p_uncond: float = 0.0,
+        val_bpd_every: int = 0,
+        val_bpd_stride: int = 10,
     ) -> None:
         super().__init__()
         warmup_steps = check_number(warmup_steps, "warmup_steps", int, low=0)
+        self.p_uncond = check_number(p_uncond, "conditioning.p_uncond", float, 0, 1, high_open=True)
+        self.val_bpd_every = check_number(val_bpd_every, "val_bpd_every", int, low=0)
+        self.val_bpd_stride = check_number(val_bpd_stride, "val_bpd_stride", int, low=1)
+        self._validations = 0
+        self._bound: BoundTerms | None = None
         self.net = net
         self.diffusion = diffusion
         self.sampler = sampler
@@ -83,8 +100,29 @@ class DiffusionModule(pl.LightningModule):
     def _uses_channels_last(self) -> bool:
         return self.channels_last and self.device.type == "cuda"
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(x_t, t)
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x_t, t) if y is None else self.net(x_t, t, y)
+
+    @property
+    def num_classes(self) -> int:
+        """The classes ``net`` is conditioned on (0: unconditional)."""
+        return num_classes_of(self.net)
+
+    def class_labels(self, labels: torch.Tensor, drop: bool) -> torch.Tensor:
+        """The labels the network sees: unlabeled images (−1) and, with ``drop``, a ``p_uncond`` fraction become
+        the null class ``num_classes``. Uses the global torch RNG (seeded, saved and restored with the run)."""
+        labels = labels.long()
+        null = labels < 0
+        if drop and self.p_uncond > 0:
+            null = null | (torch.rand(labels.shape, device=labels.device) < self.p_uncond)
+        return torch.where(null, torch.full_like(labels, self.num_classes), labels)
+
+    def _denoiser(self, forward: Callable[..., torch.Tensor], batch: Any, drop: bool) -> Denoiser:
+        """``forward`` itself for an unconditional net; for a conditional one, bound to the batch's labels."""
+        if not self.num_classes:
+            return forward
+        y = self.class_labels(batch[1], drop)
+        return lambda x_t, t: forward(x_t, t, y)
 
     @property
     def sampling_net(self) -> nn.Module:
@@ -97,8 +135,9 @@ class DiffusionModule(pl.LightningModule):
         x0 = batch[0]
         if self._uses_channels_last():
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
-        per_sample = self.diffusion.loss(self._train_forward or self.net, x0, t=t, reduction="none")
+        t, weights = self.diffusion.training_timesteps(x0.shape[0], x0.device)  # uniform t unless importance sampling
+        model = self._denoiser(self._train_forward or self.net, batch, drop=True)
+        per_sample = self.diffusion.loss(model, x0, t=t, reduction="none", weights=weights)
         loss = per_sample.mean()
         self._check_finite(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
@@ -130,9 +169,42 @@ class DiffusionModule(pl.LightningModule):
         g = torch.Generator().manual_seed(self.val_seed + 100_003 * batch_idx + self.global_rank)
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device, generator=g)
         noise = torch.randn(x0.shape, generator=g).to(x0.device)
-        loss = self.diffusion.loss(self.net, x0, t=t, noise=noise)
+        loss = self.diffusion.loss(self._denoiser(self.net, batch, drop=False), x0, t=t, noise=noise)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
+        if batch_idx == 0 and self._bpd_due():
+            self._bound = variational_bound(
+                self.net,
+                self.diffusion,
+                x0,
+                stride=self.val_bpd_stride,
+                generator=torch.Generator().manual_seed(self.val_seed),
+                fixed=getattr(self.sampler, "variance", "fixed_small"),
+            )
+            self.log("val/bpd", self._bound.total.mean(), sync_dist=True, batch_size=x0.shape[0])
         return loss
+
+    def _bpd_due(self) -> bool:
+        """Whether this validation computes ``val/bpd``: every ``val_bpd_every``-th one, not the sanity check."""
+        return (
+            self.val_bpd_every > 0 and not self.trainer.sanity_checking and self._validations % self.val_bpd_every == 0
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self._validations += 1
+        bound, self._bound = self._bound, None
+        if bound is None or self.global_rank != 0 or not image_loggers(self.trainer):
+            return
+        fig = bound_terms_figure(
+            bound.timesteps,
+            bound.terms.mean(0).tolist(),
+            bound.decoder.mean().item(),
+            bound.prior.mean().item(),
+            self.diffusion.num_timesteps,
+            title=f"val/bpd = {bound.total.mean().item():.3f} at step {self.global_step} ({len(bound.total)} images)",
+        )
+        log_figure(self.trainer, "val/bpd_terms", fig, self.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
         factory = self.optimizer_factory

@@ -6,6 +6,7 @@ The harness is ``tests/cli/mistakes.py``; most cases run ``main()`` in this proc
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -51,11 +52,34 @@ CASES = [
     case("enumerations", "weights=best", "weights must be one of ('auto', 'ema', 'raw'), got 'best'"),
     case("enumerations", "device=tpu", "device=tpu is not a device"),
     case("enumerations", ["sampler=ddpm", "sampler.variance=wide"], "sampler.variance must be one of"),
+    case(
+        "enumerations",
+        ["sampler=diffusers", "sampler.scheduler=Euler"],
+        "sampler.scheduler must be one of ('DDPMScheduler', 'DDIMScheduler', ",
+    ),
+    case(
+        "enumerations",
+        ["sampler=diffusers", "+sampler.options.order=3"],
+        "sampler.options.order is not an option of UniPCMultistepScheduler; its options: ",
+    ),
+    case(
+        "enumerations",
+        ["sampler=diffusers", "sampler.spacing=quadratic"],
+        "UniPCMultistepScheduler cannot take sampler.spacing=quadratic: use linspace, leading or trailing",
+    ),
     # output folders that cannot be created
     case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
 ]
 if not torch.cuda.is_available():
     CASES.append(case("enumerations", "device=cuda", "device=cuda but no CUDA GPU is visible"))
+if importlib.util.find_spec("torchsde") is None:
+    CASES.append(
+        case(
+            "missing",
+            ["sampler=diffusers", "sampler.scheduler=DPMSolverSDEScheduler"],
+            "sampler.scheduler=DPMSolverSDEScheduler needs torchsde: pip install torchsde",
+        )
+    )
 
 SUBPROCESS = [c for c in CASES if c.overrides[0] in ("ckpt=???", "timesteps=5", "ckpt={tmp}/hostile.ckpt")]
 

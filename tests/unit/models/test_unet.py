@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from ddpm_lab.config import config_dir
 from ddpm_lab.models.unet import UNet, sinusoidal_embedding
 
-MODELS = sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml"))
+# The published architectures (*_original, up to 114M parameters): tests/unit/artifacts/test_diffusers_io.py.
+MODELS = sorted(p.stem for p in (Path(config_dir()) / "model").glob("*.yaml") if not p.stem.endswith("_original"))
 
 
 def model_config(name: str, channels: int, size: int):
@@ -68,3 +69,46 @@ def test_sinusoidal_embedding():
     assert emb.shape == (2, 8)
     assert torch.allclose(emb[0], torch.tensor([0.0] * 4 + [1.0] * 4))
     assert torch.allclose(emb[1, 0], torch.sin(torch.tensor(10.0)))
+
+
+def _tiny(**kwargs) -> UNet:
+    return UNet(
+        in_channels=1,
+        image_size=8,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(),
+        groups=4,
+        **kwargs,
+    )
+
+
+def test_an_unconditional_unet_is_unchanged_by_the_class_option():
+    """num_classes=0: same modules, same state_dict keys, same weights from the same seed, no labels taken."""
+    torch.manual_seed(0)
+    plain = _tiny()
+    torch.manual_seed(0)
+    explicit = _tiny(num_classes=0)
+    assert not hasattr(plain, "class_emb")
+    assert list(plain.state_dict()) == list(explicit.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), explicit.state_dict().values()))
+    with pytest.raises(ValueError, match="unconditional"):
+        plain(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]), torch.tensor([0, 1]))
+
+
+def test_class_conditional_unet_embeds_labels_and_a_null_class():
+    torch.manual_seed(0)
+    net = _tiny(num_classes=3).eval()
+    assert net.class_emb.num_embeddings == 4  # 3 classes + the null class
+    assert set(net.state_dict()) - set(_tiny().state_dict()) == {"class_emb.weight"}
+    for p in net.parameters():  # the last convolutions start at zero: make the embedding's effect visible
+        torch.nn.init.normal_(p, std=0.2)
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([3, 3, 3])
+    with torch.no_grad():
+        by_class = net(x, t, torch.tensor([0, 1, 2]))
+        null = net(x, t, torch.tensor([3, 3, 3]))
+        torch.testing.assert_close(net(x, t), null)  # y=None is the null class
+        torch.testing.assert_close(net(x, t, torch.tensor(1)), net(x, t, torch.tensor([1, 1, 1])))
+    assert not torch.allclose(by_class, null)
+    assert not torch.allclose(by_class[0], net(x, t, torch.tensor([1, 1, 1]))[0])
