@@ -9,8 +9,8 @@
   --suite gpu: (b) the training step of unet_ddpm_cifar10 at batch 128 on a CUDA GPU, 32-true / bf16-mixed /
       16-mixed x eager / torch.compile (images/s, MFU, peak memory), and bf16 vs float32 sampling;
       JSON + Markdown into the --output folder. scripts/gpu_check.sh runs it.
-        python scripts/benchmark.py --suite gpu --device cuda --model unet_ddpm_cifar10 --image-size 32 \
-            --batch 128 --threads 8 --sample-batch 256 --output gpu_out
+        python scripts/benchmark.py --suite gpu --device cuda --model unet_ddpm_cifar10 --image-size 32 --batch 128
+            --threads 8 --sample-batch 256 --output gpu_out   (one command line)
 
 Timings mean something only with nothing else running on the machine. Peak memory on the CPU (--memory) is
 measured in a fresh subprocess per method.
@@ -703,15 +703,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=28)
     p.add_argument("--channels", type=int, default=1, help="image channels (cpu suite; the gpu suite uses 3)")
     p.add_argument("--batches", default="32,128", help="cpu: comma-separated batch sizes, each measured in turn")
-    p.add_argument("--images", type=int, default=512, help="cpu: timed images per run (steps = images / batch)")
+    p.add_argument("--images", type=int, default=384, help="cpu: timed images per run (steps = images / batch)")
     p.add_argument("--diffusers-blocks", type=int, default=1, help="cpu: diffusers' blocks per level")
     p.add_argument("--batch", type=int, default=128, help="gpu: batch size")
     p.add_argument("--steps", type=int, default=50, help="gpu: timed optimizer steps per configuration")
-    p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first (gpu: include compilation)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first (gpu: include compilation)")
     p.add_argument("--rounds", type=int, default=3, help="cpu: interleaved repetitions of each training loop")
     p.add_argument("--threads", type=int, default=2, help="torch threads (also set OMP_NUM_THREADS to the same)")
     p.add_argument("--precision", default="32-true", help="cpu: Lightning precision (32-true | bf16-mixed)")
-    p.add_argument("--sample-batch", type=int, default=64, help="images per sampling batch (0: no sampling)")
+    p.add_argument("--sample-batch", type=int, default=32, help="images per sampling batch (0: no sampling)")
     p.add_argument("--memory", action="store_true", help="cpu: also peak memory, in a subprocess per row (slower)")
     p.add_argument(
         "--override",
