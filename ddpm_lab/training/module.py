@@ -26,6 +26,15 @@ class NonFiniteLossError(FloatingPointError):
     """The loss (or the weights) became NaN/inf; the message says at which step, lr and precision."""
 
 
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter optimizer state tensor (Adam's moments) its parameter's strides: fused and foreach
+    updates need one layout, and a checkpoint's state loads contiguous while the weights may be channels_last."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 class DiffusionModule(pl.LightningModule):
     """Trains ``net`` to denoise under ``diffusion``; ``sampler`` is what sample grids and ``sample`` use.
 
@@ -96,6 +105,8 @@ class DiffusionModule(pl.LightningModule):
         if self._uses_channels_last():
             # Parameters keep their identity (the optimizer's references stay valid); only their strides change.
             self.net.to(memory_format=torch.channels_last)
+            for optimizer in self.trainer.optimizers:
+                match_state_layout(optimizer)  # resumed moments were saved in another layout
 
     def _uses_channels_last(self) -> bool:
         return self.channels_last and self.device.type == "cuda"

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ddpm_lab.diffusion import DDPMSampler, GaussianDiffusion, make_betas
 from ddpm_lab.models import UNet
 from ddpm_lab.training import EMA, DiffusionModule, Throughput
+from ddpm_lab.training.module import match_state_layout
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -156,3 +157,20 @@ def test_finite_check_reads_the_device_only_on_logging_steps() -> None:
     trainer.global_step = 0
     with pytest.raises(FloatingPointError, match="train/loss is nan"):
         module._check_finite(torch.tensor(float("nan")))
+
+
+def test_resumed_optimizer_state_takes_the_channels_last_layout() -> None:
+    net = tiny_net()
+    optimizer = torch.optim.AdamW(net.parameters())
+    net(torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)).sum().backward()
+    optimizer.step()
+    saved = copy.deepcopy(optimizer.state_dict())  # contiguous moments, as a checkpoint holds them
+    net.to(memory_format=torch.channels_last)
+    optimizer.load_state_dict(saved)
+    conv = net.conv_in.weight
+    assert optimizer.state[conv]["exp_avg"].stride() != conv.stride()
+    match_state_layout(optimizer)
+    for param, state in optimizer.state.items():
+        assert state["exp_avg"].stride() == param.stride() and state["exp_avg_sq"].stride() == param.stride()
+    index = next(i for i, p in enumerate(net.parameters()) if p is conv)
+    assert torch.equal(optimizer.state[conv]["exp_avg"], saved["state"][index]["exp_avg"])
