@@ -103,9 +103,16 @@ def param_count(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def diffusers_unet(model_cfg: Any, image_size: int, channels: int, layers_per_block: int | None = None):
-    """A diffusers ``UNet2DModel`` with ddpm_lab's widths and attention levels; ``layers_per_block`` (default: the
-    config's ``num_res_blocks``) sets its depth (1 matches unet_small's FLOPs within 5%)."""
+def diffusers_unet(
+    model_cfg: Any,
+    image_size: int,
+    channels: int,
+    layers_per_block: int | None = None,
+    widths: list[int] | None = None,
+):
+    """A diffusers ``UNet2DModel`` with ddpm_lab's attention levels; ``widths`` (default: ddpm_lab's) and
+    ``layers_per_block`` (default: the config's ``num_res_blocks``) set its size. The issue's reference for
+    unet_small (1.66 GFLOP per training image) is 32/64/128 with one block per level (1.73 GFLOP)."""
     from diffusers import UNet2DModel
 
     mults = list(model_cfg.channel_mults)
@@ -117,7 +124,7 @@ def diffusers_unet(model_cfg: Any, image_size: int, channels: int, layers_per_bl
         sample_size=image_size,
         in_channels=channels,
         out_channels=channels,
-        block_out_channels=[model_cfg.base_channels * m for m in mults],
+        block_out_channels=widths or [model_cfg.base_channels * m for m in mults],
         layers_per_block=layers_per_block or model_cfg.num_res_blocks,
         down_block_types=down,
         up_block_types=up,
@@ -213,7 +220,8 @@ def train_diffusers(cfg, args, images) -> dict[str, float]:
     from diffusers import DDPMScheduler
     from hydra.utils import instantiate
 
-    net = diffusers_unet(cfg.model, args.image_size, args.channels, args.diffusers_blocks).to(args.device).train()
+    net = diffusers_unet(cfg.model, args.image_size, args.channels, args.diffusers_blocks, diffusers_widths(args))
+    net = net.to(args.device).train()
     scheduler = DDPMScheduler(num_train_timesteps=int(cfg.schedule.timesteps), beta_schedule="linear")
     optimizer = instantiate(cfg.optimizer)(net.parameters())
 
@@ -538,7 +546,7 @@ def memory_in_subprocess(args, measure: str, data_root: Path, out_dir: Path) -> 
         str(out_dir / measure.replace(":", "_")),
     ]
     keys = ("device", "model", "image_size", "channels", "batch", "precision", "threads", "sample_batch")
-    for key in (*keys, "diffusers_blocks"):
+    for key in (*keys, "diffusers_blocks", "diffusers_channels"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     cmd += ["--steps", str(max(2, args.steps // 4)), "--warmup", "1"] + [f"--override={o}" for o in args.override]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -575,7 +583,7 @@ def train_flops(cfg, args) -> dict[str, float]:
 
     shape = (args.channels, args.image_size, args.image_size)
     ours = train_flops_per_image(build_components(cfg, warn=False)[0], shape)
-    net = diffusers_unet(cfg.model, args.image_size, args.channels, args.diffusers_blocks)
+    net = diffusers_unet(cfg.model, args.image_size, args.channels, args.diffusers_blocks, diffusers_widths(args))
 
     class Sample(torch.nn.Module):  # diffusers returns an output object; the counter needs the tensor
         def __init__(self) -> None:
@@ -619,12 +627,16 @@ def report(args, train: dict, flops: dict, sampling: dict, memory: dict) -> str:
             f"per CPU-second {med['ddpm_lab']['images_per_cpu_s'] / med['bare']['images_per_cpu_s']:.3f}x.",
             "",
         ]
-    lines += [
-        f"Sampling (`GaussianDiffusion.sample`, batch {args.sample_batch}, random weights, eager, float32):",
-        "",
-        "| sampler | steps | images/s (wall) | images per CPU-second | seconds per batch | peak memory (MiB) |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines += (
+        []
+        if not sampling
+        else [
+            f"Sampling (`GaussianDiffusion.sample`, batch {args.sample_batch}, random weights, eager, float32):",
+            "",
+            "| sampler | steps | images/s (wall) | images per CPU-second | seconds per batch | peak memory (MiB) |",
+            "|---|---|---|---|---|---|",
+        ]
+    )
     for name, res in sampling.items():
         mem = memory.get(f"sample:{name}")
         if isinstance(res, str):
@@ -680,7 +692,7 @@ def cpu_suite(args) -> None:
                 memory[f"sample:{name}"] = memory_in_subprocess(args, f"sample:{name}", data_root, tmp)
     settings = (
         f"model={args.model} {' '.join(args.override)}, {args.image_size}x{args.image_size}x{args.channels}, "
-        f"diffusers with {args.diffusers_blocks} block(s) per level, batches {args.batches}, "
+        f"diffusers {args.diffusers_channels} with {args.diffusers_blocks} block(s) per level, batches {args.batches}, "
         f"{args.images} timed images per run after {args.warmup} warm-up steps, {args.rounds} interleaved rounds, "
         f"{torch.get_num_threads()} torch threads, precision {args.precision}, sampling batch {args.sample_batch}"
     )
@@ -688,6 +700,11 @@ def cpu_suite(args) -> None:
     print(text)
     if args.output:
         args.output.write_text(text)
+
+
+def diffusers_widths(args) -> list[int] | None:
+    """``--diffusers-channels`` as a list, or None for ddpm_lab's own widths (``same``)."""
+    return None if args.diffusers_channels == "same" else [int(c) for c in args.diffusers_channels.split(",")]
 
 
 def steps_for(args, batch: int) -> int:
@@ -705,6 +722,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batches", default="32,128", help="cpu: comma-separated batch sizes, each measured in turn")
     p.add_argument("--images", type=int, default=384, help="cpu: timed images per run (steps = images / batch)")
     p.add_argument("--diffusers-blocks", type=int, default=1, help="cpu: diffusers' blocks per level")
+    p.add_argument(
+        "--diffusers-channels",
+        default="32,64,128",
+        help="cpu: diffusers' widths per level (with 1 block: unet_small's FLOPs within 5%%); same: ddpm_lab's",
+    )
     p.add_argument("--batch", type=int, default=128, help="gpu: batch size")
     p.add_argument("--steps", type=int, default=50, help="gpu: timed optimizer steps per configuration")
     p.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first (gpu: include compilation)")
