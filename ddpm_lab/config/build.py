@@ -105,6 +105,7 @@ def build_module(cfg: DictConfig, net: Any, diffusion: GaussianDiffusion, sample
             warmup_steps=cfg.warmup_steps,
             config=stored_config(cfg),
             compile_net=bool(cfg.get("compile", False)),
+            channels_last=bool(cfg.get("channels_last", True)),
             p_uncond=label_dropout(cfg),
             val_bpd_every=cfg.get("val_bpd_every", 0),
             val_bpd_stride=cfg.get("val_bpd_stride", 10),

@@ -8,6 +8,7 @@ from ddpm_lab.training.fid import FIDCallback
 from ddpm_lab.training.loggers import MLFlowFileLogger
 from ddpm_lab.training.module import DiffusionModule, NonFiniteLossError
 from ddpm_lab.training.preemption import PreemptionGuard
+from ddpm_lab.training.throughput import Throughput
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -20,4 +21,5 @@ __all__ = [
     "PreemptionGuard",
     "RunSummary",
     "SampleGrid",
+    "Throughput",
 ]

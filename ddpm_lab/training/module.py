@@ -26,6 +26,15 @@ class NonFiniteLossError(FloatingPointError):
     """The loss (or the weights) became NaN/inf; the message says at which step, lr and precision."""
 
 
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter optimizer state tensor (Adam's moments) its parameter's strides: fused and foreach
+    updates need one layout, and a checkpoint's state loads contiguous while the weights may be channels_last."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 class DiffusionModule(pl.LightningModule):
     """Trains ``net`` to denoise under ``diffusion``; ``sampler`` is what sample grids and ``sample`` use.
 
@@ -38,6 +47,8 @@ class DiffusionModule(pl.LightningModule):
         config: the plain-dict config stored in every checkpoint, enough to rebuild net, diffusion and sampler.
         val_seed: seed of the fixed noise and timesteps behind ``val/loss``.
         compile_net: run training steps through ``torch.compile(net)`` (validation and sampling stay eager).
+        channels_last: on CUDA, keep the network's weights and the training batches in ``channels_last`` (NHWC)
+            memory format, the layout cuDNN's tensor-core convolutions run in; CPUs keep NCHW.
         p_uncond: label dropout of a class-conditional ``net`` (``num_classes > 0``): the probability that a
             training label is replaced by the null class, so one network learns both ε(x, c) and ε(x, ∅) for
             classifier-free guidance (Ho & Salimans, 2022). Unused (and no random numbers drawn) otherwise.
@@ -56,6 +67,7 @@ class DiffusionModule(pl.LightningModule):
         config: dict[str, Any] | None = None,
         val_seed: int = 1234,
         compile_net: bool = False,
+        channels_last: bool = True,
         p_uncond: float = 0.0,
         val_bpd_every: int = 0,
         val_bpd_stride: int = 10,
@@ -75,6 +87,8 @@ class DiffusionModule(pl.LightningModule):
         self.config = config or {}
         self.val_seed = val_seed
         self.compile_net = compile_net
+        self.channels_last = channels_last
+        self._nonfinite: torch.Tensor | None = None  # on GPUs: whether a loss since the last check was NaN/inf
         self._train_forward: Callable[..., torch.Tensor] | None = None
 
     def setup(self, stage: str) -> None:
@@ -86,6 +100,16 @@ class DiffusionModule(pl.LightningModule):
         if self.compile_net and self._train_forward is None:
             # A compiled bound method, not a submodule: checkpoint keys stay ``net.*`` and the EMA copy stays eager.
             self._train_forward = torch.compile(self.net.forward)
+
+    def on_fit_start(self) -> None:
+        if self._uses_channels_last():
+            # Parameters keep their identity (the optimizer's references stay valid); only their strides change.
+            self.net.to(memory_format=torch.channels_last)
+            for optimizer in self.trainer.optimizers:
+                match_state_layout(optimizer)  # resumed moments were saved in another layout
+
+    def _uses_channels_last(self) -> bool:
+        return self.channels_last and self.device.type == "cuda"
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x_t, t) if y is None else self.net(x_t, t, y)
@@ -120,6 +144,8 @@ class DiffusionModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0 = batch[0]
+        if self._uses_channels_last():
+            x0 = x0.contiguous(memory_format=torch.channels_last)
         t, weights = self.diffusion.training_timesteps(x0.shape[0], x0.device)  # uniform t unless importance sampling
         model = self._denoiser(self._train_forward or self.net, batch, drop=True)
         per_sample = self.diffusion.loss(model, x0, t=t, reduction="none", weights=weights)
@@ -206,10 +232,24 @@ class DiffusionModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     def _check_finite(self, loss: torch.Tensor) -> None:
-        """Stop before a NaN/inf loss reaches the weights (all ranks agree, so none is left waiting)."""
-        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+        """Stop before a NaN/inf loss reaches the weights (all ranks agree, so none is left waiting).
+
+        On an accelerator, reading the loss on the host waits for the device: steps that do not log only
+        accumulate the verdict on the device, and logging steps check it (so a run stops at the first logging
+        step after the loss went non-finite; checkpoints refuse non-finite weights in between). CPUs check
+        every step, which costs nothing there.
+        """
+        finite = torch.isfinite(loss.detach())
+        if loss.device.type != "cpu":
+            finite = finite if self._nonfinite is None else finite & ~self._nonfinite
+            if not self._logs_this_step():
+                self._nonfinite = ~finite
+                return
+            self._nonfinite = None
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(finite), all=False)
         if bad:
-            raise NonFiniteLossError(f"train/loss is {loss.item()} {self._where(self.trainer.global_step + 1)}")
+            value = "non-finite at a step since the last check" if bool(torch.isfinite(loss)) else loss.item()
+            raise NonFiniteLossError(f"train/loss is {value} {self._where(self.trainer.global_step + 1)}")
 
     def _where(self, step: int) -> str:
         trainer = self.trainer
