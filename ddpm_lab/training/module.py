@@ -22,6 +22,12 @@ from ddpm_lab.training.media import image_loggers, log_figure
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
+def fused_can_clip(precision: str, gradient_clip_val: float | None) -> bool:
+    """Whether a fused optimizer fits this run: Lightning refuses to clip gradients under mixed precision for an
+    optimizer that unscales them itself (fused AdamW), so clipped mixed-precision runs keep the foreach update."""
+    return not (precision.endswith("-mixed") and bool(gradient_clip_val))
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss (or the weights) became NaN/inf; the message says at which step, lr and precision."""
 
@@ -222,7 +228,12 @@ class DiffusionModule(pl.LightningModule):
         kwargs: dict[str, Any] = {}
         target = getattr(factory, "func", factory)
         accepts_fused = "fused" in inspect.signature(target).parameters
-        if accepts_fused and self.device.type == "cuda" and "fused" not in getattr(factory, "keywords", {}):
+        if (
+            accepts_fused
+            and self.device.type == "cuda"
+            and "fused" not in getattr(factory, "keywords", {})
+            and fused_can_clip(str(self.trainer.precision), self.trainer.gradient_clip_val)
+        ):
             kwargs["fused"] = True  # one kernel for the whole update
         optimizer = factory(self.net.parameters(), **kwargs)
         warmup = self.warmup_steps

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ddpm_lab.diffusion import DDPMSampler, GaussianDiffusion, make_betas
 from ddpm_lab.models import UNet
 from ddpm_lab.training import EMA, DiffusionModule, Throughput
-from ddpm_lab.training.module import match_state_layout
+from ddpm_lab.training.module import fused_can_clip, match_state_layout
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -174,3 +174,20 @@ def test_resumed_optimizer_state_takes_the_channels_last_layout() -> None:
         assert state["exp_avg"].stride() == param.stride() and state["exp_avg_sq"].stride() == param.stride()
     index = next(i for i, p in enumerate(net.parameters()) if p is conv)
     assert torch.equal(optimizer.state[conv]["exp_avg"], saved["state"][index]["exp_avg"])
+
+
+@pytest.mark.parametrize(
+    ("precision", "clip", "fused"),
+    [
+        ("32-true", 1.0, True),
+        ("bf16-mixed", 0.0, True),
+        ("bf16-mixed", None, True),
+        ("bf16-mixed", 1.0, False),
+        ("16-mixed", 1.0, False),
+    ],
+)
+def test_fused_adamw_only_where_lightning_can_clip_its_gradients(
+    precision: str, clip: float | None, fused: bool
+) -> None:
+    # Found on an H200: bf16-mixed + gradient_clip_val=1.0 + fused AdamW stopped at the first step in Lightning.
+    assert fused_can_clip(precision, clip) is fused
