@@ -1,28 +1,33 @@
 """Sampling a trained model: ``python -m ddpm_lab.sample ckpt=PATH [n=64] [sampler=…] [seed=0]``.
 
+Class-conditional checkpoints also take ``class=7`` / ``class=cat`` / ``class=[cat,dog]``, ``per_class=8`` (a named
+row per class in grid.png, one folder per class) and ``guidance=3`` (classifier-free guidance w, 1: conditional).
+
 ``sample(cfg)`` does the work; ``main`` is only the Hydra wrapper.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from ddpm_lab.artifacts.atomic import atomic_write
-from ddpm_lab.artifacts.checkpoint import WEIGHTS, checkpoint_file, load_model
+from ddpm_lab.artifacts.checkpoint import WEIGHTS, LoadedModel, checkpoint_file, load_model
 from ddpm_lab.artifacts.figures import save_figure, strip_figure
-from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_gif, save_png, to_uint8
+from ddpm_lab.artifacts.images import image_grid, labelled_grid, refuse_existing, save_gif, save_png, to_uint8
 from ddpm_lab.config import build, check_sampler, config_dir, pick_device
 from ddpm_lab.config.checks import check_common, check_integer
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.diffusion import evenly_spaced, fit_timesteps, generate_batches
-from ddpm_lab.errors import check_choice, check_list, user_errors
+from ddpm_lab.errors import ConfigError, check_choice, check_list, check_number, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,46 @@ def check(cfg: DictConfig) -> None:
     check_list(cfg.timesteps, "timesteps", int, low=0, example="[999,500,0]")
     check_choice(cfg.weights, "weights", WEIGHTS)
     pick_device(str(cfg.device))
+    check_integer(cfg, "per_class", low=1, optional=True)
+    check_number(cfg.get("guidance"), "guidance", float, optional=True)
+    check_number(cfg.get("guidance_rescale", 0.0), "guidance_rescale", float, 0, 1)
+
+
+def class_labels(cfg: DictConfig, model: LoadedModel) -> tuple[list[int] | None, torch.Tensor | None]:
+    """(the classes asked for, one label per image) from ``class``/``per_class``/``guidance``; (None, None) for
+    unconditional samples. Refuses, in one line, what the checkpoint cannot do (before any sampling)."""
+    asked, per_class, guidance = cfg.get("class"), cfg.get("per_class"), cfg.get("guidance")
+    if not model.num_classes:
+        given = [
+            f"{k}={v}" for k, v in (("class", asked), ("per_class", per_class), ("guidance", guidance)) if v is not None
+        ]
+        if given:
+            raise ConfigError(
+                f"{given[0]} needs a class-conditional checkpoint, but {model.path} is unconditional (trained with "
+                "conditioning=none): leave out class, per_class and guidance, or train with conditioning=class"
+            )
+        return None, None
+    values = list(asked) if isinstance(asked, (ListConfig, list, tuple)) else [asked]
+    if asked is not None and not values:
+        raise ConfigError("class is an empty list: name at least one class, e.g. class=[0,1]")
+    classes = [model.class_index(v) for v in values] if asked is not None else None
+    if classes is None and per_class is not None:
+        classes = list(range(model.num_classes))
+    if classes is None:
+        if guidance is not None and float(guidance) != 1.0:
+            raise ConfigError(
+                f"guidance={guidance} needs classes to guide towards: add class=<index or name> or per_class=<N>"
+            )
+        return None, None
+    if per_class is not None:
+        return classes, torch.tensor(classes).repeat_interleave(int(per_class))
+    return classes, torch.tensor(classes).repeat(-(-int(cfg.n) // len(classes)))[: int(cfg.n)]
+
+
+def folder_names(names: Sequence[str]) -> list[str]:
+    """A safe, distinct folder name per class name (``index_name`` where two names would collide)."""
+    safe = [re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "class" for name in names]
+    return [s if safe.count(s) == 1 else f"{i:03d}_{s}" for i, s in enumerate(safe)]
 
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
@@ -52,8 +97,14 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     if cfg.get("sampler") is not None:
         check_sampler(cfg.sampler, T)
     sampler = build("sampler", cfg.sampler) if cfg.get("sampler") is not None else model.sampler
+    classes, labels = class_labels(cfg, model)
+    n = int(cfg.n) if labels is None else len(labels)
+    guidance = 1.0 if cfg.get("guidance") is None else float(cfg.guidance)
     visited = sampler.timesteps(T)
     log.info("%s at step %d, %s on %s, sampler %r", model.path, model.global_step, model.diffusion, device, sampler)
+    if classes is not None:
+        names = model.class_names or [str(c) for c in range(model.num_classes)]
+        log.info("classes %s, guidance w=%g", ", ".join(names[c] for c in classes), guidance)
 
     # Frames: x_t entering each chosen step, the final column being the output x_0 itself.
     strip_ts = [t for t in fit_timesteps(list(cfg.timesteps), T, visited) if t != visited[-1]]
@@ -62,24 +113,38 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     for batch in generate_batches(
         model.net,
         model.diffusion,
-        int(cfg.n),
+        n,
         sampler=sampler,
         seed=int(cfg.seed),
         batch_size=int(cfg.batch_size),
         device=device,
         keep=set(strip_ts) | set(gif_ts),
         progress=True,
+        labels=labels,
+        guidance=guidance,
+        guidance_rescale=float(cfg.get("guidance_rescale", 0.0)),
     ):
         parts.append(batch.images.cpu())
         first = first or batch  # the kept frames come from the first batch
     images = torch.cat(parts)
 
-    save_png(image_grid(images), outputs["grid.png"])
-    for i, image in enumerate(images):
-        save_png(image_grid(image[None], padding=0), outputs["samples"] / f"{i:05d}.png")
-    # NHWC uint8 under arr_0, the layout of OpenAI's guided-diffusion evaluation suite.
+    per_class = cfg.get("per_class")
+    if per_class is not None and classes is not None:  # a named row per class, a folder per class
+        names = model.class_names or [str(c) for c in range(model.num_classes)]
+        rows = images.view(len(classes), int(per_class), *images.shape[1:])
+        save_png(labelled_grid(rows, [names[c] for c in classes]), outputs["grid.png"])
+        folders = folder_names(names)
+        files = [outputs["samples"] / folders[int(y)] / f"{i:05d}.png" for i, y in enumerate(labels)]
+    else:
+        save_png(image_grid(images), outputs["grid.png"])
+        files = [outputs["samples"] / f"{i:05d}.png" for i in range(len(images))]
+    for image, file in zip(images, files, strict=True):
+        save_png(image_grid(image[None], padding=0), file)
+    # NHWC uint8 under arr_0, the layout of OpenAI's guided-diffusion evaluation suite; class labels (int64) under
+    # "labels" and the model's class names under "class_names" when the samples have classes.
+    extra = {} if labels is None else {"labels": labels.numpy(), "class_names": np.array(model.class_names or [])}
     with atomic_write(outputs["samples.npz"], durable=False) as tmp, open(tmp, "wb") as f:
-        np.savez(f, to_uint8(images).permute(0, 2, 3, 1).numpy())
+        np.savez(f, to_uint8(images).permute(0, 2, 3, 1).numpy(), **extra)
     strip = [first.kept[t][: cfg.strip_n] for t in strip_ts] + [first.images[: cfg.strip_n].cpu()]
     titles = [f"t={t}" for t in strip_ts] + ["x_0 (output)"]
     save_figure(

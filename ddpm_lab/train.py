@@ -23,7 +23,7 @@ from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.run_folder import (
     RecordResumeStart,
     check_resumable,
-    continue_tensorboard,
+    continue_loggers,
     discard_fresh_run_folder,
     lock_run_folder,
     multirun_job_failed,
@@ -77,7 +77,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_train_config(cfg)
     if cfg.get("resume"):
         ckpt_path = resume_checkpoint(cfg.paths.output_dir)
-        continue_tensorboard(cfg, checkpoint_step(ckpt_path))
+        continue_loggers(cfg, checkpoint_step(ckpt_path))
         log.info("resuming from %s", ckpt_path)
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)

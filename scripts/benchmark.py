@@ -1,13 +1,19 @@
-"""Benchmark ddpm_lab against a bare PyTorch loop and diffusers; writes a Markdown table.
+"""Speed of ddpm_lab's training and sampling (issue 16); every comparison is a ratio measured in one process.
 
-    python scripts/benchmark.py                       # CPU, small settings, a few minutes
-    python scripts/benchmark.py --device cuda --model unet_ddpm_cifar10 --image-size 32 --batch 128 \
-        --steps 100 --warmup 20 --precision bf16-mixed
+  --suite cpu (default): (a) the MNIST recipe on the CPU (unet_small, 28x28x1, AdamW, clipping, EMA) for each
+      --batches size: ddpm_lab through Lightning (``ddpm_lab.train.train``) vs the same step in a bare PyTorch
+      loop vs diffusers' UNet2DModel (32/64/128 channels, one block per level, attention at 7x7) in that loop;
+      images/s, images per CPU-second and GFLOP/s (FLOPs counted by ddpm_lab.models.flops), the three loops
+      interleaved over --rounds (median). Then (c) sampling images/s per sampler and step count. About 5 min.
+        OMP_NUM_THREADS=2 python scripts/benchmark.py --threads 2 --output cpu.md
+  --suite gpu: (b) the training step of unet_ddpm_cifar10 at batch 128 on a CUDA GPU, 32-true / bf16-mixed /
+      16-mixed x eager / torch.compile (images/s, MFU, peak memory), and bf16 vs float32 sampling;
+      JSON + Markdown into the --output folder. scripts/gpu_check.sh runs it.
+        python scripts/benchmark.py --suite gpu --device cuda --model unet_ddpm_cifar10 --image-size 32 --batch 128
+            --threads 8 --sample-batch 256 --output gpu_out   (one command line)
 
-All speed comparisons run in this one process, with the same threads, batch, U-Net and optimizer, warm-up
-steps excluded and the methods interleaved over ``--rounds`` (median reported), so they come out as ratios.
-Peak memory is measured in a fresh subprocess per method (``--measure``): CPU peak RSS (VmHWM, reset after
-imports), or CUDA max allocated.
+Timings mean something only with nothing else running on the machine. Peak memory on the CPU (--memory) is
+measured in a fresh subprocess per method.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SAMPLER_STEPS = {"ddpm": 1000, "ddim": 50, "dpm_solver": 20}
+SAMPLER_STEPS = {"ddpm": 100, "ddim": 50, "dpm_solver": 20}  # DDPM respaced to 100 steps: 1000 take too long
 TRAIN_METHODS = ("ddpm_lab", "bare", "diffusers")
 
 
@@ -51,13 +57,14 @@ def since(start: tuple[float, float], device: torch.device) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------- setup
-def write_images(root: Path, n: int, size: int) -> Path:
+def write_images(root: Path, n: int, size: int, channels: int = 3) -> Path:
     """Random uint8 PNGs: training speed does not depend on what the pictures show."""
     from ddpm_lab.artifacts.images import save_png
 
     g = torch.Generator().manual_seed(0)
     for i in range(n):
-        save_png(torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8), root / "x" / f"{i:04d}.png")
+        image = torch.randint(0, 256, (channels, size, size), generator=g, dtype=torch.uint8)
+        save_png(image, root / "x" / f"{i:04d}.png")
     return root
 
 
@@ -72,7 +79,9 @@ def compose_cfg(args: argparse.Namespace, data_root: Path, out_dir: Path):
         "dataset=image_folder",
         f"dataset.root={data_root}",
         f"dataset.image_size={args.image_size}",
+        f"dataset.channels={args.channels}",
         f"dataset.batch_size={args.batch}",
+        "dataset.cache_min_files=null",
         "dataset.val_size=0",
         f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
         f"trainer.precision={args.precision}",
@@ -94,8 +103,16 @@ def param_count(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def diffusers_unet(model_cfg: Any, image_size: int, channels: int):
-    """A diffusers ``UNet2DModel`` laid out like ddpm_lab's U-Net (same widths, blocks, attention levels)."""
+def diffusers_unet(
+    model_cfg: Any,
+    image_size: int,
+    channels: int,
+    layers_per_block: int | None = None,
+    widths: list[int] | None = None,
+):
+    """A diffusers ``UNet2DModel`` with ddpm_lab's attention levels; ``widths`` (default: ddpm_lab's) and
+    ``layers_per_block`` (default: the config's ``num_res_blocks``) set its size. The issue's reference for
+    unet_small (1.66 GFLOP per training image) is 32/64/128 with one block per level (1.73 GFLOP)."""
     from diffusers import UNet2DModel
 
     mults = list(model_cfg.channel_mults)
@@ -107,8 +124,8 @@ def diffusers_unet(model_cfg: Any, image_size: int, channels: int):
         sample_size=image_size,
         in_channels=channels,
         out_channels=channels,
-        block_out_channels=[model_cfg.base_channels * m for m in mults],
-        layers_per_block=model_cfg.num_res_blocks,
+        block_out_channels=widths or [model_cfg.base_channels * m for m in mults],
+        layers_per_block=layers_per_block or model_cfg.num_res_blocks,
         down_block_types=down,
         up_block_types=up,
         attention_head_dim=None,
@@ -159,6 +176,7 @@ def bare_loop(
     """Warm-up then timed steps of: random batch -> [-1, 1] -> loss -> backward -> clip -> optimizer step."""
     device = torch.device(args.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    ema = [p.detach().clone() for p in params]  # the recipe's EMA, as one foreach update
     g = torch.Generator().manual_seed(0)
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
@@ -172,6 +190,8 @@ def bare_loop(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, params, 1.0 - min(0.9999, (2 + i) / (11 + i)))
     return since(t0, device)
 
 
@@ -200,7 +220,8 @@ def train_diffusers(cfg, args, images) -> dict[str, float]:
     from diffusers import DDPMScheduler
     from hydra.utils import instantiate
 
-    net = diffusers_unet(cfg.model, args.image_size, 3).to(args.device).train()
+    net = diffusers_unet(cfg.model, args.image_size, args.channels, args.diffusers_blocks, diffusers_widths(args))
+    net = net.to(args.device).train()
     scheduler = DDPMScheduler(num_train_timesteps=int(cfg.schedule.timesteps), beta_schedule="linear")
     optimizer = instantiate(cfg.optimizer)(net.parameters())
 
@@ -237,7 +258,7 @@ def sample_seconds(cfg, args, name: str) -> dict[str, float]:
         raise RuntimeError(why)
     net, diffusion, _ = build_components(cfg)
     net, diffusion = net.to(args.device).eval(), diffusion.to(args.device)
-    shape = (args.sample_batch, 3, args.image_size, args.image_size)
+    shape = (args.sample_batch, args.channels, args.image_size, args.image_size)
     with _autocast(args):
         diffusion.sample(
             net, shape, sampler=DDPMSampler(steps=2), generator=torch.Generator().manual_seed(0), device=args.device
@@ -245,6 +266,228 @@ def sample_seconds(cfg, args, name: str) -> dict[str, float]:
         t0 = clock(torch.device(args.device))
         diffusion.sample(net, shape, sampler=sampler, generator=torch.Generator().manual_seed(0), device=args.device)
         return since(t0, torch.device(args.device))
+
+
+# ----------------------------------------------------------------------------------------------- GPU suite
+GPU_PRECISIONS = ("bf16-mixed", "32-true", "16-mixed")
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def gpu_configs(args) -> list[dict[str, Any]]:
+    """The (b) matrix: the cheap eager rows first, then bf16 + compile (the target; run whatever the budget says),
+    then the other compiled rows while ``--budget`` lasts."""
+    configs = [{"precision": p, "compiled": False, "channels_last": True} for p in GPU_PRECISIONS]
+    configs += [{"precision": "bf16-mixed", "compiled": False, "channels_last": False}]
+    configs += [{"precision": p, "compiled": True, "channels_last": True} for p in GPU_PRECISIONS]
+    return configs
+
+
+def gpu_train_config(cfg, args, precision: str, compiled: bool, channels_last: bool) -> dict[str, Any]:
+    """images/s, MFU and peak memory of DiffusionModule's training step, without Lightning around it.
+
+    The same work as ``training_step`` + Lightning's optimizer step: uint8 batches sliced on the GPU (as with
+    ``dataset.on_device=true``), autocast, ``GaussianDiffusion.loss`` through ``torch.compile(net.forward)``,
+    gradient-norm clipping, fused AdamW (and a GradScaler for 16-mixed).
+    """
+    from hydra.utils import instantiate
+
+    from ddpm_lab.config import build_components
+    from ddpm_lab.models.flops import train_flops_per_image
+    from ddpm_lab.training.throughput import peak_flops
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    net, diffusion, _ = build_components(cfg, warn=False)
+    net, diffusion = net.to(device).train(), diffusion.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    params = list(net.parameters())
+    optimizer = instantiate(cfg.optimizer)(params, fused=True)
+    forward = torch.compile(net.forward) if compiled else net
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+    dtype = AUTOCAST.get(precision)
+    clip = float(cfg.trainer.gradient_clip_val)
+    shape = (3, args.image_size, args.image_size)
+    images = torch.randint(0, 256, (args.gpu_dataset, *shape), dtype=torch.uint8, device=device)
+
+    def step() -> None:
+        idx = torch.randint(len(images), (args.batch,), device=device)
+        x0 = images[idx].float().div_(127.5).sub_(1.0)
+        if channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = diffusion.loss(forward, x0)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    warmup_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    seconds = time.perf_counter() - start
+    rate = args.steps * args.batch / seconds
+    flops = train_flops_per_image(net, shape)
+    peak = peak_flops(device, precision)
+    return {
+        "images_per_s": rate,
+        "step_ms": 1000 * seconds / args.steps,
+        "mfu": rate * flops / peak if peak else None,
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "warmup_s": warmup_s,
+        "train_gflop_per_image": flops / 1e9,
+    }
+
+
+@torch.inference_mode()
+def gpu_sampling(cfg, args) -> list[dict[str, Any]]:
+    """(c) on the GPU: DDIM and DPM-Solver images/s in float32 and under bf16 autocast, from the same noise, with
+    the largest pixel difference between the two (random weights: a check of the arithmetic, not of quality)."""
+    from ddpm_lab.config import build_components
+    from ddpm_lab.diffusion import generate
+
+    torch.manual_seed(0)
+    net, diffusion, _ = build_components(cfg, warn=False)
+    device = torch.device(args.device)
+    for p in net.parameters():  # the zero-initialised output layers would make every sample identical
+        if not p.any():
+            p.normal_(0.0, 0.02)
+    net, diffusion = net.to(device).eval().to(memory_format=torch.channels_last), diffusion.to(device)
+    rows = []
+    for name in ("ddim", "dpm_solver"):
+        sampler, why = make_named_sampler(name)
+        if sampler is None:
+            rows.append({"sampler": name, "error": why})
+            continue
+        out = {}
+        for precision in ("32-true", "bf16-mixed"):
+            dtype = AUTOCAST.get(precision)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                generate(net, diffusion, 8, sampler=sampler, batch_size=8, seed=0)  # warm-up
+                sync(device)
+                start = time.perf_counter()
+                images = generate(net, diffusion, args.sample_batch, sampler=sampler, batch_size=args.sample_batch)
+                seconds = time.perf_counter() - start
+            out[precision] = images
+            rows.append(
+                {
+                    "sampler": name,
+                    "steps": SAMPLER_STEPS[name],
+                    "precision": precision,
+                    "batch": args.sample_batch,
+                    "images_per_s": args.sample_batch / seconds,
+                }
+            )
+        diff = (out["bf16-mixed"] - out["32-true"]).abs()
+        rows[-1] |= {"max_abs_diff_vs_fp32": float(diff.max()), "mean_abs_diff_vs_fp32": float(diff.mean())}
+    return rows
+
+
+def gpu_report(args, results: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {results['machine']}",
+        "",
+        f"Training step of `{args.model}` at batch {args.batch}, {args.image_size}x{args.image_size} RGB: "
+        f"{args.steps} timed steps after {args.warmup} warm-up steps (which include compilation); "
+        f"{results.get('train_gflop_per_image', 0):.2f} GFLOP per training image (3 x forward). MFU: against the "
+        "card's dense peak for the precision (bf16/fp16 tensor cores; TF32 for 32-true, as cuDNN convolutions "
+        "use it by default).",
+        "",
+        "| precision | torch.compile | channels_last | images/s | step (ms) | MFU | peak memory (MiB) | warm-up (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["train"]:
+        yes = {True: "yes", False: "no"}
+        head = f"| {row['precision']} | {yes[row['compiled']]} | {yes[row['channels_last']]}"
+        if "error" in row:
+            lines.append(f"{head} | {row['error']} | | | | |")
+            continue
+        mfu = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
+        mem = "n/a" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+        lines.append(
+            f"{head} | {row['images_per_s']:.0f} | {row['step_ms']:.2f} | {mfu} | {mem} | {row['warmup_s']:.0f} |"
+        )
+    if results.get("sampling"):
+        lines += [
+            "",
+            f"Sampling (random weights, batch {args.sample_batch}, torch.inference_mode, eager):",
+            "",
+            "| sampler | steps | precision | images/s | pixel difference vs float32 (mean / max, range [-1, 1]) |",
+            "|---|---|---|---|---|",
+        ]
+        for row in results["sampling"]:
+            if "error" in row:
+                lines.append(f"| {row['sampler']} | | | unavailable: {row['error']} | |")
+                continue
+            diff = (
+                f"{row['mean_abs_diff_vs_fp32']:.4f} / {row['max_abs_diff_vs_fp32']:.3f}"
+                if "max_abs_diff_vs_fp32" in row
+                else ""
+            )
+            lines.append(
+                f"| {row['sampler']} | {row['steps']} | {row['precision']} | {row['images_per_s']:.1f} | {diff} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def gpu_suite(args) -> None:
+    """(b) + GPU sampling: every configuration in this process, within ``--budget`` seconds; results are written
+    after each one, so a timeout still leaves what was measured."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--suite gpu --device cuda needs a CUDA GPU (torch.cuda.is_available() is False)")
+    from hydra import compose, initialize_config_dir
+
+    from ddpm_lab.config import config_dir
+
+    overrides = [f"model={args.model}", "dataset=cifar10", f"dataset.image_size={args.image_size}", *args.override]
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    deadline = time.monotonic() + args.budget
+    results: dict[str, Any] = {"machine": machine(args), "settings": vars(args) | {"output": str(args.output)}}
+    results["train"] = []
+    out = args.output or Path("gpu_benchmark")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        (out / "gpu_benchmark.json").write_text(json.dumps(results, indent=1, default=str))
+        (out / "gpu_benchmark.md").write_text(gpu_report(args, results))
+
+    for config in gpu_configs(args):
+        row = dict(config)
+        if config["compiled"] and args.eager_only:
+            row["error"] = "skipped: --eager-only"
+        elif time.monotonic() > deadline and not (config["compiled"] and config["precision"] == "bf16-mixed"):
+            row["error"] = "skipped: --budget spent"
+        else:
+            try:
+                row |= gpu_train_config(cfg, args, **config)
+                results["train_gflop_per_image"] = row["train_gflop_per_image"]
+            except Exception as e:  # one failing configuration must not lose the others
+                row["error"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        results["train"].append(row)
+        print(f"gpu: {row}", file=sys.stderr, flush=True)
+        save()
+    if args.sample_batch and time.monotonic() < deadline:
+        try:
+            results["sampling"] = gpu_sampling(cfg, args)
+        except Exception as e:
+            results["sampling"] = [{"sampler": "all", "error": f"{type(e).__name__}: {e}"[:200]}]
+        save()
+    print(gpu_report(args, results))
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -286,7 +529,7 @@ def run_one(args, measure: str, data_root: Path, out_dir: Path) -> dict[str, Any
     else:
         from ddpm_lab.data.sources import load_image_folder
 
-        images = load_image_folder(data_root, args.image_size, 3)[0]
+        images = load_image_folder(data_root, args.image_size, args.channels)[0]
         seconds, n = (train_bare if name == "bare" else train_diffusers)(cfg, args, images), args.steps * args.batch
     return {"seconds": seconds["wall"], "images_per_s": n / seconds["wall"], "images_per_cpu_s": n / seconds["cpu"]}
 
@@ -302,7 +545,8 @@ def memory_in_subprocess(args, measure: str, data_root: Path, out_dir: Path) -> 
         "--out-dir",
         str(out_dir / measure.replace(":", "_")),
     ]
-    for key in ("device", "model", "image_size", "batch", "precision", "threads", "sample_batch"):
+    keys = ("device", "model", "image_size", "channels", "batch", "precision", "threads", "sample_batch")
+    for key in (*keys, "diffusers_blocks", "diffusers_channels"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     cmd += ["--steps", str(max(2, args.steps // 4)), "--warmup", "1"] + [f"--override={o}" for o in args.override]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -325,84 +569,182 @@ def machine(args) -> str:
         )
     except (OSError, StopIteration):
         pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if args.device == "cuda" else ", no GPU"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return (
         f"{cpu}, {torch.get_num_threads()} torch threads of {__import__('os').cpu_count()} cores{gpu}; "
         f"Python {platform.python_version()}, torch {torch.__version__}"
     )
 
 
-def report(args, train: dict, params: dict, sampling: dict, memory: dict) -> str:
-    """Markdown tables; on CPU the ratios use images per CPU-second of the process (robust to a busy machine)."""
-    key = "images_per_cpu_s" if args.device == "cpu" else "images_per_s"
-    med = {k: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for k, runs in train.items()}
-    lines = [
-        "| training loop | parameters | images/s (wall, median) | images per CPU-second (median) "
-        "| runs (images per CPU-s) "
-        "| vs bare loop | peak memory (MiB) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for k in TRAIN_METHODS:
-        runs = ", ".join(f"{r['images_per_cpu_s']:.1f}" for r in train[k])
-        mem = memory.get(f"train:{k}")
-        lines.append(
-            f"| {k} | {params[k] / 1e6:.3f}M | {med[k]['images_per_s']:.1f} | {med[k]['images_per_cpu_s']:.1f} | "
-            f"{runs} | {med[k][key] / med['bare'][key]:.3f} | {'n/a' if mem is None else f'{mem:.0f}'} |"
+def train_flops(cfg, args) -> dict[str, float]:
+    """Training FLOPs per image (3 x forward, FlopCounterMode) of ddpm_lab's U-Net and of the diffusers one."""
+    from ddpm_lab.config import build_components
+    from ddpm_lab.models.flops import train_flops_per_image
+
+    shape = (args.channels, args.image_size, args.image_size)
+    ours = train_flops_per_image(build_components(cfg, warn=False)[0], shape)
+    net = diffusers_unet(cfg.model, args.image_size, args.channels, args.diffusers_blocks, diffusers_widths(args))
+
+    class Sample(torch.nn.Module):  # diffusers returns an output object; the counter needs the tensor
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.net(x, t).sample
+
+    return {"ddpm_lab": ours, "bare": ours, "diffusers": train_flops_per_image(Sample(), shape)}
+
+
+def report(args, train: dict, flops: dict, sampling: dict, memory: dict) -> str:
+    """Markdown: per batch size, the three loops' medians and the two target ratios; then sampling."""
+    lines = []
+    for batch, runs in train.items():
+        med = {k: {m: statistics.median(r[m] for r in rs) for m in rs[0]} for k, rs in runs.items()}
+        lines += [
+            f"Batch {batch}:",
+            "",
+            "| training loop | GFLOP per image | images/s (wall, median) | images per CPU-second | GFLOP/s (wall) "
+            "| runs (images/s) | peak memory (MiB) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for k in TRAIN_METHODS:
+            mem = memory.get(f"train:{k}:{batch}")
+            lines.append(
+                f"| {k} | {flops[k] / 1e9:.3f} | {med[k]['images_per_s']:.1f} | {med[k]['images_per_cpu_s']:.1f} "
+                f"| {med[k]['images_per_s'] * flops[k] / 1e9:.1f} "
+                f"| {', '.join(format(r['images_per_s'], '.1f') for r in runs[k])} "
+                f"| {'n/a' if mem is None else f'{mem:.0f}'} |"
+            )
+        per_flop = (med["bare"]["images_per_s"] * flops["bare"]) / (
+            med["diffusers"]["images_per_s"] * flops["diffusers"]
         )
-    overhead = 1 - med["ddpm_lab"][key] / med["bare"][key]
-    wall_overhead = 1 - med["ddpm_lab"]["images_per_s"] / med["bare"]["images_per_s"]
-    lines += [
-        "",
-        f"- ddpm_lab overhead vs the bare loop: **{100 * overhead:.1f}%** ({key.replace('_', ' ')}; "
-        f"{100 * wall_overhead:.1f}% in wall-clock images/s) (target < 3%).",
-        f"- ddpm_lab vs diffusers UNet2DModel + DDPMScheduler: **{med['ddpm_lab'][key] / med['diffusers'][key]:.2f}x** "
-        f"({key.replace('_', ' ')}) at {params['diffusers'] / params['ddpm_lab']:.3f}x the parameters.",
-        "",
-        "| sampler | steps | images/s (wall) | images per CPU-second | seconds per batch | peak memory (MiB) |",
-        "|---|---|---|---|---|---|",
-    ]
+        lines += [
+            "",
+            f"- ddpm_lab's U-Net vs diffusers' per FLOP (bare loops, wall): **{per_flop:.3f}x** (target >= 1.00).",
+            f"- Lightning run vs the bare loop (images/s, wall): "
+            f"**{med['ddpm_lab']['images_per_s'] / med['bare']['images_per_s']:.3f}x** (target >= 0.97); "
+            f"per CPU-second {med['ddpm_lab']['images_per_cpu_s'] / med['bare']['images_per_cpu_s']:.3f}x.",
+            "",
+        ]
+    lines += (
+        []
+        if not sampling
+        else [
+            f"Sampling (`GaussianDiffusion.sample`, batch {args.sample_batch}, random weights, eager, float32):",
+            "",
+            "| sampler | steps | images/s (wall) | images per CPU-second | seconds per batch | peak memory (MiB) |",
+            "|---|---|---|---|---|---|",
+        ]
+    )
     for name, res in sampling.items():
         mem = memory.get(f"sample:{name}")
         if isinstance(res, str):
             lines.append(f"| {name} | {SAMPLER_STEPS[name]} | unavailable: {res} | | | |")
         else:
             lines.append(
-                f"| {name} | {SAMPLER_STEPS[name]} | {res['images_per_s']:.3f} | {res['images_per_cpu_s']:.3f} | "
+                f"| {name} | {SAMPLER_STEPS[name]} | {res['images_per_s']:.2f} | {res['images_per_cpu_s']:.2f} | "
                 f"{res['seconds']:.2f} | {'n/a' if mem is None else f'{mem:.0f}'} |"
             )
-    what = (
-        "CUDA max allocated"
-        if args.device == "cuda"
-        else "peak RSS above the RSS after imports (torch, Lightning, Hydra, diffusers, ddpm_lab: "
-        f"{getattr(memory_in_subprocess, 'rss_before', None) or 0:.0f} MiB, the same for every row)"
-    )
-    lines += [
-        "",
-        f"Peak memory: {what}, in a fresh process per row; samplers run a 20-step chain there "
-        "(memory does not grow with the number of steps).",
-    ]
+    if memory:
+        lines += [
+            "",
+            "Peak memory: peak RSS above the RSS after imports, in a fresh process per row "
+            f"(imports: {getattr(memory_in_subprocess, 'rss_before', None) or 0:.0f} MiB).",
+        ]
     return "\n".join(lines)
 
 
+def cpu_suite(args) -> None:
+    """(a) + (c): see the module docstring."""
+    import logging
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("ddpm_lab").setLevel(logging.WARNING)
+    batches = [int(b) for b in args.batches.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # One epoch covers every step: epoch boundaries (rare in real training) stay out of the comparison.
+        most = max((args.warmup + steps_for(args, b) + 1) * b for b in batches)
+        data_root = write_images(tmp / "data", most, args.image_size, args.channels)
+        train: dict[int, dict[str, list[dict[str, float]]]] = {}
+        memory: dict[str, float | None] = {}
+        for batch in batches:
+            args.batch, args.steps = batch, steps_for(args, batch)
+            cfg = compose_cfg(args, data_root, tmp / "run")
+            flops = train_flops(cfg, args)
+            train[batch] = {k: [] for k in TRAIN_METHODS}
+            for r in range(args.rounds):
+                for k in TRAIN_METHODS:
+                    train[batch][k].append(run_one(args, f"train:{k}", data_root, tmp / f"run{batch}_{r}{k}"))
+                    print(f"batch {batch} round {r}: {k} {train[batch][k][-1]}", file=sys.stderr, flush=True)
+            if args.memory:
+                for k in TRAIN_METHODS:
+                    memory[f"train:{k}:{batch}"] = memory_in_subprocess(args, f"train:{k}", data_root, tmp)
+        sampling: dict[str, Any] = {}
+        for name in SAMPLER_STEPS if args.sample_batch else ():
+            try:
+                sampling[name] = run_one(args, f"sample:{name}", data_root, tmp / f"s_{name}")
+            except RuntimeError as e:
+                sampling[name] = str(e)
+            print(f"sampling {name}: {sampling[name]}", file=sys.stderr, flush=True)
+            if args.memory and not isinstance(sampling[name], str):
+                memory[f"sample:{name}"] = memory_in_subprocess(args, f"sample:{name}", data_root, tmp)
+    settings = (
+        f"model={args.model} {' '.join(args.override)}, {args.image_size}x{args.image_size}x{args.channels}, "
+        f"diffusers {args.diffusers_channels} with {args.diffusers_blocks} block(s) per level, batches {args.batches}, "
+        f"{args.images} timed images per run after {args.warmup} warm-up steps, {args.rounds} interleaved rounds, "
+        f"{torch.get_num_threads()} torch threads, precision {args.precision}, sampling batch {args.sample_batch}"
+    )
+    text = f"Machine: {machine(args)}\n\nSettings: {settings}\n\n{report(args, train, flops, sampling, memory)}\n"
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+
+
+def diffusers_widths(args) -> list[int] | None:
+    """``--diffusers-channels`` as a list, or None for ddpm_lab's own widths (``same``)."""
+    return None if args.diffusers_channels == "same" else [int(c) for c in args.diffusers_channels.split(",")]
+
+
+def steps_for(args, batch: int) -> int:
+    """Timed steps of one run: ``--images`` images, at least 2 steps."""
+    return max(2, round(args.images / batch))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="cpu", choices=("cpu", "gpu"), help="what to measure (see above)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="gpu suite: cuda (cpu: a smoke test)")
     p.add_argument("--model", default="unet_small", help="a configs/model option")
-    p.add_argument("--image-size", type=int, default=16)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run")
-    p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before them")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of each training loop")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared CPU more threads mostly wait)")
-    p.add_argument("--precision", default="32-true", help="Lightning precision (32-true | bf16-mixed)")
-    p.add_argument("--sample-batch", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--channels", type=int, default=1, help="image channels (cpu suite; the gpu suite uses 3)")
+    p.add_argument("--batches", default="32,128", help="cpu: comma-separated batch sizes, each measured in turn")
+    p.add_argument("--images", type=int, default=384, help="cpu: timed images per run (steps = images / batch)")
+    p.add_argument("--diffusers-blocks", type=int, default=1, help="cpu: diffusers' blocks per level")
+    p.add_argument(
+        "--diffusers-channels",
+        default="32,64,128",
+        help="cpu: diffusers' widths per level (with 1 block: unet_small's FLOPs within 5%%); same: ddpm_lab's",
+    )
+    p.add_argument("--batch", type=int, default=128, help="gpu: batch size")
+    p.add_argument("--steps", type=int, default=50, help="gpu: timed optimizer steps per configuration")
+    p.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first (gpu: include compilation)")
+    p.add_argument("--rounds", type=int, default=3, help="cpu: interleaved repetitions of each training loop")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (also set OMP_NUM_THREADS to the same)")
+    p.add_argument("--precision", default="32-true", help="cpu: Lightning precision (32-true | bf16-mixed)")
+    p.add_argument("--sample-batch", type=int, default=32, help="images per sampling batch (0: no sampling)")
+    p.add_argument("--memory", action="store_true", help="cpu: also peak memory, in a subprocess per row (slower)")
     p.add_argument(
         "--override",
         action="append",
         default=[],
         help="extra train-config override, e.g. model.attention_resolutions=[8]",
     )
-    p.add_argument("--output", type=Path, default=None, help="write the Markdown table here")
+    p.add_argument("--output", type=Path, default=None, help="cpu: a Markdown file; gpu: a folder")
+    p.add_argument("--budget", type=float, default=240, help="gpu: seconds after which the remaining rows are skipped")
+    p.add_argument("--gpu-dataset", type=int, default=50_000, help="gpu: random uint8 images kept on the GPU")
+    p.add_argument("--eager-only", action="store_true", help="gpu: skip the torch.compile rows (smoke tests)")
     p.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data-root", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out-dir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -413,48 +755,13 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.suite == "gpu":
+        gpu_suite(args)
+        return
     if args.measure:  # a memory subprocess: one measurement, one JSON line
         print(json.dumps(measure_peak(args.device, lambda: run_one(args, args.measure, args.data_root, args.out_dir))))
         return
-    import logging
-
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        # One epoch covers every step: epoch boundaries (rare in real training) stay out of the comparison.
-        data_root = write_images(tmp / "data", (args.warmup + args.steps + 1) * args.batch, args.image_size)
-        cfg = compose_cfg(args, data_root, tmp / "run")
-        from ddpm_lab.config import build_components
-
-        params = {"ddpm_lab": param_count(build_components(cfg)[0])}
-        params["bare"] = params["ddpm_lab"]
-        params["diffusers"] = param_count(diffusers_unet(cfg.model, args.image_size, 3))
-        train: dict[str, list[dict[str, float]]] = {k: [] for k in TRAIN_METHODS}
-        for r in range(args.rounds):
-            for k in TRAIN_METHODS:
-                train[k].append(run_one(args, f"train:{k}", data_root, tmp / f"run{r}{k}"))
-                print(f"round {r}: {k} {train[k][-1]}", file=sys.stderr)
-        sampling: dict[str, Any] = {}
-        for name in SAMPLER_STEPS:
-            try:
-                sampling[name] = run_one(args, f"sample:{name}", data_root, tmp / f"s_{name}")
-            except RuntimeError as e:
-                sampling[name] = str(e)
-            print(f"sampling {name}: {sampling[name]}", file=sys.stderr)
-        memory = {
-            m: memory_in_subprocess(args, m, data_root, tmp)
-            for m in [f"train:{k}" for k in TRAIN_METHODS]
-            + [f"sample:{n}" for n, r in sampling.items() if not isinstance(r, str)]
-        }
-    settings = (
-        f"model={args.model} {' '.join(args.override)}, {args.image_size}x{args.image_size} RGB, batch {args.batch}, "
-        f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} interleaved rounds, "
-        f"precision {args.precision}, sampling batch {args.sample_batch}"
-    )
-    text = f"Machine: {machine(args)}\n\nSettings: {settings}\n\n{report(args, train, params, sampling, memory)}\n"
-    print(text)
-    if args.output:
-        args.output.write_text(text)
+    cpu_suite(args)
 
 
 if __name__ == "__main__":

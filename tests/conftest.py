@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from ddpm_lab.config import config_dir, stored_config
+from ddpm_lab.config.conditioning import condition_on_dataset
 from ddpm_lab.models import UNet
 
 # Nothing the tests run may write into the user's real cache folder: our caches (paths.cache_dir: null) go under a
@@ -111,6 +112,22 @@ def cfg_eval() -> Composer:
 def ours_checkpoint(path: Path, overrides: Sequence[str]) -> Path:
     """A ddpm_lab checkpoint (untrained weights) for the model that ``overrides`` compose."""
     cfg = compose_config("train", overrides)
+    net = UNet(**{k: v for k, v in stored_config(cfg)["model"].items() if k != "_target_"})
+    torch.save(
+        {
+            "ddpm_lab": {"config": stored_config(cfg)},
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "global_step": 0,
+        },
+        path,
+    )
+    return path
+
+
+def conditional_checkpoint(path: Path, overrides: Sequence[str]) -> Path:
+    """A ``conditioning=class`` checkpoint (untrained weights): classes and their names from the dataset."""
+    cfg = compose_config("train", [*overrides, "conditioning=class"])
+    condition_on_dataset(cfg)
     net = UNet(**{k: v for k, v in stored_config(cfg)["model"].items() if k != "_target_"})
     torch.save(
         {

@@ -176,7 +176,7 @@ def test_every_module_has_a_layer():
 
 
 def test_importing_ddpm_lab_loads_neither_lightning_nor_hydra(tmp_path: Path):
-    """A notebook can import ddpm_lab, load a checkpoint and sample without the training stack."""
+    """A notebook can import ddpm_lab, load a checkpoint and sample without the training stack (or diffusers)."""
     ckpt = REPO_ROOT / "tests" / "fixtures" / "legacy_run" / "checkpoints" / "last.ckpt"
     code = (
         "import sys, ddpm_lab\n"

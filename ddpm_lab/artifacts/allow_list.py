@@ -12,7 +12,15 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ddpm_lab.diffusion import DDIMSampler, DDPMSampler, DPMSolverSampler, GaussianDiffusion, Sampler, make_betas
+from ddpm_lab.diffusion import (
+    DDIMSampler,
+    DDPMSampler,
+    DiffusersSampler,
+    DPMSolverSampler,
+    GaussianDiffusion,
+    Sampler,
+    make_betas,
+)
 from ddpm_lab.errors import UnsafeConfigError
 from ddpm_lab.models import UNet
 
@@ -26,6 +34,7 @@ SECTION_BUILDERS: dict[str, dict[str, Callable[..., Any]]] = {
         "ddpm_lab.diffusion.DDPMSampler": DDPMSampler,
         "ddpm_lab.diffusion.DDIMSampler": DDIMSampler,
         "ddpm_lab.diffusion.DPMSolverSampler": DPMSolverSampler,
+        "ddpm_lab.diffusion.DiffusersSampler": DiffusersSampler,  # builds only a diffusers scheduler class by name
     },
 }
 # Datasets only read images; ``evaluate`` builds one from a training run's ``.hydra/config.yaml``.

@@ -94,9 +94,55 @@ def strip_figure(
     return fig
 
 
+def bound_terms_figure(
+    timesteps: Sequence[int], terms: Sequence[float], decoder: float, prior: float, num_timesteps: int, title: str = ""
+) -> Figure:
+    """The terms of the variational bound against t, bits/dim on a log axis (Nichol & Dhariwal, 2021, Fig. 2):
+    the mean L_t at each evaluated t, the decoder L_0 at t = 0 and the prior L_T at t = T."""
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    floor = 1e-12  # a log axis cannot show 0 (an exact term)
+    ax.plot(list(timesteps), np.maximum(np.asarray(terms, dtype=float), floor), label="L_t (mean over images)")
+    ax.scatter([0], [max(decoder, floor)], color="C1", zorder=3, label=f"L_0 decoder = {decoder:.3g}")
+    ax.scatter([num_timesteps], [max(prior, floor)], color="C2", zorder=3, label=f"L_T prior = {prior:.2g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("diffusion step t")
+    ax.set_ylabel("loss term (bits/dim)")
+    ax.set_title(title or "terms of the variational bound")
+    ax.legend(fontsize="small")
+    return fig
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Write a figure as PNG (atomically), creating the folder."""
     path = Path(path)
     with atomic_write(path, durable=False) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     return path
+
+
+# ------------------------------------------------------------------------------------------- guidance
+def guidance_figure(rows: Sequence[Mapping[str, float]], title: str = "") -> Figure:
+    """FID against the guidance scale w, one point per row (``guidance``, ``fid``, ``n_fake``), with the class
+    accuracy on a second axis when the rows have it (``features=classifier``)."""
+    rows = sorted(rows, key=lambda r: r["guidance"])
+    w = [r["guidance"] for r in rows]
+    fig = Figure(figsize=(5.0, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot(w, [r["fid"] for r in rows], "o-", color="tab:blue", label="FID")
+    for r in rows:
+        ax.annotate(
+            f"n={r['n_fake']}", (r["guidance"], r["fid"]), fontsize="x-small", xytext=(3, 3), textcoords="offset points"
+        )
+    ax.set_xlabel("guidance scale w (0: unconditional, 1: conditional)")
+    ax.set_ylabel("FID", color="tab:blue")
+    ax.grid(alpha=0.3)
+    if all("class_accuracy" in r for r in rows):
+        acc = ax.twinx()
+        acc.plot(w, [100 * r["class_accuracy"] for r in rows], "s--", color="tab:orange")
+        acc.set_ylabel("class accuracy (%)", color="tab:orange")
+        acc.set_ylim(0, 100)
+    fig.suptitle(title or "FID vs classifier-free guidance", fontsize="medium")
+    return fig

@@ -6,8 +6,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from ddpm_lab.artifacts.atomic import atomic_write
@@ -50,6 +52,46 @@ def strip_grid(frames: Sequence[torch.Tensor], padding: int = 2) -> torch.Tensor
     stacked = torch.stack([f.detach().cpu().float() for f in frames], 1)  # (N, K, C, H, W)
     n, k = stacked.shape[:2]
     return image_grid(stacked.flatten(0, 1), nrow=k, padding=padding)
+
+
+def labelled_grid(
+    rows: torch.Tensor,
+    row_labels: Sequence[str],
+    column_titles: Sequence[str] | None = None,
+    padding: int = 2,
+    min_side: int = 24,
+) -> torch.Tensor:
+    """(R, K, C, H, W) images in [−1, 1] → one uint8 grid, a row per label written on its left (e.g. class names)
+    and optional titles above the columns; images smaller than ``min_side`` are enlarged (nearest) to fit the text.
+    """
+    r, k, c, h, w = rows.shape
+    if len(row_labels) != r or (column_titles is not None and len(column_titles) != k):
+        raise ValueError(f"{r} rows x {k} columns but {len(row_labels)} row labels and {column_titles!r} titles")
+    scale = max(1, math.ceil(min_side / h))
+    images = rows.flatten(0, 1).float().cpu()
+    if scale > 1:
+        images = F.interpolate(images, scale_factor=scale, mode="nearest")
+    grid = _picture(image_grid(images, nrow=k, padding=padding)).convert("RGB")
+    font = ImageFont.load_default(size=12)
+    measure = ImageDraw.Draw(grid)
+    label_w = 2 * padding + max(int(measure.textlength(str(t), font=font)) for t in row_labels)
+    title_h = 16 if column_titles else 0
+    canvas = Image.new("RGB", (label_w + grid.width, title_h + grid.height), "white")
+    canvas.paste(grid, (label_w, title_h))
+    draw, cell_h, cell_w = ImageDraw.Draw(canvas), h * scale + padding, w * scale + padding
+    for i, label in enumerate(row_labels):
+        draw.text(
+            (padding, title_h + padding + i * cell_h + (h * scale) // 2),
+            str(label),
+            fill="black",
+            font=font,
+            anchor="lm",
+        )
+    for j, title in enumerate(column_titles or []):
+        x = label_w + padding + j * cell_w + (w * scale) // 2
+        draw.text((x, title_h // 2), str(title), fill="black", font=font, anchor="mm")
+    out = torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).contiguous()
+    return out[:1] if c == 1 else out
 
 
 def save_gif(

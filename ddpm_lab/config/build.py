@@ -69,6 +69,16 @@ def build_all(group: DictConfig | None, key: str) -> list[Any]:
     return [build(f"{key}.{name}", node) for name, node in group.items() if node is not None and "_target_" in node]
 
 
+def model_node(cfg: DictConfig) -> DictConfig:
+    """``cfg.model``, with ``out_channels`` = 2 × ``in_channels`` when ``diffusion.variance=learned_range``: the
+    network's extra half is v (Nichol & Dhariwal, eq. 15), so the channel count follows the diffusion config."""
+    if cfg.diffusion.get("variance", "fixed") != "learned_range":
+        return cfg.model
+    node = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    node.out_channels = 2 * int(node.in_channels)
+    return node
+
+
 def build_components(
     cfg: DictConfig, device: str | torch.device | None = None, warn: bool = True
 ) -> tuple[Any, GaussianDiffusion, Sampler]:
@@ -80,7 +90,7 @@ def build_components(
     diffusion = build("diffusion", cfg.diffusion, betas=betas)
     sampler = build("sampler", cfg.sampler)
     with torch.device(device) if device is not None else nullcontext():
-        net = build("model", cfg.model)
+        net = build("model", model_node(cfg))
     return net, diffusion, sampler
 
 
@@ -96,7 +106,10 @@ def build_module(cfg: DictConfig, net: Any, diffusion: GaussianDiffusion, sample
             lr_schedule=build("lr_schedule", cfg.lr_schedule) if cfg.get("lr_schedule") else None,
             config=stored_config(cfg),
             compile_net=bool(cfg.get("compile", False)),
+            channels_last=bool(cfg.get("channels_last", True)),
             p_uncond=label_dropout(cfg),
+            val_bpd_every=cfg.get("val_bpd_every", 0),
+            val_bpd_stride=cfg.get("val_bpd_stride", 10),
         )
     except UserError:
         raise
@@ -138,6 +151,7 @@ def stored_config(cfg: DictConfig) -> dict[str, Any]:
     dataset's name, size and channels (and class names, ``conditioning=class``), and the whole run config with its
     group choices (for display)."""
     keep = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "schedule", "diffusion", "sampler")}
+    keep["model"] = OmegaConf.to_container(model_node(cfg), resolve=True)
     keep["dataset"] = {
         "name": cfg.dataset.get("_target_", "").rsplit(".", 1)[-1],
         "image_size": int(cfg.dataset.image_size),

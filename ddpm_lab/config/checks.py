@@ -8,6 +8,7 @@ sampler vs schedule, model vs dataset, trainer vs machine, a continued checkpoin
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 import os
@@ -21,7 +22,7 @@ from pytorch_lightning.accelerators import AcceleratorRegistry
 
 from ddpm_lab.artifacts.allow_list import SECTION_BUILDERS, canonical_target
 from ddpm_lab.artifacts.checkpoint import checkpoint_config, checkpoint_file, read_checkpoint
-from ddpm_lab.config.build import build, build_components, build_module, name_key
+from ddpm_lab.config.build import build, build_components, build_module, model_node, name_key
 from ddpm_lab.config.conditioning import condition_on_dataset
 from ddpm_lab.config.run_folder import writable_folder
 from ddpm_lab.errors import ConfigError, check_flag, check_number, first_line
@@ -31,6 +32,13 @@ log = logging.getLogger(__name__)
 # A DDPM chain this short with σ² = β_t is far worse than with the posterior variance (Nichol & Dhariwal 2021:
 # FID ≈ 46 vs ≈ 11 on CIFAR-10 at 100 steps).
 SHORT_CHAIN = 500
+
+# Loggers whose package is an optional extra of ddpm_lab: Lightning class -> (module to import, extra to install).
+LOGGER_EXTRAS = {
+    "WandbLogger": ("wandb", "wandb"),
+    "MLFlowLogger": ("mlflow", "mlflow"),
+    "MLFlowFileLogger": ("mlflow", "mlflow"),
+}
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -117,7 +125,7 @@ def callback_samplers(cfg: DictConfig) -> dict[str, DictConfig]:
 
 
 def check_model_fits_data(cfg: DictConfig) -> None:
-    """The network's channels and image size are the dataset's."""
+    """The network's channels and image size are the dataset's (out_channels twice that with a learned variance)."""
     channels = check_number(_get(cfg, "dataset.channels"), "dataset.channels", int, low=1)
     size = check_number(_get(cfg, "dataset.image_size"), "dataset.image_size", int, low=1)
     for key, want, name in (
@@ -126,6 +134,13 @@ def check_model_fits_data(cfg: DictConfig) -> None:
         ("model.image_size", size, "dataset.image_size"),
     ):
         value = _get(cfg, key)
+        if key == "model.out_channels" and value is not None and _get(cfg, "diffusion.variance") == "learned_range":
+            if value != 2 * channels:
+                raise ConfigError(
+                    f"model.out_channels={value} but diffusion.variance=learned_range needs 2 x dataset.channels = "
+                    f"{2 * channels}: leave model.out_channels out (it follows diffusion.variance)"
+                )
+            continue
         if value is not None and value != want:
             raise ConfigError(f"{key}={value} disagrees with {name}={want}: set {key}=${{{name}}} or change {name}")
 
@@ -227,7 +242,7 @@ def check_continued_checkpoint(cfg: DictConfig) -> None:
     stored = checkpoint_config(read_checkpoint(path, mmap=True), path).get("model")
     if isinstance(stored, dict) and "_target_" in stored:  # checkpoints of ddpm_lab 0.1 name ddpm_lab.unet.UNet
         stored = {**stored, "_target_": canonical_target(stored["_target_"])}
-    stored, current = _with_defaults(stored), _with_defaults(OmegaConf.to_container(cfg.model, resolve=True))
+    stored, current = _with_defaults(stored), _with_defaults(OmegaConf.to_container(model_node(cfg), resolve=True))
     # dropout changes no weight: fine-tuning may set its own (converted diffusers checkpoints store theirs, 0.0)
     diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k) and k != "dropout")
     if diff:
@@ -250,12 +265,25 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def check_loggers(cfg: DictConfig) -> None:
+    """Refuse a logger whose optional package is not installed (Lightning would fail later, less clearly)."""
+    for name, node in (cfg.get("logger") or {}).items():
+        target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+        module, extra = LOGGER_EXTRAS.get(target.rsplit(".", 1)[-1], (None, None))
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"logger.{name} needs the {module} package, which is not installed: "
+                f'pip install "ddpm_lab[{extra}]", or choose another logger (logger=tensorboard, logger=csv)'
+            )
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Every check a training run needs before it reads data or writes a file; raises on the first problem.
 
     ``conditioning=class`` also fills in ``model.num_classes`` and ``conditioning.class_names`` from the dataset.
     """
     check_common(cfg, seed_optional=True)  # seed: null is documented (nondeterministic)
+    check_loggers(cfg)
     for key in ("ckpt_path", "resume"):
         value = cfg.get(key)
         if value is not None and not (isinstance(value, str) and value.strip()):

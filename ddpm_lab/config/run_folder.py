@@ -58,7 +58,8 @@ RESUME_PREFIX = "resume_"
 LOCK_NAME = ".lock"  # "<pid> <host>" of the process that works in a run folder; flock-ed while it runs
 STARTED_NAME = "started"  # in .hydra/resume_<time>/: this resume launch reached training, so replay its overrides
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into output_subdir
-LIGHTNING_FOLDERS = ("tensorboard", "checkpoints")  # what a training launch opens before its first step
+# What a training launch opens before its first step (the loggers' folders of configs/logger/*.yaml, checkpoints).
+LIGHTNING_FOLDERS = ("tensorboard", "csv", "mlruns", "wandb", "checkpoints")
 
 
 @dataclass
@@ -235,11 +236,11 @@ def discard_fresh_run_folder() -> None:
     """After an error that stopped a launch before any work: remove what this launch created, nothing else.
 
     Hydra writes ``<run>/.hydra/*.yaml`` and ``<run>/<job>.log`` before the task function runs; a data error found
-    inside ``trainer.fit`` (the data module's ``setup``) comes after Lightning opened ``tensorboard/`` and perhaps
-    ``checkpoints/``. In a folder this launch claimed (found empty and locked), those are removed unless a
-    checkpoint was saved, with the lock and the folders this process created itself (recorded when it made them,
-    now empty); anything else keeps its folder. A resumed run keeps its folder and loses only this
-    launch's ``.hydra/resume_<time>/``.
+    inside ``trainer.fit`` (the data module's ``setup``) comes after Lightning opened the loggers' folders
+    (``tensorboard/``, ``csv/``, ...) and perhaps ``checkpoints/``. In a folder this launch claimed (found empty
+    and locked), those are removed unless a checkpoint was saved, with the lock and the folders this process
+    created itself (recorded when it made them, now empty); anything else keeps its folder. A resumed run keeps
+    its folder and loses only this launch's ``.hydra/resume_<time>/``.
     """
     if not HydraConfig.initialized():
         return
@@ -410,12 +411,42 @@ def resume_checkpoint(run_dir: str | os.PathLike) -> Path:
     return path
 
 
-def continue_tensorboard(cfg: DictConfig, step: int) -> None:
-    """Make TensorBoard loggers hide what the interrupted run logged after ``step``, so the curves join up."""
-    for node in (cfg.get("logger") or {}).values():
-        if node is not None and str(node.get("_target_", "")).endswith("TensorBoardLogger"):
+def _logger_nodes(cfg: DictConfig, class_name: str) -> list[DictConfig]:
+    return [
+        node
+        for node in (cfg.get("logger") or {}).values()
+        if node is not None and str(node.get("_target_", "")).rsplit(".", 1)[-1] == class_name
+    ]
+
+
+def _only_mlflow_run(store: Path) -> str | None:
+    """The id of the single run in a local MLflow file store (``<store>/<experiment>/<run>/meta.yaml``), else None."""
+    runs = [p.parent.name for p in store.glob("*/*/meta.yaml") if p.parent.parent.name not in (".trash", "models")]
+    return runs[0] if len(runs) == 1 else None
+
+
+def continue_loggers(cfg: DictConfig, step: int) -> None:
+    """Make a resumed run's loggers go on with what the interrupted run logged, and delete none of it.
+
+    - TensorBoard hides what was logged after ``step`` (``purge_step``), so the curves join up;
+    - CSV writes a new ``csv/resume_<k>/metrics.csv`` (Lightning's CSV logger deletes a ``metrics.csv`` it finds);
+    - MLflow logs into the run's own MLflow run when its file store holds exactly one;
+    - W&B starts a new W&B run (in the same ``wandb/`` folder).
+    """
+    for node in _logger_nodes(cfg, "TensorBoardLogger"):
+        with open_dict(node):
+            node.purge_step = step
+    for node in _logger_nodes(cfg, "CSVLogger"):
+        folder = Path(node.save_dir) / node.name
+        k = next(k for k in range(1, 10_000) if not (folder / f"resume_{k}").exists())
+        with open_dict(node):
+            node.version = f"resume_{k}"
+    for node in _logger_nodes(cfg, "MLFlowFileLogger") + _logger_nodes(cfg, "MLFlowLogger"):
+        uri = str(node.get("tracking_uri") or "")
+        run_id = _only_mlflow_run(Path(uri.removeprefix("file:"))) if uri.startswith("file:") else None
+        if run_id is not None and not node.get("run_id"):
             with open_dict(node):
-                node.purge_step = step
+                node.run_id = run_id
 
 
 def check_resumable(net: nn.Module, ckpt_path: str | os.PathLike, run_dir: str | os.PathLike) -> None:

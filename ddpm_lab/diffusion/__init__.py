@@ -1,7 +1,9 @@
 """The diffusion process, plain PyTorch: β schedules, the Gaussian process and its loss, reverse samplers,
 timestep spacing, classifier-free guidance, and :func:`generate` (n images from a seed, in batches)."""
 
+from ddpm_lab.diffusion.bound import BoundTerms, bound_timesteps, variational_bound
 from ddpm_lab.diffusion.core import Denoiser, SampleStep, randn
+from ddpm_lab.diffusion.diffusers_sampler import DiffusersSampler
 from ddpm_lab.diffusion.gaussian import GaussianDiffusion
 from ddpm_lab.diffusion.generate import Batch, SamplingStopped, generate, generate_batches
 from ddpm_lab.diffusion.guidance import ClassifierFreeGuidance, guided
@@ -12,16 +14,19 @@ from ddpm_lab.diffusion.spacing import evenly_spaced, fit_timesteps, space_times
 __all__ = [
     "Batch",
     "ClassifierFreeGuidance",
+    "BoundTerms",
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolverSampler",
     "Denoiser",
+    "DiffusersSampler",
     "GaussianDiffusion",
     "SAMPLERS",
     "SCHEDULES",
     "SampleStep",
     "SamplingStopped",
     "Sampler",
+    "bound_timesteps",
     "evenly_spaced",
     "fit_timesteps",
     "generate",
@@ -31,4 +36,5 @@ __all__ = [
     "make_sampler",
     "randn",
     "space_timesteps",
+    "variational_bound",
 ]

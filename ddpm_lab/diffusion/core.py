@@ -15,6 +15,9 @@ import torch
 Prediction = Literal["eps", "x0", "v"]
 PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
+# fixed: σ² is the sampler's (β̃ or β); learned_range: the network interpolates log σ² (Nichol & Dhariwal, eq. 15).
+VARIANCE_TYPES = ("fixed", "learned_range")
+LOSS_TYPES = ("simple", "hybrid", "vlb")
 # A denoiser: model(x_t, t) -> prediction, t an integer tensor of shape (batch,).
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -28,6 +31,23 @@ def randn(shape: Iterable[int], generator: torch.Generator | None, device: torch
     """Standard normal noise drawn on the generator's device, then moved: same numbers on every device."""
     gen_device = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, device=gen_device).to(device)
+
+
+def split_output(diffusion: object, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(prediction, v) of a network output: [prediction (C channels), v (C channels)] when the process learns its
+    variance (``diffusion.learned_variance``), else (output, None)."""
+    if not getattr(diffusion, "learned_variance", False):
+        return output, None
+    prediction, v = output.chunk(2, dim=1)
+    return prediction, v
+
+
+def interpolate_log_variance(
+    v: torch.Tensor, min_log: torch.Tensor | float, max_log: torch.Tensor | float
+) -> torch.Tensor:
+    """log σ² = frac·log β + (1 − frac)·log β̃ with frac = (v + 1)/2 (Nichol & Dhariwal, eq. 15)."""
+    frac = (v + 1.0) / 2.0
+    return frac * max_log + (1.0 - frac) * min_log
 
 
 def posterior_coefficients(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor) -> dict[str, torch.Tensor]:

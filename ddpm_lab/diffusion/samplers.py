@@ -15,7 +15,15 @@ from collections.abc import Iterator
 
 import torch
 
-from ddpm_lab.diffusion.core import Denoiser, Process, SampleStep, posterior_coefficients, randn
+from ddpm_lab.diffusion.core import (
+    Denoiser,
+    Process,
+    SampleStep,
+    interpolate_log_variance,
+    posterior_coefficients,
+    randn,
+    split_output,
+)
 from ddpm_lab.diffusion.spacing import SPACINGS, space_timesteps
 from ddpm_lab.errors import ConfigError, check_choice, check_number
 
@@ -136,13 +144,17 @@ class _SingleStepSampler(Sampler):
 class DDPMSampler(_SingleStepSampler):
     """Ancestral sampling (Ho et al., Alg. 2): x_{t−1} = μ̃_t(x_t, x̂_0) + σ_t z, no noise at the last step.
 
+    A process with a learned variance (``diffusion.variance=learned_range``) sets σ² from the network's v instead,
+    between the step's own β̃ and β (recomputed from ᾱ for respaced chains; Nichol & Dhariwal, eq. 15 and §4).
+
     Args:
-        variance: ``fixed_small`` (σ² = β̃_t, the posterior variance) or ``fixed_large`` (σ² = β_t).
+        variance: ``fixed_small`` (σ² = β̃_t, the posterior variance) or ``fixed_large`` (σ² = β_t); not used when the
+            process learns its variance.
         clip_denoised: clip x̂_0 to [−1, 1] before forming the posterior mean.
         dynamic_threshold: percentile of Saharia et al.'s dynamic thresholding (replaces clipping); ``None`` = off.
         steps: visit only this many timesteps (Nichol & Dhariwal's respacing, β of each step recomputed from
             ᾱ); ``None`` = all T.
-        spacing: how respaced timesteps are chosen: ``linspace``, ``leading`` or ``trailing``.
+        spacing: how respaced timesteps are chosen: ``linspace``, ``leading``, ``trailing`` or ``quadratic``.
     """
 
     def __init__(
@@ -163,16 +175,23 @@ class DDPMSampler(_SingleStepSampler):
         return space_timesteps(num_timesteps, self.num_steps, self.spacing)[::-1]
 
     def step(self, diffusion, output, t, x, t_prev, noise=None, generator=None):
-        """x_prev = μ̃(x_t, x̂_0) + σ z between ᾱ_t and ᾱ_prev (Ho et al., eq. 7), σ² = β̃ or β."""
+        """x_prev = μ̃(x_t, x̂_0) + σ z between ᾱ_t and ᾱ_prev (Ho et al., eq. 7), σ² = β̃ or β, or learned."""
+        output, v = split_output(diffusion, output)
         x0 = self.denoised(diffusion, x, _batch_t(t, x), output)
         coef = posterior_coefficients(
             *torch.tensor([_alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)], dtype=torch.float64)
         )
         x_prev = coef["posterior_mean_coef1"].item() * x0 + coef["posterior_mean_coef2"].item() * x
-        if t_prev >= 0:  # no noise on the final step
-            var = coef["posterior_variance"] if self.variance == "fixed_small" else coef["beta"]
-            x_prev = self._add_noise(x_prev, math.sqrt(var.item()), noise, generator)
-        return x_prev, x0
+        if t_prev < 0:  # no noise on the final step
+            return x_prev, x0
+        if v is not None:
+            log_var = interpolate_log_variance(
+                v.to(x.dtype), math.log(coef["posterior_variance"].item()), math.log(coef["beta"].item())
+            )
+            noise = randn(x.shape, generator, x.device) if noise is None else noise
+            return x_prev + torch.exp(0.5 * log_var) * noise.to(x.dtype), x0
+        var = coef["posterior_variance"] if self.variance == "fixed_small" else coef["beta"]
+        return self._add_noise(x_prev, math.sqrt(var.item()), noise, generator), x0
 
 
 class DDIMSampler(_SingleStepSampler):
@@ -185,7 +204,8 @@ class DDIMSampler(_SingleStepSampler):
     Args:
         steps: number of model evaluations.
         eta: η in [0, 1].
-        spacing: ``linspace``, ``leading`` or ``trailing`` (only ``trailing`` starts at t = T−1).
+        spacing: ``linspace``, ``leading``, ``trailing`` or ``quadratic`` (DDIM's CIFAR-10 setting; only ``trailing``
+            starts at t = T−1).
         clip_denoised: clip x̂_0 to [−1, 1].
         dynamic_threshold: percentile of dynamic thresholding (replaces clipping); ``None`` = off.
         set_alpha_to_one: final step to ᾱ = 1 (clean data) rather than to ᾱ_0.
@@ -211,6 +231,7 @@ class DDIMSampler(_SingleStepSampler):
         return space_timesteps(num_timesteps, self.num_steps, self.spacing)[::-1]
 
     def step(self, diffusion, output, t, x, t_prev, noise=None, generator=None):
+        output, _ = split_output(diffusion, output)  # a learned variance is not used (Nichol & Dhariwal, §4)
         tt = _batch_t(t, x)
         x0 = self.denoised(diffusion, x, tt, output)
         eps = diffusion.predict_eps(x, tt, output)
@@ -233,7 +254,7 @@ class DPMSolverSampler(Sampler):
     Args:
         steps: number of model evaluations (10–20 give good samples).
         order: 2 (2M) or 1 (equivalent to deterministic DDIM).
-        spacing: ``linspace``, ``leading`` or ``trailing``.
+        spacing: ``linspace``, ``leading``, ``trailing`` or ``quadratic``.
         clip_denoised: clip x̂_0 to [−1, 1]. On by default: with a trained network, x̂_0 at t ≈ T is
             ε-error / √ᾱ_T (×2·10⁴ for the cosine schedule), which an unclipped first step carries into every image.
         dynamic_threshold: percentile of dynamic thresholding (replaces clipping); ``None`` = off.
@@ -273,7 +294,8 @@ class DPMSolverSampler(Sampler):
         x0_prev = None
         for i, t in enumerate(ts):
             tt = _batch_t(t, x)
-            x0 = self.denoised(diffusion, x, tt, model(x, tt).to(x.dtype))
+            prediction, _ = split_output(diffusion, model(x, tt).to(x.dtype))  # the mean only, as DDIM
+            x0 = self.denoised(diffusion, x, tt, prediction)
             d = x0
             if self.order == 2 and x0_prev is not None and i < len(ts) - 1:
                 # h/h_prev is 0 when the previous step started at λ = −inf: the correction vanishes.

@@ -12,7 +12,7 @@ import numpy as np
 
 from ddpm_lab.errors import ConfigError, check_choice, check_number
 
-SPACINGS = ("linspace", "leading", "trailing")
+SPACINGS = ("linspace", "leading", "trailing", "quadratic")
 
 
 def space_timesteps(num_timesteps: int, steps: int | None, spacing: str = "linspace") -> list[int]:
@@ -20,11 +20,16 @@ def space_timesteps(num_timesteps: int, steps: int | None, spacing: str = "linsp
 
     ``linspace``: round(linspace(0, T−1, steps)), both ends included; ``leading``: k·⌊T/steps⌋ for k = 0…steps−1,
     starting at 0; ``trailing``: round(k·T/steps) − 1 for k = 1…steps, ending at T−1. ``None`` = all T.
+    ``quadratic``: ⌊(k·√(0.8T)/(steps−1))²⌋ for k = 0…steps−1 (Song et al., 2021, DDIM's CIFAR-10 setting and its
+    code), dense near t = 0 and stopping at 0.8T; a timestep repeated by the floor (many steps, small T) is kept
+    once, so the chain may be shorter than ``steps`` (DDIM's step between equal timesteps changes nothing).
     """
     check_choice(spacing, "sampler.spacing", SPACINGS)
     steps = num_timesteps if steps is None else check_number(steps, "sampler.steps", int, 1, num_timesteps)
     if spacing == "linspace":
         ts = np.linspace(0, num_timesteps - 1, steps).round()
+    elif spacing == "quadratic":
+        ts = np.unique((np.linspace(0, np.sqrt(0.8 * num_timesteps), steps) ** 2).astype(int))
     elif spacing == "leading":
         ts = np.arange(steps) * (num_timesteps // steps)
     else:

@@ -7,7 +7,7 @@ so FID and KID share one extractor pass and real-image features can be cached on
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,3 +120,27 @@ def format_scores(result: dict[str, Any], extractor: str) -> str:
     return (
         f"{', '.join(parts)} (n={result['n_fake']} generated vs {result['n_real']} real images, {extractor} features)"
     )
+
+
+def class_accuracy(
+    predicted: torch.Tensor, wanted: torch.Tensor, class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The share of conditional samples a classifier puts in the class they were asked for, overall and per class.
+
+    Returns ``{"class_accuracy": float, "per_class": {name: {"n": count, "accuracy": float | None}}}``, one
+    entry per asked class (``class_names[k]``, else ``str(k)``); a class never asked for has accuracy None.
+    """
+    predicted, wanted = torch.as_tensor(predicted).long().cpu(), torch.as_tensor(wanted).long().cpu()
+    if predicted.shape != wanted.shape or predicted.ndim != 1 or len(wanted) == 0:
+        raise ValueError(
+            f"need two equal, non-empty label vectors, got {tuple(predicted.shape)} and {tuple(wanted.shape)}"
+        )
+    right = predicted == wanted
+    num_classes = max(int(wanted.max()) + 1, len(class_names or ()))
+    per_class = {}
+    for k in range(num_classes):
+        asked = wanted == k
+        n = int(asked.sum())
+        name = str(class_names[k]) if class_names is not None and k < len(class_names) else str(k)
+        per_class[name] = {"n": n, "accuracy": float(right[asked].double().mean()) if n else None}
+    return {"class_accuracy": float(right.double().mean()), "per_class": per_class}

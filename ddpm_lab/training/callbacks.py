@@ -1,4 +1,5 @@
-"""Lightning callbacks that show the model's progress in TensorBoard and in the run folder.
+"""Lightning callbacks that show the model's progress in the loggers (TensorBoard, W&B, MLflow: see
+``ddpm_lab.training.media``) and in the run folder.
 
 Everything here runs on rank zero only and stays silent under ``fast_dev_run`` and the sanity check.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,20 +16,20 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import yaml
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from ddpm_lab.artifacts.figures import schedule_figure
-from ddpm_lab.artifacts.images import image_grid, save_png, strip_grid
+from ddpm_lab.artifacts.images import image_grid, labelled_grid, save_png, strip_grid
 from ddpm_lab.data import first_images
 from ddpm_lab.diffusion import Sampler, SamplingStopped, evenly_spaced, generate, generate_batches, randn
 from ddpm_lab.errors import check_number
+from ddpm_lab.training.media import image_loggers, log_figure, log_hparams, log_image, log_text
 
 log = logging.getLogger(__name__)
 
-# Config sections whose scalar leaves fill TensorBoard's HPARAMS table, and single top-level keys.
+# Config sections whose scalar leaves are the run's hyperparameters (TensorBoard's HPARAMS table), and single keys.
 HPARAM_SECTIONS = ("schedule", "diffusion", "model", "sampler", "optimizer")
 HPARAM_KEYS = (
     "dataset.batch_size",
@@ -38,17 +39,6 @@ HPARAM_KEYS = (
     "trainer.max_steps",
     "trainer.precision",
 )
-
-
-def tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
-    """The trainer's first ``TensorBoardLogger``, or None."""
-    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-
-
-def tensorboard(trainer: pl.Trainer):
-    """The TensorBoard ``SummaryWriter`` of the trainer's first TensorBoard logger, or None."""
-    logger = tensorboard_logger(trainer)
-    return logger.experiment if logger is not None else None
 
 
 @contextmanager
@@ -79,10 +69,17 @@ def stop_sampling_on_sigterm() -> Iterator[None]:
 
 
 def sample_images(
-    pl_module: pl.LightningModule, n: int, sampler: Sampler | None, seed: int, batch_size: int
+    pl_module: pl.LightningModule,
+    n: int,
+    sampler: Sampler | None,
+    seed: int,
+    batch_size: int,
+    labels: torch.Tensor | None = None,
+    guidance: float = 1.0,
 ) -> torch.Tensor:
     """``n`` samples in [−1, 1] (CPU) of the module's sampling weights (EMA when on), in eval mode, from ``seed``
-    as ``ddpm_lab.diffusion.generate`` defines it; ``sampler`` overrides the module's own.
+    as ``ddpm_lab.diffusion.generate`` defines it; ``sampler`` overrides the module's own. ``labels`` and
+    ``guidance``: classes and classifier-free guidance scale of a class-conditional network.
 
     Stops between two reverse steps with ``SIGTERMException`` when SIGTERM arrives during training."""
     net = pl_module.sampling_net
@@ -96,7 +93,24 @@ def sample_images(
             batch_size=batch_size,
             device=pl_module.device,
             should_stop=sigterm_received(pl_module._trainer),
+            labels=labels,
+            guidance=guidance,
         )
+
+
+def grid_classes(num_classes: int, seed: int, max_rows: int = 10) -> list[int]:
+    """The classes a conditional sample grid shows, a row each: all of them, or a random subset fixed by ``seed``."""
+    if num_classes <= max_rows:
+        return list(range(num_classes))
+    return sorted(torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed))[:max_rows].tolist())
+
+
+def class_names_of(pl_module: pl.LightningModule) -> list[str]:
+    """The class names the module's stored config holds (indices as text when it holds none)."""
+    dataset = (getattr(pl_module, "config", None) or {}).get("dataset") or {}
+    names = dataset.get("class_names")
+    count = int(getattr(pl_module, "num_classes", 0))
+    return [str(x) for x in names] if isinstance(names, list) and len(names) == count else list(map(str, range(count)))
 
 
 class EveryNSteps(pl.Callback):
@@ -139,9 +153,14 @@ class EveryNSteps(pl.Callback):
 class SampleGrid(EveryNSteps):
     """Every ``every_n_steps`` optimizer steps (and at the end), sample ``n`` images from fixed noise.
 
-    The grid goes to TensorBoard as ``samples/grid`` (one tag over training: use the step slider) and to
+    The grid goes to every image logger as ``samples/grid`` (one tag over training: use the step slider) and to
     ``<run>/samples/step_XXXXXXX.png``. Same seed every time, so grids differ only by the weights, which
     are ``pl_module.sampling_net`` (the EMA copy when EMA is on).
+
+    A class-conditional run's grid has one row per class, named (at most ``max_rows``: a random subset fixed by
+    the seed when there are more), sampled with guidance ``guidance``; ``samples/guidance`` (and
+    ``<run>/samples/guidance_XXXXXXX.png``) shows one image per row class from the same noise at each scale of
+    ``guidance_strip``.
 
     Args:
         every_n_steps: sampling interval; 0 turns periodic grids off (the final one stays).
@@ -149,6 +168,9 @@ class SampleGrid(EveryNSteps):
         seed: seed of x_T and of the sampler's noise.
         sampler: overrides the module's sampler (e.g. a respaced DDPM to keep grids cheap).
         out_dir: where PNGs go; defaults to the trainer's ``default_root_dir``.
+        guidance: classifier-free guidance scale w of a conditional run's grid (1: purely conditional).
+        guidance_strip: the scales of a conditional run's guidance strip.
+        max_rows: classes (rows) in a conditional run's grid.
     """
 
     def __init__(
@@ -158,27 +180,57 @@ class SampleGrid(EveryNSteps):
         seed: int = 0,
         sampler: Sampler | None = None,
         out_dir: str | None = None,
+        guidance: float = 3.0,
+        guidance_strip: Sequence[float] = (0.0, 1.0, 3.0, 5.0),
+        max_rows: int = 10,
     ) -> None:
         super().__init__(every_n_steps)
         self.n, self.seed = check_number(n, "callbacks.sample_grid.n", int, low=1), seed
         self.sampler = sampler
         self.out_dir = out_dir
+        self.guidance = check_number(guidance, "callbacks.sample_grid.guidance", float)
+        self.guidance_strip = [check_number(w, "callbacks.sample_grid.guidance_strip", float) for w in guidance_strip]
+        self.max_rows = check_number(max_rows, "callbacks.sample_grid.max_rows", int, low=1)
 
     def sample(self, pl_module: pl.LightningModule) -> torch.Tensor:
         return sample_images(pl_module, self.n, self.sampler, self.seed, batch_size=self.n)
 
     def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
-        grid = image_grid(self.sample(pl_module))
-        writer = tensorboard(trainer)
-        if writer is not None:
-            writer.add_image("samples/grid", grid, global_step=step)
-        out = Path(self.out_dir or trainer.default_root_dir) / "samples" / f"step_{step:07d}.png"
-        save_png(grid, out)
-        log.info("sample grid at step %d: %s", step, out)
+        conditional = bool(getattr(pl_module, "num_classes", 0))
+        grid = self.class_grid(pl_module) if conditional else image_grid(self.sample(pl_module))
+        log_image(trainer, "samples/grid", grid, step)
+        folder = Path(self.out_dir or trainer.default_root_dir) / "samples"
+        save_png(grid, folder / f"step_{step:07d}.png")
+        log.info("sample grid at step %d: %s", step, folder / f"step_{step:07d}.png")
+        if conditional and self.guidance_strip:
+            strip = self.guidance_grid(pl_module)
+            log_image(trainer, "samples/guidance", strip, step)
+            save_png(strip, folder / f"guidance_{step:07d}.png")
+
+    def class_grid(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        """A row per class (named), ``n // rows`` samples each, guided with ``guidance``."""
+        classes = grid_classes(pl_module.num_classes, self.seed, self.max_rows)
+        cols = max(1, self.n // len(classes))
+        labels = torch.tensor(classes).repeat_interleave(cols)
+        images = sample_images(pl_module, len(labels), self.sampler, self.seed, len(labels), labels, self.guidance)
+        names = class_names_of(pl_module)
+        return labelled_grid(images.view(len(classes), cols, *images.shape[1:]), [names[c] for c in classes])
+
+    def guidance_grid(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        """One image per row class (rows) at each guidance scale (columns), all from the same noise."""
+        classes = grid_classes(pl_module.num_classes, self.seed, self.max_rows)
+        labels = torch.tensor(classes)
+        columns = [
+            sample_images(pl_module, len(labels), self.sampler, self.seed, len(labels), labels, w)
+            for w in self.guidance_strip
+        ]
+        names = class_names_of(pl_module)
+        titles = [f"w={w:g}" for w in self.guidance_strip]
+        return labelled_grid(torch.stack(columns, 1), [names[c] for c in classes], titles)
 
 
 class DiffusionStrips(EveryNSteps):
-    """Strips of the diffusion in TensorBoard, a row per image and a column per timestep (step slider).
+    """Strips of the diffusion in the image loggers, a row per image and a column per timestep (step slider).
 
     - ``diffusion/denoising``: x_t of ``n`` samples from fixed noise, from t = T−1 down to the output x_0;
     - ``diffusion/x0_pred``: the model's x̂_0 from the forward strip's x_t, one column per t;
@@ -216,8 +268,7 @@ class DiffusionStrips(EveryNSteps):
         return None if self._real is None else self._real.to(pl_module.device)
 
     def log_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
-        writer = tensorboard(trainer)
-        if writer is None:
+        if not image_loggers(trainer):
             return
         net, diffusion = pl_module.sampling_net, pl_module.diffusion
         T = diffusion.num_timesteps
@@ -227,13 +278,15 @@ class DiffusionStrips(EveryNSteps):
             noise = randn(x0.shape, torch.Generator().manual_seed(self.seed), x0.device)
             x_ts = [diffusion.q_sample(x0, torch.full((len(x0),), t, device=x0.device), noise) for t in ts]
             if not self._forward_logged:
-                writer.add_image("diffusion/forward", strip_grid(x_ts), global_step=step)
+                log_image(trainer, "diffusion/forward", strip_grid(x_ts), step)
                 self._forward_logged = True
             preds = []
             for t, x_t in zip(ts, x_ts):
                 tt = torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)
-                preds.append(diffusion.predict_x0(x_t, tt, net(x_t, tt).float()).clamp(-1, 1))
-            writer.add_image("diffusion/x0_pred", strip_grid(preds), global_step=step)
+                preds.append(
+                    diffusion.predict_x0(x_t, tt, diffusion.split_output(net(x_t, tt))[0].float()).clamp(-1, 1)
+                )
+            log_image(trainer, "diffusion/x0_pred", strip_grid(preds), step)
 
         sampler = self.sampler or pl_module.sampler
         keep = evenly_spaced(sampler.timesteps(T), self.frames - 1)
@@ -250,7 +303,7 @@ class DiffusionStrips(EveryNSteps):
                 should_stop=sigterm_received(trainer),
             )
         frames = [batch.kept[t] for t in keep] + [batch.images.cpu()]
-        writer.add_image("diffusion/denoising", strip_grid(frames), global_step=step)
+        log_image(trainer, "diffusion/denoising", strip_grid(frames), step)
 
 
 def _select(config: dict[str, Any], dotted: str) -> Any:
@@ -283,6 +336,8 @@ class RunSummary(pl.Callback):
     What it shows comes from the module's stored config (``pl_module.config``): the run's full resolved config
     and group choices under ``run`` when the launcher put them there, else the model sections themselves.
 
+    Figure and text go to the loggers that show them (:mod:`ddpm_lab.training.media`), hyperparameters to all.
+
     - ``schedule`` (figure): β_t, ᾱ_t, √ᾱ_t and log-SNR against t of the run's diffusion;
     - ``config`` (text): the resolved run config;
     - HPARAMS: :func:`main_hparams` with the final ``val/loss`` (``train/loss`` when there is no validation).
@@ -295,30 +350,28 @@ class RunSummary(pl.Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        writer = tensorboard(trainer)
-        if trainer.fast_dev_run or writer is None:
+        if trainer.fast_dev_run or not trainer.loggers:
             return
         start = time.perf_counter()
         stored = dict(getattr(pl_module, "config", {}) or {})
         run = stored.get("run") or {}
         self._config = dict(run.get("config") or {k: v for k, v in stored.items() if k != "run"})
         self._choices = dict(run.get("choices") or {})
-        text = yaml.safe_dump(self._config, sort_keys=False, allow_unicode=True)
-        # Markdown: indent by four spaces so TensorBoard renders the YAML as a code block.
-        writer.add_text("config", "\n".join("    " + line for line in text.splitlines()), global_step=0)
+        if not image_loggers(trainer):  # e.g. CSV alone: the hyperparameters at the end are all it can take
+            return
+        log_text(trainer, "config", yaml.safe_dump(self._config, sort_keys=False, allow_unicode=True), 0, "yaml")
         name = _select(self._config, "schedule.name") or "schedule"
         fig = schedule_figure({name: pl_module.diffusion.betas}, title=f"{name}, T={pl_module.diffusion.num_timesteps}")
-        writer.add_figure("schedule", fig, global_step=0)
+        log_figure(trainer, "schedule", fig, 0)
         log.debug("RunSummary at start took %.3f s", time.perf_counter() - start)
 
     @rank_zero_only
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        logger = tensorboard_logger(trainer)
-        if trainer.fast_dev_run or logger is None:
+        if trainer.fast_dev_run or not trainer.loggers:
             return
         metrics = {
             k: float(trainer.callback_metrics[k]) for k in ("val/loss", "train/loss") if k in trainer.callback_metrics
         }
         metrics = {"val/loss": metrics["val/loss"]} if "val/loss" in metrics else metrics
         if metrics:
-            logger.log_hyperparams(main_hparams(self._config, self._choices), metrics=metrics, step=trainer.global_step)
+            log_hparams(trainer, main_hparams(self._config, self._choices), metrics, trainer.global_step)

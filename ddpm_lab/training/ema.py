@@ -35,6 +35,7 @@ class EMA(WeightAveraging):
         self.decay, self.warmup = decay, warmup
         self._step = 0
         self._swapped = False  # True while validation runs on the averaged weights
+        self._lists: tuple | None = None  # (average model, its parameters, the module's, updated before) for update
 
     def decay_at(self, step: int) -> float:
         """d_t after optimizer step ``step`` (1-based)."""
@@ -47,7 +48,37 @@ class EMA(WeightAveraging):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         self._step = trainer.global_step
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # As WeightAveraging.on_train_batch_end, with the update of :meth:`update` (no per-step list building).
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
+            self.update(pl_module)
+            self._latest_update_step = trainer.global_step
+
+    @torch.no_grad()
+    def update(self, pl_module: pl.LightningModule) -> None:
+        """θ_ema ← lerp(θ_ema, θ, 1 − d_t) for all parameters at once (one ``_foreach_lerp_``).
+
+        The same arithmetic as ``AveragedModel.update_parameters`` with ``get_ema_multi_avg_fn`` (which also ends
+        in ``_foreach_lerp_``), without rebuilding, moving and grouping the parameter lists every step, and without
+        reading ``n_averaged`` back from the device (a synchronisation) after the first update of a fit. An
+        average kept on another device or dtype (``device=cpu``) takes AveragedModel's own path.
+        """
+        average = self._average_model
+        if self._lists is None or self._lists[0] is not average:
+            averaged, current = list(average.module.parameters()), list(pl_module.parameters())
+            if any(a.device != c.device or a.dtype != c.dtype for a, c in zip(averaged, current)):
+                average.update_parameters(pl_module)
+                return
+            for a, c in zip(averaged, current):
+                if a.stride() != c.stride():  # e.g. channels_last weights: one layout keeps foreach on its fast path
+                    a.data = torch.empty_like(c).copy_(a.data)
+            self._lists = (average, averaged, current, bool(average.n_averaged > 0))
+        _, averaged, current, started = self._lists
+        if started:
+            torch._foreach_lerp_(averaged, current, 1.0 - self.decay_at(self._step))
+        else:
+            torch._foreach_copy_(averaged, current)
+            self._lists = (*self._lists[:3], True)
+        average.n_averaged += 1
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_epoch_start(trainer, pl_module)

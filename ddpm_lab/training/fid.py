@@ -12,9 +12,10 @@ import pytorch_lightning as pl
 import torch
 
 from ddpm_lab.artifacts.images import to_uint8
+from ddpm_lab.data.sources import cache_folder
 from ddpm_lab.diffusion import Sampler
 from ddpm_lab.errors import check_number
-from ddpm_lab.metrics import FeatureExtractor, FeatureSet, chunks, extract_features, scores
+from ddpm_lab.metrics import ClassifierFeatures, FeatureExtractor, FeatureSet, chunks, extract_features, scores
 from ddpm_lab.training.callbacks import sample_images
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,14 @@ class FIDCallback(pl.Callback):
         self.sampler, self.seed = sampler, seed
         self.real: FeatureSet | None = None
         self._last_step = -1
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """``features=classifier``: train it (or read it back) on the labelled training images, before step 1."""
+        if isinstance(self.features, ClassifierFeatures) and self.features.net is None:
+            dm = trainer.datamodule
+            folder = cache_folder(getattr(dm, "cache_dir", None)) / "fid_stats"
+            self.features.fit(dm.train_images, dm.train_labels, folder, source=f"dataset {dm.name}")
+            log.info("%s", self.features.summary())
 
     def real_features(self, trainer: pl.Trainer, device: torch.device) -> FeatureSet:
         """Features of ``n`` training images (uint8, already in memory), computed once per run."""

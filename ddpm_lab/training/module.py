@@ -12,18 +12,35 @@ from pytorch_lightning.utilities import grad_norm
 from torch import nn
 
 from ddpm_lab.artifacts.checkpoint import write_entry
-from ddpm_lab.diffusion import Denoiser, GaussianDiffusion, Sampler
+from ddpm_lab.artifacts.figures import bound_terms_figure
+from ddpm_lab.diffusion import BoundTerms, Denoiser, GaussianDiffusion, Sampler, variational_bound
 from ddpm_lab.diffusion.guidance import num_classes_of
 from ddpm_lab.errors import check_number
 from ddpm_lab.training.ema import find_ema
 from ddpm_lab.training.lr_schedules import ConstantLR
+from ddpm_lab.training.media import image_loggers, log_figure
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 LRScheduleFactory = Callable[..., Callable[[int], float]]  # (warmup_steps=N) -> (optimizer step -> lr factor)
 
 
+def fused_can_clip(precision: str, gradient_clip_val: float | None) -> bool:
+    """Whether a fused optimizer fits this run: Lightning refuses to clip gradients under mixed precision for an
+    optimizer that unscales them itself (fused AdamW), so clipped mixed-precision runs keep the foreach update."""
+    return not (precision.endswith("-mixed") and bool(gradient_clip_val))
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss (or the weights) became NaN/inf; the message says at which step, lr and precision."""
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter optimizer state tensor (Adam's moments) its parameter's strides: fused and foreach
+    updates need one layout, and a checkpoint's state loads contiguous while the weights may be channels_last."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 class DiffusionModule(pl.LightningModule):
@@ -40,9 +57,14 @@ class DiffusionModule(pl.LightningModule):
         config: the plain-dict config stored in every checkpoint, enough to rebuild net, diffusion and sampler.
         val_seed: seed of the fixed noise and timesteps behind ``val/loss``.
         compile_net: run training steps through ``torch.compile(net)`` (validation and sampling stay eager).
+        channels_last: on CUDA, keep the network's weights and the training batches in ``channels_last`` (NHWC)
+            memory format, the layout cuDNN's tensor-core convolutions run in; CPUs keep NCHW.
         p_uncond: label dropout of a class-conditional ``net`` (``num_classes > 0``): the probability that a
             training label is replaced by the null class, so one network learns both ε(x, c) and ε(x, ∅) for
             classifier-free guidance (Ho & Salimans, 2022). Unused (and no random numbers drawn) otherwise.
+        val_bpd_every: every this many validations, ``val/bpd`` (the variational bound in bits/dim) of the first
+            validation batch and the figure of its terms (``val/bpd_terms``); 0 = never.
+        val_bpd_stride: evaluate every k-th L_t for ``val/bpd`` (their sum scaled up: an approximate estimate).
     """
 
     def __init__(
@@ -55,13 +77,20 @@ class DiffusionModule(pl.LightningModule):
         config: dict[str, Any] | None = None,
         val_seed: int = 1234,
         compile_net: bool = False,
+        channels_last: bool = True,
         p_uncond: float = 0.0,
+        val_bpd_every: int = 0,
+        val_bpd_stride: int = 10,
         lr_schedule: LRScheduleFactory | None = None,
     ) -> None:
         super().__init__()
         warmup_steps = check_number(warmup_steps, "warmup_steps", int, low=0)
         self.p_uncond = check_number(p_uncond, "conditioning.p_uncond", float, 0, 1, high_open=True)
         self.lr_factor = (lr_schedule or ConstantLR)(warmup_steps=warmup_steps)  # built now: bad values fail early
+        self.val_bpd_every = check_number(val_bpd_every, "val_bpd_every", int, low=0)
+        self.val_bpd_stride = check_number(val_bpd_stride, "val_bpd_stride", int, low=1)
+        self._validations = 0
+        self._bound: BoundTerms | None = None
         self.net = net
         self.diffusion = diffusion
         self.sampler = sampler
@@ -70,6 +99,8 @@ class DiffusionModule(pl.LightningModule):
         self.config = config or {}
         self.val_seed = val_seed
         self.compile_net = compile_net
+        self.channels_last = channels_last
+        self._nonfinite: torch.Tensor | None = None  # on GPUs: whether a loss since the last check was NaN/inf
         self._train_forward: Callable[..., torch.Tensor] | None = None
 
     def setup(self, stage: str) -> None:
@@ -81,6 +112,16 @@ class DiffusionModule(pl.LightningModule):
         if self.compile_net and self._train_forward is None:
             # A compiled bound method, not a submodule: checkpoint keys stay ``net.*`` and the EMA copy stays eager.
             self._train_forward = torch.compile(self.net.forward)
+
+    def on_fit_start(self) -> None:
+        if self._uses_channels_last():
+            # Parameters keep their identity (the optimizer's references stay valid); only their strides change.
+            self.net.to(memory_format=torch.channels_last)
+            for optimizer in self.trainer.optimizers:
+                match_state_layout(optimizer)  # resumed moments were saved in another layout
+
+    def _uses_channels_last(self) -> bool:
+        return self.channels_last and self.device.type == "cuda"
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x_t, t) if y is None else self.net(x_t, t, y)
@@ -115,9 +156,11 @@ class DiffusionModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0 = batch[0]
-        t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
+        if self._uses_channels_last():
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        t, weights = self.diffusion.training_timesteps(x0.shape[0], x0.device)  # uniform t unless importance sampling
         model = self._denoiser(self._train_forward or self.net, batch, drop=True)
-        per_sample = self.diffusion.loss(model, x0, t=t, reduction="none")
+        per_sample = self.diffusion.loss(model, x0, t=t, reduction="none", weights=weights)
         loss = per_sample.mean()
         self._check_finite(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
@@ -151,14 +194,52 @@ class DiffusionModule(pl.LightningModule):
         noise = torch.randn(x0.shape, generator=g).to(x0.device)
         loss = self.diffusion.loss(self._denoiser(self.net, batch, drop=False), x0, t=t, noise=noise)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
+        if batch_idx == 0 and self._bpd_due():
+            self._bound = variational_bound(
+                self.net,
+                self.diffusion,
+                x0,
+                stride=self.val_bpd_stride,
+                generator=torch.Generator().manual_seed(self.val_seed),
+                fixed=getattr(self.sampler, "variance", "fixed_small"),
+            )
+            self.log("val/bpd", self._bound.total.mean(), sync_dist=True, batch_size=x0.shape[0])
         return loss
+
+    def _bpd_due(self) -> bool:
+        """Whether this validation computes ``val/bpd``: every ``val_bpd_every``-th one, not the sanity check."""
+        return (
+            self.val_bpd_every > 0 and not self.trainer.sanity_checking and self._validations % self.val_bpd_every == 0
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self._validations += 1
+        bound, self._bound = self._bound, None
+        if bound is None or self.global_rank != 0 or not image_loggers(self.trainer):
+            return
+        fig = bound_terms_figure(
+            bound.timesteps,
+            bound.terms.mean(0).tolist(),
+            bound.decoder.mean().item(),
+            bound.prior.mean().item(),
+            self.diffusion.num_timesteps,
+            title=f"val/bpd = {bound.total.mean().item():.3f} at step {self.global_step} ({len(bound.total)} images)",
+        )
+        log_figure(self.trainer, "val/bpd_terms", fig, self.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
         factory = self.optimizer_factory
         kwargs: dict[str, Any] = {}
         target = getattr(factory, "func", factory)
         accepts_fused = "fused" in inspect.signature(target).parameters
-        if accepts_fused and self.device.type == "cuda" and "fused" not in getattr(factory, "keywords", {}):
+        if (
+            accepts_fused
+            and self.device.type == "cuda"
+            and "fused" not in getattr(factory, "keywords", {})
+            and fused_can_clip(str(self.trainer.precision), self.trainer.gradient_clip_val)
+        ):
             kwargs["fused"] = True  # one kernel for the whole update
         optimizer = factory(self.net.parameters(), **kwargs)
         # A lambda, not the schedule object: LambdaLR would store an object's attributes in checkpoints and put
@@ -168,10 +249,24 @@ class DiffusionModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     def _check_finite(self, loss: torch.Tensor) -> None:
-        """Stop before a NaN/inf loss reaches the weights (all ranks agree, so none is left waiting)."""
-        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+        """Stop before a NaN/inf loss reaches the weights (all ranks agree, so none is left waiting).
+
+        On an accelerator, reading the loss on the host waits for the device: steps that do not log only
+        accumulate the verdict on the device, and logging steps check it (so a run stops at the first logging
+        step after the loss went non-finite; checkpoints refuse non-finite weights in between). CPUs check
+        every step, which costs nothing there.
+        """
+        finite = torch.isfinite(loss.detach())
+        if loss.device.type != "cpu":
+            finite = finite if self._nonfinite is None else finite & ~self._nonfinite
+            if not self._logs_this_step():
+                self._nonfinite = ~finite
+                return
+            self._nonfinite = None
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(finite), all=False)
         if bad:
-            raise NonFiniteLossError(f"train/loss is {loss.item()} {self._where(self.trainer.global_step + 1)}")
+            value = "non-finite at a step since the last check" if bool(torch.isfinite(loss)) else loss.item()
+            raise NonFiniteLossError(f"train/loss is {value} {self._where(self.trainer.global_step + 1)}")
 
     def _where(self, step: int) -> str:
         trainer = self.trainer

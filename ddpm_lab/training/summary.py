@@ -15,6 +15,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from ddpm_lab.errors import check_number
 from ddpm_lab.models.flops import count_parameters, forward_flops_per_image, train_flops_per_image
 from ddpm_lab.training.ema import find_ema
+from ddpm_lab.training.media import log_text
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,9 @@ def data_line(datamodule: object) -> str:
 
 
 class StartupSummary(pl.Callback):
-    """Logs the run's plan before its first step (to the log and as ``summary/startup`` text in loggers that take
-    text), then, after ``timed_steps`` steps measured from ``skip_steps`` on, the estimated total time.
+    """Logs the run's plan before its first step (to the log and as ``summary/startup`` text to every logger that
+    takes text: TensorBoard, W&B, MLflow), then, after ``timed_steps`` steps measured from ``skip_steps`` on, the
+    estimated total time.
 
     Args:
         skip_steps: steps left out of the timing (the first ones allocate memory, compile, warm caches).
@@ -124,7 +126,7 @@ class StartupSummary(pl.Callback):
         self._start_step = trainer.global_step
         self.text = self.summary(trainer, pl_module)
         log.info("run summary\n%s", self.text)
-        write_text(trainer, "summary/startup", self.text)
+        log_text(trainer, "summary/startup", self.text, 0)
 
     def summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
         datamodule = trainer.datamodule
@@ -182,13 +184,4 @@ class StartupSummary(pl.Callback):
                 "in all (validation, grids and checkpoints come on top)"
             )
             log.info("time estimate: %s", self.estimate)
-            write_text(trainer, "summary/time_estimate", self.estimate, trainer.global_step)
-
-
-def write_text(trainer: pl.Trainer, tag: str, text: str, step: int = 0) -> None:
-    """``text`` to every logger whose experiment takes text (TensorBoard's ``add_text``), as a code block."""
-    block = "\n".join("    " + line for line in text.splitlines())
-    for logger in trainer.loggers:
-        add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
-        if callable(add_text):
-            add_text(tag, block, global_step=step)
+            log_text(trainer, "summary/time_estimate", self.estimate, trainer.global_step)

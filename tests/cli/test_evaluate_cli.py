@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import TINY_TRAIN, run_cli
+from conftest import TINY_TRAIN, ours_checkpoint, run_cli
 from ddpm_lab.errors import ConfigError, OutputExistsError, WeightsMissingError
-from ddpm_lab.evaluate import evaluate
+from ddpm_lab.evaluate import class_mix, evaluate
 
 FAST_EVAL = ("features=tiny", "n=8", "batch_size=8", "sampler=ddpm", "sampler.steps=3", "kid_subsets=5")
 
@@ -23,7 +24,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Pat
         *TINY_TRAIN,
         f"dataset.root={image_folder}",
         "callbacks=fid",
-        "features@callbacks.fid.features=tiny",
+        "features@callbacks.fid.features=classifier",  # trained on the run's labelled images before step 1
+        "callbacks.fid.features.epochs=1",
+        "callbacks.fid.features.width=4",
+        "callbacks.fid.features.num_features=8",
         "callbacks.fid.every_n_steps=3",
         "callbacks.fid.n=8",
         "callbacks.fid.batch_size=8",
@@ -53,6 +57,7 @@ def compose_eval(cfg_eval):
 def test_fid_callback_logs_during_training(run_dir):
     log = (run_dir / "train.log").read_text()
     assert "step 3: FID" in log and "n=8 generated vs 8 training images" in log
+    assert "classifier: held-out accuracy" in log and "classifier8-" in log
 
 
 def test_evaluate_cli_scores_a_checkpoint_against_the_runs_dataset(run_dir, tmp_path):
@@ -111,3 +116,66 @@ def test_no_dataset_anywhere_is_one_clear_error(tmp_path, run_dir, compose_eval)
     cfg = compose_eval(tmp_path, f"ckpt={quoted(lone / 'last.ckpt')}", *FAST_EVAL)
     with pytest.raises(ConfigError, match="pass dataset=<option>"):
         evaluate(cfg)
+
+
+def test_classifier_features_are_trained_once_and_reported(run_dir, tmp_path, compose_eval, capsys):
+    """``features=classifier`` on an unconditional checkpoint: a domain FID/KID, the classifier cached and reused."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    small = ("features=classifier", "features.epochs=1", "features.width=4", "features.num_features=8")
+    overrides = (f"ckpt={quoted(ckpt)}", *small, *FAST_EVAL[1:])
+    first = evaluate(compose_eval(tmp_path, *overrides))
+    second = evaluate(compose_eval(tmp_path, *overrides, out="eval2"))
+    out = capsys.readouterr().out
+    assert out.count("classifier: held-out accuracy") == 2 and "trained in" in out and "read from" in out
+    assert first["features"].startswith("classifier8-") and first["fid"] == pytest.approx(second["fid"])
+    assert 0 <= first["classifier"]["heldout_accuracy"] <= 1 and first["classifier"]["n_heldout"] == 5
+    assert "class_accuracy" not in first  # unconditional samples asked for no class
+    stats = sorted(p.name for p in (tmp_path / "cache" / "fid_stats").iterdir())
+    assert len(stats) == 2 and stats[0].startswith("ImageFolderDataModule") and stats[1].startswith("classifier_16px")
+
+
+def test_guidance_sweep_of_a_conditional_checkpoint(tmp_path, image_folder):
+    """``guidance=0,1`` is one run: per-scale rows (FID, KID, class accuracy, counts), grids and the FID plot."""
+    ckpt = ours_checkpoint(
+        tmp_path / "cond.ckpt",
+        [*TINY_TRAIN, f"dataset.root={image_folder}", "conditioning=class", "++model.num_classes=2"],
+    )
+    proc = run_cli(
+        "ddpm_lab.evaluate",
+        f"ckpt={quoted(ckpt)}",
+        "guidance=0,1",
+        "features=classifier",
+        "features.epochs=1",
+        "features.width=4",
+        "features.num_features=8",
+        *FAST_EVAL[1:],
+        "dataset=image_folder",
+        f"dataset.root={quoted(image_folder)}",
+        f"paths.cache_dir={quoted(tmp_path / 'cache')}",
+        "hydra.run.dir=eval",
+        cwd=tmp_path,
+    )
+    assert "classifier: held-out accuracy" in proc.stdout
+    for w in (0, 1):
+        assert f"guidance {w}: FID" in proc.stdout and "(n=8 generated vs 48 real images" in proc.stdout
+    out = tmp_path / "eval"
+    result = json.loads((out / "results.json").read_text())
+    rows = result["per_guidance"]
+    assert [r["guidance"] for r in rows] == [0.0, 1.0] and all(r["n_fake"] == 8 for r in rows)
+    assert result["fid"] == min(r["fid"] for r in rows) and result["guidance"] in (0.0, 1.0)
+    assert result["samples_per_class"] == {"0": 4, "1": 4}  # the dataset's 24 + 24 images, in proportion
+    for r in rows:  # the same classes asked for at every scale; accuracy from the classifier's predictions
+        assert {k: v["n"] for k, v in r["per_class"].items()} == {"0": 4, "1": 4}
+        right = sum(v["n"] * v["accuracy"] for v in r["per_class"].values())
+        assert r["class_accuracy"] == pytest.approx(right / 8) and r["kid_mean"] == r["kid_mean"]
+    for name in ("fid_vs_guidance.png", "samples_guidance_0.png", "samples_guidance_1.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "samples.png").exists()
+
+
+def test_classes_are_drawn_in_the_datasets_proportions_reproducibly():
+    counts = torch.tensor([600, 300, 100, 0])
+    labels = class_mix(counts, 30, seed=0)
+    assert labels.bincount(minlength=4).tolist() == [18, 9, 3, 0]
+    assert torch.equal(labels, class_mix(counts, 30, seed=0)) and not torch.equal(labels, class_mix(counts, 30, seed=1))
+    assert sorted(class_mix(torch.tensor([5, 5, 5]), 7, seed=0).bincount().tolist()) == [2, 2, 3]

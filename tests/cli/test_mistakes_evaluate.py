@@ -39,8 +39,11 @@ CASES = [
     case("types", "kid_subset_size=1.5", "kid_subset_size must be an integer, got 1.5"),
     case("types", "seed=-1.5", "seed must be an integer, got -1.5"),
     case("types", "features.width=abc", "features.width must be an integer"),
+    case("types", "guidance=abc", "guidance must be a number >= 0 or a list of them, got 'abc'"),
     # ranges
     case("ranges", "n=1", "n must be >= 2, got 1"),
+    case("ranges", "guidance=1,-2", "guidance must be a number >= 0 or a list of them, got '1,-2'"),
+    case("ranges", "guidance_rescale=2", "guidance_rescale must be in [0, 1], got 2.0"),
     case("ranges", "n_real=1", "n_real must be >= 2, got 1"),
     case("ranges", "kid_subsets=0", "kid_subsets must be >= 1, got 0"),
     case("ranges", "batch_size=0", "batch_size must be >= 1, got 0"),
@@ -49,6 +52,8 @@ CASES = [
     # enumerations
     case("enumerations", "weights=best", "weights must be one of ('auto', 'ema', 'raw'), got 'best'"),
     case("enumerations", "device=tpu", "device=tpu is not a device"),
+    case("enumerations", "metrics=is", "metrics must be one of ('fid', 'nll'), got 'is'"),
+    case("ranges", ["metrics=nll", "nll.stride=0"], "nll.stride must be >= 1, got 0"),
     case("enumerations", [*DATA, "dataset.split=val"], "dataset.split must be one of ('train', 'test', 'all')"),
     # checkpoints, run configs and weights files: missing, broken, hostile
     case("checkpoints", "ckpt={tmp}/random.ckpt", "cannot read checkpoint {tmp}/random.ckpt"),
@@ -57,10 +62,26 @@ CASES = [
     case("checkpoints", "ckpt={tmp}/target_run/checkpoints/last.ckpt", "refusing to build _target_='os.system'"),
     case("checkpoints", "ckpt={tmp}/env_run/checkpoints/last.ckpt", "refusing the interpolation '${{oc.env:HOME}}'"),
     case("checkpoints", ["features=inception", "features.weights_path={tmp}/missing.pth"], "{tmp}/missing.pth"),
+    case(  # guidance=0,1 (Hydra's sweep syntax) is read as a list, and refused for an unconditional model
+        "checkpoints",
+        [*DATA, "guidance=0,1"],
+        "guidance=0,1 needs a class-conditional checkpoint, but {tmp}/good.ckpt is unconditional",
+    ),
     # data
     case("data", ["dataset=image_folder", "dataset.root={tmp}/missing"], "image folder {tmp}/missing does not exist"),
     case("data", ["dataset=image_folder", "dataset.root={tmp}/empty_folder"], "{tmp}/empty_folder holds no images"),
     case("data", ["dataset=image_folder", "dataset.root={tmp}/garbage"], "unreadable image(s) under {tmp}/garbage"),
+    case(  # a class-conditional model of one class, and a dataset of two
+        "data",
+        ["ckpt={tmp}/one_class.ckpt", *DATA],
+        "ImageFolderDataModule at {tmp}/images has labels up to 1, but {tmp}/one_class.ckpt knows 1 class(es)",
+    ),
+    case(  # no class sub-folders: nothing to train the classifier on
+        "data",
+        ["features=classifier", "dataset=image_folder", "dataset.root={tmp}/one_image"],
+        "features=classifier needs images of at least two labelled classes, but ImageFolderDataModule at "
+        "{tmp}/one_image has 0",
+    ),
     # output folders that cannot be created
     case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
     case(
@@ -86,6 +107,7 @@ RUN_CONFIGS = {
 def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mistakes_evaluate")
     write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
+    ours_checkpoint(root / "one_class.ckpt", [*TINY_TRAIN, "conditioning=class", "++model.num_classes=1"])
     for run in ("bare_run", *RUN_CONFIGS):  # a checkpoint inside a run folder, with no or a hostile config
         (root / run / "checkpoints").mkdir(parents=True)
         shutil.copy(root / "good.ckpt", root / run / "checkpoints" / "last.ckpt")

@@ -6,12 +6,13 @@ The harness is ``tests/cli/mistakes.py``; most cases run ``main()`` in this proc
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, ours_checkpoint
+from conftest import TINY_TRAIN, conditional_checkpoint, ours_checkpoint
 from ddpm_lab.sample import main
 from mistakes import case, check_case, counts, run_in_process, run_subprocess, write_inputs
 
@@ -33,6 +34,15 @@ CASES = [
     case("checkpoints", "ckpt={tmp}/foreign.ckpt", "{tmp}/foreign.ckpt is not a ddpm_lab checkpoint"),
     case("checkpoints", "ckpt={tmp}/hostile.ckpt", "cannot read checkpoint {tmp}/hostile.ckpt safely"),
     case("checkpoints", "weights=ema", "{tmp}/good.ckpt holds no EMA weights: use weights=raw"),
+    # classes and guidance: asked of an unconditional checkpoint, or outside a conditional one's classes
+    case("checkpoints", "class=1", "class=1 needs a class-conditional checkpoint, but {tmp}/good.ckpt is uncond"),
+    case("checkpoints", "guidance=2", "guidance=2 needs a class-conditional checkpoint"),
+    case(
+        "ranges",
+        ["ckpt={tmp}/cond.ckpt", "class=c"],
+        "class=c is not one of the model's 2 classes: use an index 0..1 or a name (a, b)",
+    ),
+    case("ranges", ["ckpt={tmp}/cond.ckpt", "guidance=3"], "guidance=3 needs classes to guide towards: add class="),
     # types: lists vs scalars, numbers that are not integers
     case("types", "n=8.5", "n must be an integer, got 8.5"),
     case("types", "n=abc", "n must be an integer, got 'abc'"),
@@ -51,11 +61,34 @@ CASES = [
     case("enumerations", "weights=best", "weights must be one of ('auto', 'ema', 'raw'), got 'best'"),
     case("enumerations", "device=tpu", "device=tpu is not a device"),
     case("enumerations", ["sampler=ddpm", "sampler.variance=wide"], "sampler.variance must be one of"),
+    case(
+        "enumerations",
+        ["sampler=diffusers", "sampler.scheduler=Euler"],
+        "sampler.scheduler must be one of ('DDPMScheduler', 'DDIMScheduler', ",
+    ),
+    case(
+        "enumerations",
+        ["sampler=diffusers", "+sampler.options.order=3"],
+        "sampler.options.order is not an option of UniPCMultistepScheduler; its options: ",
+    ),
+    case(
+        "enumerations",
+        ["sampler=diffusers", "sampler.spacing=quadratic"],
+        "UniPCMultistepScheduler cannot take sampler.spacing=quadratic: use linspace, leading or trailing",
+    ),
     # output folders that cannot be created
     case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
 ]
 if not torch.cuda.is_available():
     CASES.append(case("enumerations", "device=cuda", "device=cuda but no CUDA GPU is visible"))
+if importlib.util.find_spec("torchsde") is None:
+    CASES.append(
+        case(
+            "missing",
+            ["sampler=diffusers", "sampler.scheduler=DPMSolverSDEScheduler"],
+            "sampler.scheduler=DPMSolverSDEScheduler needs torchsde: pip install torchsde",
+        )
+    )
 
 SUBPROCESS = [c for c in CASES if c.overrides[0] in ("ckpt=???", "timesteps=5", "ckpt={tmp}/hostile.ckpt")]
 
@@ -64,6 +97,7 @@ SUBPROCESS = [c for c in CASES if c.overrides[0] in ("ckpt=???", "timesteps=5", 
 def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mistakes_sample")
     write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
+    conditional_checkpoint(root / "cond.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'images'}"])
     return root
 
 

@@ -7,6 +7,7 @@ The harness is ``tests/cli/mistakes.py``; most cases run ``main()`` in this proc
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,9 @@ CASES = [
         ["lr_schedule=cosine", "trainer.max_steps=-1"],
         "lr_schedule.total_steps=-1: CosineLR decays over a known number of steps",
     ),
+    case(
+        "ranges", ["conditioning=class", "conditioning.p_uncond=1"], "conditioning.p_uncond must be in [0, 1), got 1.0"
+    ),
     # required values
     case("missing", "dataset.root=???", "dataset.root is required but not set: add dataset.root=<folder"),
     case("missing", "paths.output_root=null", "paths.output_root must be a folder, got None"),
@@ -68,6 +72,13 @@ CASES = [
     case("enumerations", "diffusion.loss_weighting=foo", "diffusion.loss_weighting must be one of"),
     case("enumerations", "sampler.variance=wide", "sampler.variance must be one of"),
     case("enumerations", "sampler.spacing=sideways", "sampler.spacing must be one of"),
+    # learned variances: a loss that trains nothing new; channels that contradict the variance (unit tests: the rest)
+    case("enumerations", "diffusion.loss=hybrid", "diffusion.loss=hybrid stops L_vlb's gradient to the mean"),
+    case(
+        "ranges",
+        ["diffusion.variance=learned_range", "diffusion.loss=hybrid", "+model.out_channels=3"],
+        "model.out_channels=3 but diffusion.variance=learned_range needs 2 x dataset.channels = 6",
+    ),
     # checkpoints and run folders: missing, broken, foreign, hostile
     case("checkpoints", "ckpt_path={tmp}/missing.ckpt", "ckpt_path={tmp}/missing.ckpt does not exist"),
     case("checkpoints", "ckpt_path={tmp}/a_folder.ckpt", "ckpt_path={tmp}/a_folder.ckpt is a folder"),
@@ -84,6 +95,11 @@ CASES = [
     case("data", "dataset.root={tmp}/garbage", "unreadable image(s) under {tmp}/garbage"),
     case("data", "dataset.root={tmp}/one_image", "1 training images are fewer than one batch"),
     case("data", "dataset.batch_size=64", "fewer than one batch (dataset.batch_size=64)"),
+    case(
+        "data",
+        ["conditioning=class", "dataset.root={tmp}/one_image"],
+        "conditioning=class needs class labels, but ImageFolderDataModule under {tmp}/one_image has none",
+    ),
     # output folders that cannot be created
     case(
         "output",
@@ -150,3 +166,13 @@ def test_a_data_error_inside_fit_removes_the_folder_it_had_started(tmp: Path):
     outcome = run_in_process(main, [o.format(tmp=tmp) for o in BASE] + [f"dataset.root={tmp}/garbage"], tmp)
     assert outcome.status == 2 and "garbage" in outcome.stderr.strip().splitlines()[-1]
     assert snapshot(tmp / "out") == before
+
+
+@pytest.mark.parametrize("module", ["mlflow", "wandb"])
+def test_a_logger_whose_extra_is_missing(module: str, tmp: Path, monkeypatch: pytest.MonkeyPatch):
+    """``logger=mlflow`` or ``logger=wandb`` without its package: one line naming the extra to install, before any
+    work. ``sys.modules[module] = None`` makes Python answer as if the package were not installed."""
+    monkeypatch.setitem(sys.modules, module, None)
+    culprit = f'logger.{module} needs the {module} package, which is not installed: pip install "ddpm_lab[{module}]"'
+    item = case("missing", f"logger=[tensorboard,{module}]", culprit)
+    check_case(lambda argv, cwd: run_in_process(main, argv, cwd), BASE, item, tmp)

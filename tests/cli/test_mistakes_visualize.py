@@ -6,6 +6,7 @@ The harness is ``tests/cli/mistakes.py``; most cases run ``main()`` in this proc
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,15 @@ CASES = [
     case("data", "dataset.root={tmp}/garbage", "unreadable image(s) under {tmp}/garbage"),
     # output folders that cannot be created
     case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
+    # the HTML explorer and its checkpoint
+    case("ranges", "html_frames=0", "html_frames must be >= 1, got 0"),
+    case("missing", "ckpt={tmp}/good.ckpt", "ckpt= is read by the HTML explorer only: add html=true"),
+    case("checkpoints", ["html=true", "ckpt={tmp}/hostile.ckpt"], "{tmp}/hostile.ckpt"),
+    case(
+        "checkpoints",
+        ["html=true", "ckpt={tmp}/good.ckpt", "dataset.image_size=8"],
+        "the dataset serves (3, 8, 8) images but the model of {tmp}/good.ckpt takes (3, 16, 16)",
+    ),
 ]
 
 SUBPROCESS = [c for c in CASES if c.overrides[0] in ("dataset.root=???", "dataset.root={tmp}/garbage")]
@@ -61,7 +71,7 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_table_is_varied():
     assert len(CASES) >= 20 and len(set(CASES)) == len(CASES)
-    assert set(counts(CASES)) == {"keys", "types", "ranges", "missing", "enumerations", "data", "output"}
+    assert set(counts(CASES)) == {"keys", "types", "ranges", "missing", "enumerations", "data", "output", "checkpoints"}
 
 
 def test_the_base_config_draws_with_integral_floats(tmp: Path):
@@ -80,3 +90,24 @@ def test_mistake_in_process(item, tmp: Path):
 @pytest.mark.parametrize("item", SUBPROCESS, ids=[c.id for c in SUBPROCESS])
 def test_mistake_through_the_command_line(item, tmp: Path):
     check_case(lambda argv, cwd: run_subprocess("ddpm_lab.visualize", argv, cwd), BASE, item, tmp)
+
+
+def test_html_explorer_with_a_checkpoint(tmp: Path):
+    """``html=true ckpt=...``: explorer.html beside the figures, one frame per chosen t, each with x_t, the model's
+    x̂_0 and the reverse process, under the checkpoint's schedule (T=50), and nothing fetched from anywhere."""
+    argv = [o.format(tmp=tmp) for o in BASE] + [
+        "n_images=2",
+        "gif_frames=3",
+        "html=true",
+        "html_frames=5",
+        f"ckpt={tmp}/good.ckpt",
+        f"hydra.run.dir={tmp}/explorer",
+    ]
+    outcome = run_in_process(main, argv, tmp)
+    assert outcome.status == 0, outcome.stderr[-3000:]
+    page = (tmp / "explorer" / "explorer.html").read_text()
+    assert re.findall(r'class="frame" data-t="(\d+)"', page) == ["0", "12", "24", "37", "49"]
+    assert page.count("<img ") == 5 * 3 and page.count('src="data:image/png;base64,') == 5 * 3
+    assert "x̂_0" in page and "reverse process" in page and "T=50" in page
+    # Self-contained: no address anywhere, every src a data: URI, nothing linked or imported.
+    assert not re.search(r"https?:|\b(src|href)=\"(?!data:)|<link|@import|url\(", page)

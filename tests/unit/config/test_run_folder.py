@@ -136,3 +136,26 @@ def test_without_flock_the_pid_on_this_host_decides(tmp_path: Path, monkeypatch:
             lock_run_folder(run)
             assert (run / LOCK_NAME).read_text().split()[0] == str(os.getpid())
             unlock_run_folder(run)
+
+
+def test_resumed_loggers_keep_what_the_run_logged(tmp_path: Path, cfg_train):
+    """On resume TensorBoard purges after the checkpoint's step, CSV writes beside (never over) its metrics.csv,
+    MLflow goes on in the run's own MLflow run."""
+    run = tmp_path / "run"
+    (run / "csv").mkdir(parents=True)
+    (run / "csv" / "metrics.csv").write_text("step,train/loss\n0,1.0\n")
+    (run / "csv" / "resume_1").mkdir()  # an earlier resume
+    (run / "mlruns" / "123" / "abcdef").mkdir(parents=True)
+    (run / "mlruns" / "123" / "abcdef" / "meta.yaml").write_text("run_id: abcdef\n")
+    cfg = cfg_train("logger=[tensorboard,csv,mlflow]", f"paths.output_dir={run}")
+    run_folder.continue_loggers(cfg, 3)
+    assert cfg.logger.tensorboard.purge_step == 3
+    assert cfg.logger.csv.version == "resume_2"
+    assert cfg.logger.mlflow.run_id == "abcdef"
+    (run / "mlruns" / "123" / "other").mkdir()  # two MLflow runs: which one is the run's is unknown, start a new one
+    (run / "mlruns" / "123" / "other" / "meta.yaml").write_text("run_id: other\n")
+    cfg = cfg_train("logger=many_loggers", f"paths.output_dir={run}")
+    assert set(cfg.logger) == {"tensorboard", "csv"}
+    cfg = cfg_train("logger=mlflow", f"paths.output_dir={run}")
+    run_folder.continue_loggers(cfg, 3)
+    assert cfg.logger.mlflow.get("run_id") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,12 @@ from ddpm_lab.diffusion.samplers import SAMPLERS, dynamic_threshold
 from ddpm_lab.diffusion.spacing import space_timesteps
 
 REPO = Path(__file__).resolve().parents[3]
-FAST = {"ddpm": {"steps": 10}, "ddim": {"steps": 8, "eta": 0.5}, "dpm_solver": {"steps": 6}}
+FAST = {
+    "ddpm": {"steps": 10},
+    "ddim": {"steps": 8, "eta": 0.5},
+    "dpm_solver": {"steps": 6},
+    "diffusers": {"scheduler": "EulerAncestralDiscreteScheduler", "steps": 6},
+}
 
 
 def toy_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -38,6 +44,18 @@ def test_space_timesteps() -> None:
             assert len(ts) == len(set(ts)) == steps and ts == sorted(ts) and 0 <= ts[0] and ts[-1] <= 99
     with pytest.raises(ValueError, match="steps"):
         space_timesteps(100, 101)
+
+
+def test_quadratic_spacing_is_ddims() -> None:
+    """Song et al. (2021), CIFAR-10: τ_i = ⌊(i·√(0.8T)/(S−1))²⌋, as ``(np.linspace(0, np.sqrt(T * 0.8), S) ** 2)`` cast
+    to int in their code; repeated timesteps (no-op DDIM steps) are kept once."""
+    assert space_timesteps(1000, 10, "quadratic") == [0, 9, 39, 88, 158, 246, 355, 483, 632, 800]
+    for T, S in ((1000, 20), (1000, 50), (1000, 100), (50, 7), (4000, 64)):
+        c = 0.8 * T / (S - 1) ** 2
+        assert space_timesteps(T, S, "quadratic") == sorted({math.floor(c * i * i + 1e-9) for i in range(S)})
+    assert len(space_timesteps(1000, 100, "quadratic")) == 96  # 0, 0, 0, 0, 1, ...: four steps merged
+    assert make_sampler("ddim", steps=10, spacing="quadratic").timesteps(1000)[:3] == [800, 632, 483]
+    assert make_sampler("dpm_solver", steps=9, spacing="quadratic").timesteps(1000)[-1] == 9  # σ = 0 after it
     with pytest.raises(ValueError, match="spacing"):
         space_timesteps(100, 10, "uniform")
 

@@ -1,4 +1,4 @@
-"""The start-up summary's pieces: files a checkpoint policy keeps, sizes, text to loggers that take it."""
+"""The start-up summary's pieces: files a checkpoint policy keeps, sizes, the steps line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from ddpm_lab.models import UNet
 from ddpm_lab.models.flops import forward_flops_per_image
 from ddpm_lab.training import ConstantLR, StartupSummary
-from ddpm_lab.training.summary import files_kept, human_bytes, human_time, optimizer_slots, write_text
+from ddpm_lab.training.summary import files_kept, human_bytes, human_time, optimizer_slots
 
 
 def periodic(every: int, keep: int, last: bool = True, monitor: str | None = "step") -> ModelCheckpoint:
@@ -40,14 +40,6 @@ def test_human_units_and_optimizer_state() -> None:
     adam = SimpleNamespace(defaults={"betas": (0.9, 0.999), "amsgrad": False})
     sgd = SimpleNamespace(defaults={"momentum": 0.9})
     assert [optimizer_slots(o) for o in (adam, sgd, None)] == [2, 1, 0]
-
-
-def test_text_goes_to_loggers_that_take_text() -> None:
-    written = []
-    takes_text = SimpleNamespace(experiment=SimpleNamespace(add_text=lambda *a, **k: written.append((a, k))))
-    no_text = SimpleNamespace(experiment=object())  # e.g. a CSV logger: skipped, not an error
-    write_text(SimpleNamespace(loggers=[no_text, takes_text]), "summary/startup", "a\nb", step=3)
-    assert written == [(("summary/startup", "    a\n    b"), {"global_step": 3})]  # a code block in Markdown
 
 
 def test_the_flop_count_before_step_one_leaves_training_bit_for_bit() -> None:

@@ -31,6 +31,8 @@ def test_scalars(events: EventAccumulator) -> None:
         assert values and all(math.isfinite(v) and v >= 0 for v in values), (tag, values)
     assert all(e.value > 0 for e in events.Scalars("train/grad_norm"))
     assert len(events.Scalars("train/loss")) == 6  # log_every_n_steps=1 in debug=default
+    speed = {"speed/images_per_s", "speed/step_time_s", "speed/data_wait_share"}  # Throughput (issue 16)
+    assert speed <= tags and all(e.value > 0 for e in events.Scalars("speed/images_per_s"))
     assert {e.step for e in events.Scalars("val/loss")} >= {2, 5}  # validation at steps 3 and 6
 
 

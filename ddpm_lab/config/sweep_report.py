@@ -1,0 +1,149 @@
+"""The report of an ``evaluate`` sweep: ONE table (Markdown and CSV) and ONE FID-vs-NFE plot over all its jobs.
+
+    python -m ddpm_lab.evaluate -m ckpt=... sampler=ddim,dpm_solver sampler.steps=10,20,50
+
+Each job writes its own ``results.json``; when the sweep ends, :class:`SweepReport` (``hydra.callbacks.sweep_report``
+in ``evaluate.yaml``) collects them into ``<sweep folder>/sweep.md``, ``sweep.csv`` and ``fid_vs_nfe.png``: one row
+per job with the settings that vary across the sweep, NFE (model evaluations per image), FID, KID and the wall
+time per image; in the plot, one line per setting other than the number of steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+from omegaconf import DictConfig
+
+from ddpm_lab.artifacts.atomic import atomic_write
+from ddpm_lab.artifacts.figures import save_figure
+
+REPORT_FILES = ("sweep.md", "sweep.csv", "fid_vs_nfe.png")
+# Overrides that say where things are, not how images are made: never a column.
+PLACES = ("ckpt", "paths.", "cache_dir", "device", "dataset.root", "hydra.")
+METRICS = ("nfe", "fid", "kid_mean", "seconds_per_image")
+
+
+def job_row(output_dir: Path, overrides: list[str]) -> dict[str, Any] | None:
+    """One job's settings (its overrides) and scores (its ``results.json``); ``None`` when it wrote none."""
+    path = output_dir / "results.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    settings = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    settings = {k: v for k, v in settings.items() if not k.startswith(PLACES)}
+    n = result.get("n_fake") or 1
+    return {
+        "job": output_dir.name,
+        "settings": settings,
+        "nfe": result.get("nfe"),
+        "fid": result.get("fid"),
+        "kid_mean": result.get("kid_mean"),
+        "seconds_per_image": result["sampling_seconds"] / n if "sampling_seconds" in result else None,
+    }
+
+
+def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The settings whose value differs between jobs (all of them when the jobs agree), in first-seen order."""
+    keys = list(dict.fromkeys(k for row in rows for k in row["settings"]))
+    varying = [k for k in keys if len({row["settings"].get(k) for row in rows}) > 1]
+    return varying or keys
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Header and one line per job: swept settings, then NFE, FID, KID, seconds per image, the job's folder."""
+    keys = swept_keys(rows)
+    header = [*keys, *METRICS, "job"]
+    return [header] + [
+        [row["settings"].get(k, "") for k in keys] + [_cell(row[m]) for m in METRICS] + [row["job"]] for row in rows
+    ]
+
+
+def markdown(lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(lines[0])]
+    return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines[1:]]) + "\n"
+
+
+def fid_vs_nfe_figure(rows: list[dict[str, Any]]) -> Figure:
+    """FID against NFE, one line per combination of the swept settings other than the number of steps; each point
+    is labelled with its wall time per image."""
+    series_keys = [k for k in swept_keys(rows) if not k.endswith("steps")]
+    series: dict[str, list[tuple[float, float, float | None]]] = {}
+    for row in rows:
+        if row["nfe"] is not None and row["fid"] is not None:
+            label = ", ".join(f"{k}={row['settings'].get(k, '-')}" for k in series_keys) or "FID"
+            series.setdefault(label, []).append((row["nfe"], row["fid"], row["seconds_per_image"]))
+    fig = Figure(figsize=(6.5, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, points in series.items():
+        nfe, fid, seconds = zip(*sorted(points, key=lambda p: p[:2]))
+        ax.plot(nfe, fid, marker="o", label=label)
+        for x, y, s in zip(nfe, fid, seconds):
+            if s is not None:
+                ax.annotate(f"{s * 1e3:.3g} ms/img", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({p[0] for points in series.values() for p in points}))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_xlabel("NFE (model evaluations per image)")
+    ax.set_ylabel("FID")
+    ax.grid(True, which="both", alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    """``sweep.md``, ``sweep.csv`` and ``fid_vs_nfe.png`` in ``folder`` (written atomically)."""
+    lines = table(rows)
+    md, csv_path, png = (folder / name for name in REPORT_FILES)
+    with atomic_write(md, durable=False) as tmp:
+        tmp.write_text(markdown(lines))
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(lines)
+    with atomic_write(csv_path, durable=False) as tmp:
+        tmp.write_text(buffer.getvalue())
+    save_figure(fid_vs_nfe_figure(rows), png)
+    return [md, csv_path, png]
+
+
+class SweepReport(Callback):
+    """Hydra callback: remember each job's folder and overrides, and write the report when the sweep ends.
+
+    Jobs are seen in this process (Hydra's basic launcher); with a remote launcher, nothing is written.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Path, list[str]]] = []
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        hydra_cfg = getattr(job_return, "hydra_cfg", None)
+        if hydra_cfg is not None:
+            self.jobs.append((Path(hydra_cfg.hydra.runtime.output_dir), list(job_return.overrides or [])))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        rows = [row for folder, overrides in self.jobs if (row := job_row(folder, overrides)) is not None]
+        if not rows:
+            return
+        folders = {folder.parent for folder, _ in self.jobs}
+        if len(folders) != 1:  # not one sweep folder: nowhere that is ours to write to
+            return
+        paths = write_report(folders.pop(), rows)
+        print(markdown(table(rows)), end="", flush=True)
+        print(f"sweep report: {', '.join(str(p) for p in paths)}", flush=True)

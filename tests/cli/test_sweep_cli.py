@@ -1,0 +1,53 @@
+"""``python -m ddpm_lab.evaluate -m``: a sampler sweep writes ONE table and ONE FID-vs-NFE plot over its jobs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_sampler_sweep_writes_one_table_and_one_plot(tiny_run: Path, tmp_path: Path) -> None:
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    proc = run_cli(
+        "ddpm_lab.evaluate",
+        "-m",
+        f"ckpt='{ckpt}'",
+        "features=tiny",
+        "n=8",
+        "batch_size=8",
+        "kid_subsets=5",
+        f"paths.cache_dir='{tmp_path / 'cache'}'",
+        "sampler=ddim,diffusers",
+        "sampler.steps=2,4",
+        "sampler.spacing=choice(trailing)",  # a one-value sweep: sampler=null until each job picks one
+        cwd=tmp_path,
+    )
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_file()) == [
+        "fid_vs_nfe.png",
+        "multirun.yaml",
+        "sweep.csv",
+        "sweep.md",
+    ]
+    rows = list(csv.DictReader((sweep / "sweep.csv").open()))
+    assert [(r["sampler"], r["sampler.steps"], r["nfe"]) for r in rows] == [  # sampler.spacing does not vary
+        ("ddim", "2", "2"),
+        ("ddim", "4", "4"),
+        ("diffusers", "2", "2"),
+        ("diffusers", "4", "4"),
+    ]
+    for row in rows:
+        result = json.loads((sweep / row["job"] / "results.json").read_text())
+        assert float(row["fid"]) == pytest.approx(result["fid"], rel=1e-3)
+        assert float(row["seconds_per_image"]) == pytest.approx(result["sampling_seconds"] / 8, rel=1e-3)
+    # the default diffusers scheduler, with ddpm_lab's trailing spacing, and the table printed as well
+    assert "UniPCMultistepScheduler" in json.loads((sweep / rows[2]["job"] / "results.json").read_text())["sampler"]
+    assert "| sampler | sampler.steps | nfe | fid |" in proc.stdout
+    assert (sweep / "fid_vs_nfe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
