@@ -44,6 +44,7 @@ DATASET_TARGETS = frozenset(
         "ddpm_lab.data.CIFAR10DataModule",
         "ddpm_lab.data.StanfordCarsDataModule",
         "ddpm_lab.data.ImageFolderDataModule",
+        "ddpm_lab.data.DigitsDataModule",
     }
 )
 # Names that checkpoints and run folders written by ddpm_lab 0.1 (the flat package) carry.

@@ -103,6 +103,7 @@ def build_module(cfg: DictConfig, net: Any, diffusion: GaussianDiffusion, sample
             sampler=sampler,
             optimizer=build("optimizer", cfg.optimizer),
             warmup_steps=cfg.warmup_steps,
+            lr_schedule=build("lr_schedule", cfg.lr_schedule) if cfg.get("lr_schedule") else None,
             config=stored_config(cfg),
             compile_net=bool(cfg.get("compile", False)),
             channels_last=bool(cfg.get("channels_last", True)),

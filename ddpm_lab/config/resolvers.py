@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from ddpm_lab.config.checks import check_output_root
 from ddpm_lab.config.run_folder import exit_on_user_error, resume_output_subdir, resume_run_dir, run_uid
+from ddpm_lab.training import auto_warmup
 
 
 def run_name(override_dirname: str, max_len: int = 120) -> str:
@@ -34,6 +35,15 @@ def floordiv(a: int, b: int) -> int:
     return int(a) // int(b)
 
 
+def default_warmup(max_steps: object) -> int:
+    """``${auto_warmup:${trainer.max_steps}}``: the default warm-up, min(1000, 5% of the run's steps). A
+    ``max_steps`` that is not a number gets the cap here; ``check_trainer_values`` names the mistake."""
+    try:
+        return auto_warmup(max_steps)
+    except ValueError:
+        return auto_warmup(-1)
+
+
 def fresh_run_dir(output_root: str | None, below: str) -> str:
     """Resolver for a fresh run folder, ``<output_root>/<below>``: ``paths.output_root`` must be set (``null``
     would make a ``None/`` folder). Checked as Hydra resolves ``hydra.run.dir``, before anything is created;
@@ -47,6 +57,7 @@ RESOLVERS = {
     "resume_run_dir": exit_on_user_error(resume_run_dir),
     "resume_output_subdir": exit_on_user_error(resume_output_subdir),
     "run_uid": run_uid,
+    "auto_warmup": default_warmup,
     "fresh_run_dir": exit_on_user_error(fresh_run_dir),
 }
 

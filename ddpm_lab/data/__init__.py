@@ -3,6 +3,7 @@
 from ddpm_lab.data.datamodule import (
     CIFAR10DataModule,
     DecodedImageDataModule,
+    DigitsDataModule,
     ImageDataModule,
     ImageFolderDataModule,
     MNISTDataModule,
@@ -16,6 +17,7 @@ __all__ = [
     "CIFAR10DataModule",
     "DatasetError",
     "DecodedImageDataModule",
+    "DigitsDataModule",
     "ImageDataModule",
     "ImageFolderDataModule",
     "InMemoryLoader",

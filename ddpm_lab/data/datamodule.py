@@ -19,6 +19,7 @@ from ddpm_lab.data.sources import (
     fit_images,
     index_image_folder,
     load_cifar10,
+    load_digits,
     load_files,
     load_image_folder,
     load_mnist,
@@ -145,6 +146,11 @@ class ImageDataModule(pl.LightningDataModule):
     def rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
+    @property
+    def overfitting(self) -> bool:
+        """``trainer.overfit_batches`` is on: the loader must repeat the same batches, so it does not shuffle."""
+        return self.trainer is not None and bool(getattr(self.trainer, "overfit_batches", 0))
+
     def per_device_batch_size(self) -> int:
         if self.batch_size % self.world_size:
             raise ValueError(
@@ -182,7 +188,7 @@ class ImageDataModule(pl.LightningDataModule):
             self.train_images,
             self.train_labels,
             bs,
-            shuffle=True,
+            shuffle=not self.overfitting,  # debug=overfit: the same first batch every epoch
             drop_last=True,
             seed=self.seed,
             rank=self.rank,
@@ -262,6 +268,26 @@ class CIFAR10DataModule(ImageDataModule):
 
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return load_cifar10(self.root, train=train)
+
+
+class DigitsDataModule(ImageDataModule):
+    """scikit-learn's 1,797 handwritten 8x8 digits (UCI), upsampled to ``image_size``: ships inside scikit-learn,
+    so it works offline on any machine (the quick start). ``train``: the first 1,500 images, ``test``: the rest."""
+
+    name = "digits"
+
+    def __init__(
+        self, root: str = "scikit-learn", image_size: int = 16, channels: int = 1, split: str = "all", **kwargs
+    ) -> None:
+        kwargs["download"] = False  # nothing to fetch: the file is part of the installed package
+        super().__init__(root=root, image_size=image_size, channels=channels, split=split, **kwargs)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(digit) for digit in range(10)]
+
+    def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return load_digits(train)
 
 
 class DecodedImageDataModule(ImageDataModule):

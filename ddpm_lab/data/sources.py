@@ -333,6 +333,28 @@ def load_mnist(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tenso
     return images.unsqueeze(1).contiguous(), labels.long()
 
 
+# scikit-learn's 8x8 digits (UCI "Optical Recognition of Handwritten Digits", test part): 1,797 images, 17 grey
+# levels (0-16). The first DIGITS_TRAIN are our "train" split, the rest "test".
+DIGITS_TRAIN = 1500
+DIGITS_LEVELS = 16
+
+
+def load_digits(train: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled digits as (N, 1, 8, 8) uint8 and (N,) labels: read from a file inside the installed
+    package, never downloaded. ``train``: the first 1,500 (True), the other 297 (False), or all (None)."""
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError as e:
+        raise DatasetError(
+            "dataset=digits needs scikit-learn (its images ship inside it): pip install scikit-learn"
+        ) from e
+    x, y = sklearn_digits(return_X_y=True)
+    images = torch.from_numpy(x).reshape(-1, 1, 8, 8).mul(255 / DIGITS_LEVELS).round().to(torch.uint8)
+    labels = torch.from_numpy(y).long()
+    part = slice(None) if train is None else slice(None, DIGITS_TRAIN) if train else slice(DIGITS_TRAIN, None)
+    return images[part].contiguous(), labels[part]
+
+
 def load_cifar10(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One CIFAR-10 split from its pickled batches in ``root/cifar-10-batches-py`` via torchvision (md5-checked)."""
     from torchvision.datasets import CIFAR10

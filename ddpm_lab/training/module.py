@@ -17,9 +17,11 @@ from ddpm_lab.diffusion import BoundTerms, Denoiser, GaussianDiffusion, Sampler,
 from ddpm_lab.diffusion.guidance import num_classes_of
 from ddpm_lab.errors import check_number
 from ddpm_lab.training.ema import find_ema
+from ddpm_lab.training.lr_schedules import ConstantLR
 from ddpm_lab.training.media import image_loggers, log_figure
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+LRScheduleFactory = Callable[..., Callable[[int], float]]  # (warmup_steps=N) -> (optimizer step -> lr factor)
 
 
 def fused_can_clip(precision: str, gradient_clip_val: float | None) -> bool:
@@ -50,6 +52,8 @@ class DiffusionModule(pl.LightningModule):
         sampler: the default reverse sampler.
         optimizer: a factory ``params -> Optimizer`` (a Hydra ``_partial_``); AdamW goes fused on CUDA.
         warmup_steps: linear learning-rate warm-up from 0, in optimizer steps.
+        lr_schedule: a factory ``(warmup_steps=N) -> (step -> factor of lr)`` (an ``lr_schedule`` option);
+            None: warm-up, then constant.
         config: the plain-dict config stored in every checkpoint, enough to rebuild net, diffusion and sampler.
         val_seed: seed of the fixed noise and timesteps behind ``val/loss``.
         compile_net: run training steps through ``torch.compile(net)`` (validation and sampling stay eager).
@@ -77,10 +81,12 @@ class DiffusionModule(pl.LightningModule):
         p_uncond: float = 0.0,
         val_bpd_every: int = 0,
         val_bpd_stride: int = 10,
+        lr_schedule: LRScheduleFactory | None = None,
     ) -> None:
         super().__init__()
         warmup_steps = check_number(warmup_steps, "warmup_steps", int, low=0)
         self.p_uncond = check_number(p_uncond, "conditioning.p_uncond", float, 0, 1, high_open=True)
+        self.lr_factor = (lr_schedule or ConstantLR)(warmup_steps=warmup_steps)  # built now: bad values fail early
         self.val_bpd_every = check_number(val_bpd_every, "val_bpd_every", int, low=0)
         self.val_bpd_stride = check_number(val_bpd_stride, "val_bpd_stride", int, low=1)
         self._validations = 0
@@ -236,10 +242,10 @@ class DiffusionModule(pl.LightningModule):
         ):
             kwargs["fused"] = True  # one kernel for the whole update
         optimizer = factory(self.net.parameters(), **kwargs)
-        warmup = self.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-        )
+        # A lambda, not the schedule object: LambdaLR would store an object's attributes in checkpoints and put
+        # them back on resume, so a resume with a new trainer.max_steps would keep decaying to the old one.
+        factor = self.lr_factor
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     def _check_finite(self, loss: torch.Tensor) -> None:

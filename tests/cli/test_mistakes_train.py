@@ -50,6 +50,12 @@ CASES = [
     case("ranges", "schedule.beta_start=-0.1", "schedule.beta_start must be in (0, 1)"),
     case("ranges", "warmup_steps=-1", "warmup_steps must be >= 0"),
     case("ranges", "callbacks.ema.decay=1.5", "callbacks.ema.decay must be in [0, 1]"),
+    case("ranges", ["lr_schedule=linear", "lr_schedule.floor=2"], "lr_schedule.floor must be in [0, 1]"),
+    case(
+        "ranges",
+        ["lr_schedule=cosine", "trainer.max_steps=-1"],
+        "lr_schedule.total_steps=-1: CosineLR decays over a known number of steps",
+    ),
     case(
         "ranges", ["conditioning=class", "conditioning.p_uncond=1"], "conditioning.p_uncond must be in [0, 1), got 1.0"
     ),

@@ -1,0 +1,49 @@
+"""dataset=digits: scikit-learn's bundled images, offline; and debug=overfit's unshuffled single batch."""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ddpm_lab.data import DigitsDataModule
+
+
+def test_digits_load_offline_with_labels_and_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args, **kwargs):
+        raise AssertionError("dataset=digits tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    sizes = {}
+    for split in ("train", "test", "all"):
+        dm = DigitsDataModule(split=split, val_size=0)
+        dm.prepare_data()
+        dm.setup("fit")
+        sizes[split] = len(dm.train_images)
+    assert sizes == {"train": 1500, "test": 297, "all": 1797}
+    images, labels = dm.train_images, dm.train_labels
+    assert images.shape == (1797, 1, 16, 16) and images.dtype == torch.uint8
+    assert int(images.min()) == 0 and int(images.max()) == 255  # the 0-16 grey levels stretched to 0-255
+    assert sorted(set(labels.tolist())) == list(range(10)) and torch.bincount(labels).min() >= 170  # ~180 each
+    assert dm.class_names == list("0123456789")  # what conditioning=class reads
+    # Upsampled, not padded: the digit's strokes fill the 16 px frame like the 8 px original fills its own.
+    assert images.float().mean(dim=0)[0, 4:12, 4:12].mean() > 2 * images.float().mean(dim=0)[0, :, :2].mean()
+
+
+def test_digits_config_is_offline_and_16px(cfg_train) -> None:
+    cfg = cfg_train("dataset=digits")
+    assert (cfg.dataset.image_size, cfg.dataset.channels, cfg.model.image_size) == (16, 1, 16)
+    assert "download" not in cfg.dataset and "root" not in cfg.dataset
+
+
+def test_overfit_batches_serves_the_same_batch_every_epoch() -> None:
+    dm = DigitsDataModule(val_size=0, batch_size=8)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, overfit_batches=1, training=True)
+    loader = dm.train_dataloader()
+    assert torch.equal(next(iter(loader))[0], next(iter(loader))[0])  # two epochs, one batch
+    dm.trainer.overfit_batches = 0
+    loader = dm.train_dataloader()
+    assert not torch.equal(next(iter(loader))[0], next(iter(loader))[0])  # normal runs reshuffle each epoch
