@@ -110,8 +110,10 @@ def cfg_eval() -> Composer:
 
 
 def ours_checkpoint(path: Path, overrides: Sequence[str]) -> Path:
-    """A ddpm_lab checkpoint (untrained weights) for the model that ``overrides`` compose."""
+    """A ddpm_lab checkpoint (untrained weights) for the model that ``overrides`` compose (``conditioning=class``
+    takes its classes and their names from the dataset, as a training run does)."""
     cfg = compose_config("train", overrides)
+    condition_on_dataset(cfg)
     net = UNet(**{k: v for k, v in stored_config(cfg)["model"].items() if k != "_target_"})
     torch.save(
         {
@@ -126,18 +128,7 @@ def ours_checkpoint(path: Path, overrides: Sequence[str]) -> Path:
 
 def conditional_checkpoint(path: Path, overrides: Sequence[str]) -> Path:
     """A ``conditioning=class`` checkpoint (untrained weights): classes and their names from the dataset."""
-    cfg = compose_config("train", [*overrides, "conditioning=class"])
-    condition_on_dataset(cfg)
-    net = UNet(**{k: v for k, v in stored_config(cfg)["model"].items() if k != "_target_"})
-    torch.save(
-        {
-            "ddpm_lab": {"config": stored_config(cfg)},
-            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-            "global_step": 0,
-        },
-        path,
-    )
-    return path
+    return ours_checkpoint(path, [*overrides, "conditioning=class"])
 
 
 # Two threads per process; one under pytest-xdist (``-n 2``: a worker per core), since processes that each
