@@ -110,10 +110,18 @@ def cfg_eval() -> Composer:
 
 
 def ours_checkpoint(path: Path, overrides: Sequence[str]) -> Path:
-    """A ddpm_lab checkpoint (untrained weights) for the model that ``overrides`` compose (``conditioning=class``
-    takes its classes and their names from the dataset, as a training run does)."""
-    cfg = compose_config("train", overrides)
+    """A ddpm_lab checkpoint (untrained weights) for the model that ``overrides`` compose, taken as they are."""
+    return save_untrained(path, compose_config("train", overrides))
+
+
+def conditional_checkpoint(path: Path, overrides: Sequence[str]) -> Path:
+    """A ``conditioning=class`` checkpoint (untrained weights): classes and their names from the dataset."""
+    cfg = compose_config("train", [*overrides, "conditioning=class"])
     condition_on_dataset(cfg)
+    return save_untrained(path, cfg)
+
+
+def save_untrained(path: Path, cfg: DictConfig) -> Path:
     net = UNet(**{k: v for k, v in stored_config(cfg)["model"].items() if k != "_target_"})
     torch.save(
         {
@@ -124,11 +132,6 @@ def ours_checkpoint(path: Path, overrides: Sequence[str]) -> Path:
         path,
     )
     return path
-
-
-def conditional_checkpoint(path: Path, overrides: Sequence[str]) -> Path:
-    """A ``conditioning=class`` checkpoint (untrained weights): classes and their names from the dataset."""
-    return ours_checkpoint(path, [*overrides, "conditioning=class"])
 
 
 # Two threads per process; one under pytest-xdist (``-n 2``: a worker per core), since processes that each
