@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ddpm_lab.data.sources import load_digits
 from ddpm_lab.errors import ConfigError
 from ddpm_lab.metrics import ClassifierFeatures, chunks, class_accuracy, extract_features, scores
 
@@ -108,3 +109,15 @@ def test_class_accuracy_overall_and_per_class():
     assert list(class_accuracy(predicted, wanted)["per_class"]) == ["0", "1", "2"]
     with pytest.raises(ValueError, match="equal"):
         class_accuracy(predicted[:3], wanted)
+
+
+def test_a_grey_background_does_not_change_the_digit_it_sees():
+    """Young diffusion models draw digits on grey; a classifier that saw only black backgrounds called most of
+    them "8" on MNIST (class accuracy 42% on samples that were 88% right once their background was removed)."""
+    train_images, train_labels = load_digits(train=True)
+    test_images, test_labels = load_digits(train=False)
+    clf = ClassifierFeatures(epochs=6, width=16, num_features=16, heldout=0.1)
+    clf.fit(train_images, train_labels, folder=None)
+    grey = (80 + test_images.float() * (255 - 80) / 255).round().to(torch.uint8)
+    assert (clf.predict(test_images) == test_labels).double().mean() >= 0.85
+    assert (clf.predict(grey) == test_labels).double().mean() >= 0.85  # 0.77 without the augmentation
