@@ -27,5 +27,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_write(path) as tmp, open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
+        try:
+            with atomic_write(path) as tmp, open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+        except RuntimeError as e:
+            # Ctrl-C in the middle of torch.save surfaces as its zip writer's "unexpected pos" error; keep it a
+            # Ctrl-C, so Lightning and PreemptionGuard save last.ckpt and the run says how to resume.
+            if isinstance(e.__context__, KeyboardInterrupt):
+                raise e.__context__ from None
+            raise

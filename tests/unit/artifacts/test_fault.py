@@ -49,6 +49,27 @@ def test_resume_says_clearly_when_every_checkpoint_is_damaged(tmp_path: Path):
         last_checkpoint(tmp_path)
 
 
+def test_ctrl_c_in_the_middle_of_a_save_stays_a_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Seen under load: SIGINT inside torch.save came out as the zip writer's RuntimeError, so the run neither
+    saved last.ckpt on Ctrl-C nor said how to resume. It must stay a KeyboardInterrupt, the old file intact."""
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.ones(4)}}, path)
+    before = path.read_bytes()
+
+    def interrupted(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 240128 vs 237744")  # noqa: B904
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 6, "state_dict": {"w": torch.zeros(4)}}, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
