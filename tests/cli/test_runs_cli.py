@@ -131,6 +131,8 @@ def test_failing_launches_next_to_a_running_run_leave_it_intact(image_folder: Pa
     log = tmp_path / "train.log"
     proc = start_cli(
         "ddpm_lab.train", *LONG, f"dataset.root={image_folder}", "hydra.run.dir=run", "callbacks.sample_grid=null",
+        "trainer.max_steps=100000",  # never done before the Ctrl-C below, however slow the machine
+        "callbacks.model_checkpoint.save_top_k=-1",  # step 3's checkpoint stays until the test has seen it
         cwd=tmp_path, log=log,
     )  # fmt: skip
     run = tmp_path / "run"
