@@ -8,6 +8,7 @@ import atexit
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -172,7 +173,14 @@ def start_cli(module: str, *overrides: str, cwd: Path, log: Path) -> subprocess.
     """Start ``python -m <module> <overrides>`` without waiting (to signal it), stdout and stderr into ``log``."""
     with open(log, "w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", module, *overrides], cwd=cwd, env=cli_env(), stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", module, *overrides],
+            cwd=cwd,
+            env=cli_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # pytest-xdist's workers ignore SIGINT, and an ignored signal stays ignored across exec: Python would
+            # then never raise KeyboardInterrupt, and a test's Ctrl-C would be lost. Give the child the default.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
 
