@@ -37,7 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SAMPLER_STEPS = {"ddpm": 100, "ddim": 50, "dpm_solver": 20}  # DDPM respaced to 100 steps: 1000 take too long
-TRAIN_METHODS = ("ddpm_lab", "bare", "diffusers")
+# diffusers: the issue's matched-FLOP reference (--diffusers-channels/--diffusers-blocks); diffusers_same: a
+# UNet2DModel with ddpm_lab's own widths and blocks per level, i.e. the same architecture in the other library.
+TRAIN_METHODS = ("ddpm_lab", "bare", "diffusers", "diffusers_same")
 
 
 def sync(device: torch.device) -> None:
@@ -134,6 +136,13 @@ def diffusers_unet(
     )
 
 
+def diffusers_net(cfg, args, same_layout: bool):
+    """The reference U-Net of ``--diffusers-*`` or, with ``same_layout``, ddpm_lab's architecture in diffusers."""
+    if same_layout:
+        return diffusers_unet(cfg.model, args.image_size, args.channels)
+    return diffusers_unet(cfg.model, args.image_size, args.channels, args.diffusers_blocks, diffusers_widths(args))
+
+
 # ----------------------------------------------------------------------------------------------- training
 class StepTimer(pl.Callback):
     """Wall time of the optimizer steps after ``warmup``, kept on the class so the caller can read it."""
@@ -214,13 +223,14 @@ def train_bare(cfg, args, images) -> dict[str, float]:
     )
 
 
-def train_diffusers(cfg, args, images) -> dict[str, float]:
-    """diffusers' UNet2DModel + DDPMScheduler.add_noise, ε-prediction MSE, same optimizer and clipping."""
+def train_diffusers(cfg, args, images, same_layout: bool = False) -> dict[str, float]:
+    """diffusers' UNet2DModel + DDPMScheduler.add_noise, ε-prediction MSE, same optimizer and clipping;
+    ``same_layout``: ddpm_lab's widths and blocks per level instead of the matched-FLOP reference."""
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
     from hydra.utils import instantiate
 
-    net = diffusers_unet(cfg.model, args.image_size, args.channels, args.diffusers_blocks, diffusers_widths(args))
+    net = diffusers_net(cfg, args, same_layout)
     net = net.to(args.device).train()
     scheduler = DDPMScheduler(num_train_timesteps=int(cfg.schedule.timesteps), beta_schedule="linear")
     optimizer = instantiate(cfg.optimizer)(net.parameters())
@@ -530,7 +540,10 @@ def run_one(args, measure: str, data_root: Path, out_dir: Path) -> dict[str, Any
         from ddpm_lab.data.sources import load_image_folder
 
         images = load_image_folder(data_root, args.image_size, args.channels)[0]
-        seconds, n = (train_bare if name == "bare" else train_diffusers)(cfg, args, images), args.steps * args.batch
+        seconds = (
+            train_bare(cfg, args, images) if name == "bare" else train_diffusers(cfg, args, images, name != "diffusers")
+        )
+        n = args.steps * args.batch
     return {"seconds": seconds["wall"], "images_per_s": n / seconds["wall"], "images_per_cpu_s": n / seconds["cpu"]}
 
 
@@ -583,17 +596,19 @@ def train_flops(cfg, args) -> dict[str, float]:
 
     shape = (args.channels, args.image_size, args.image_size)
     ours = train_flops_per_image(build_components(cfg, warn=False)[0], shape)
-    net = diffusers_unet(cfg.model, args.image_size, args.channels, args.diffusers_blocks, diffusers_widths(args))
 
     class Sample(torch.nn.Module):  # diffusers returns an output object; the counter needs the tensor
-        def __init__(self) -> None:
+        def __init__(self, net: torch.nn.Module) -> None:
             super().__init__()
             self.net = net
 
         def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.net(x, t).sample
 
-    return {"ddpm_lab": ours, "bare": ours, "diffusers": train_flops_per_image(Sample(), shape)}
+    theirs = {
+        k: train_flops_per_image(Sample(diffusers_net(cfg, args, k != "diffusers")), shape) for k in TRAIN_METHODS[2:]
+    }
+    return {"ddpm_lab": ours, "bare": ours, **theirs}
 
 
 def report(args, train: dict, flops: dict, sampling: dict, memory: dict) -> str:
@@ -619,9 +634,11 @@ def report(args, train: dict, flops: dict, sampling: dict, memory: dict) -> str:
         per_flop = (med["bare"]["images_per_s"] * flops["bare"]) / (
             med["diffusers"]["images_per_s"] * flops["diffusers"]
         )
+        same = med["bare"]["images_per_s"] / med["diffusers_same"]["images_per_s"]
         lines += [
             "",
             f"- ddpm_lab's U-Net vs diffusers' per FLOP (bare loops, wall): **{per_flop:.3f}x** (target >= 1.00).",
+            f"- ddpm_lab's U-Net vs the same architecture in diffusers (images/s, bare loops, wall): **{same:.3f}x**.",
             f"- Lightning run vs the bare loop (images/s, wall): "
             f"**{med['ddpm_lab']['images_per_s'] / med['bare']['images_per_s']:.3f}x** (target >= 0.97); "
             f"per CPU-second {med['ddpm_lab']['images_per_cpu_s'] / med['bare']['images_per_cpu_s']:.3f}x.",

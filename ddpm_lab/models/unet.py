@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_lab.errors import ConfigError, check_choice, check_flag, check_number
+from ddpm_lab.models.dropout import Dropout
 
 __all__ = ["UNet", "sinusoidal_embedding"]
 
@@ -52,7 +53,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.temb = nn.Linear(temb_dim, out_ch)
         self.norm2 = _norm(out_ch, groups, eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)  # nn.Dropout, with a faster mask on CPUs
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stable early training
         nn.init.zeros_(self.conv2.bias)
