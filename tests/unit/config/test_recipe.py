@@ -1,9 +1,10 @@
-"""The DDPM-paper CIFAR-10 recipe: the U-Net's size and the experiment's settings."""
+"""The recipes: the DDPM-paper CIFAR-10 one (U-Net size, settings) and the measured 10-minute MNIST CPU one."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -67,3 +68,19 @@ def test_a_short_fixed_large_chain_is_warned_about(caplog):
             "callbacks.sample_grid.sampler",
         )
     assert "callbacks.sample_grid.sampler.variance=fixed_large with a 100-step chain" in caplog.text
+
+
+def test_experiment_mnist_cpu_is_the_measured_ten_minute_recipe(cfg_train):
+    """The settings docs/benchmarks.md measured ("Quality per hour"): change them only with a new measurement."""
+    from ddpm_lab.config import build_components
+    from ddpm_lab.training.lr_schedules import CosineLR
+
+    cfg = cfg_train("experiment=mnist_cpu")
+    assert (cfg.model.base_channels, cfg.model.dropout, cfg.dataset.batch_size) == (32, 0.0, 32)
+    assert cfg.schedule.name == "cosine" and not cfg.schedule.zero_terminal_snr
+    assert (cfg.diffusion.prediction, cfg.diffusion.loss_weighting) == ("v", "min_snr")
+    assert (cfg.optimizer.lr, cfg.warmup_steps, cfg.trainer.max_steps) == (2e-3, 100, 1350)
+    assert instantiate(cfg.lr_schedule).func is CosineLR
+    net, diffusion, sampler = build_components(cfg)
+    assert diffusion.prediction == "v" and not any(m.p for m in net.modules() if isinstance(m, torch.nn.Dropout))
+    assert (sampler.variance, len(sampler.timesteps(diffusion.num_timesteps))) == ("fixed_small", 100)
