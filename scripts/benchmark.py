@@ -2,9 +2,10 @@
 
   --suite cpu (default): (a) the MNIST recipe on the CPU (unet_small, 28x28x1, AdamW, clipping, EMA) for each
       --batches size: ddpm_lab through Lightning (``ddpm_lab.train.train``) vs the same step in a bare PyTorch
-      loop vs diffusers' UNet2DModel (32/64/128 channels, one block per level, attention at 7x7) in that loop;
-      images/s, images per CPU-second and GFLOP/s (FLOPs counted by ddpm_lab.models.flops), the three loops
-      interleaved over --rounds (median). Then (c) sampling images/s per sampler and step count. About 5 min.
+      loop vs diffusers' UNet2DModel (32/64/128 channels, one block per level, attention at 7x7) in that loop
+      vs diffusers' UNet2DModel with ddpm_lab's own architecture (diffusers_same);
+      images/s, images per CPU-second and GFLOP/s (FLOPs counted by ddpm_lab.models.flops), the four loops
+      interleaved over --rounds (median). Then (c) sampling images/s per sampler and step count. About 6 min.
         OMP_NUM_THREADS=2 python scripts/benchmark.py --threads 2 --output cpu.md
   --suite gpu: (b) the training step of unet_ddpm_cifar10 at batch 128 on a CUDA GPU, 32-true / bf16-mixed /
       16-mixed x eager / torch.compile (images/s, MFU, peak memory), and bf16 vs float32 sampling;
