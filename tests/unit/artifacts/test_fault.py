@@ -49,13 +49,18 @@ def test_resume_says_clearly_when_every_checkpoint_is_damaged(tmp_path: Path):
         last_checkpoint(tmp_path)
 
 
-def test_ctrl_c_in_the_middle_of_a_save_stays_a_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Seen under load: SIGINT inside torch.save came out as the zip writer's RuntimeError, so the run neither
-    saved last.ckpt on Ctrl-C nor said how to resume. It must stay a KeyboardInterrupt, the old file intact."""
+def _saved_checkpoint(tmp_path: Path) -> tuple[AtomicCheckpointIO, Path, bytes]:
+    """An AtomicCheckpointIO, the last.ckpt it wrote at step 3, and that file's bytes (to check it stays intact)."""
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
     io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.ones(4)}}, path)
-    before = path.read_bytes()
+    return io, path, path.read_bytes()
+
+
+def test_ctrl_c_in_the_middle_of_a_save_stays_a_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Seen under load: SIGINT inside torch.save came out as the zip writer's RuntimeError, so the run neither
+    saved last.ckpt on Ctrl-C nor said how to resume. It must stay a KeyboardInterrupt, the old file intact."""
+    io, path, before = _saved_checkpoint(tmp_path)
 
     def interrupted(obj, f, *args, **kwargs):
         f.write(b"partial bytes")
@@ -71,10 +76,7 @@ def test_ctrl_c_in_the_middle_of_a_save_stays_a_ctrl_c(tmp_path: Path, monkeypat
 
 
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
-    io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.ones(4)}}, path)
-    before = path.read_bytes()
+    io, path, before = _saved_checkpoint(tmp_path)
 
     def disk_full(obj, f, *args, **kwargs):
         f.write(b"partial bytes")
