@@ -43,6 +43,10 @@ class OutputExistsError(UserError, FileExistsError):
     """An output file is already there; nothing is overwritten."""
 
 
+class RunFolderBusyError(UserError, RuntimeError):
+    """A run folder is in use by another live process (its ``.lock``)."""
+
+
 class WeightsMissingError(UserError, FileNotFoundError):
     """A feature extractor's weights file is not where the config says; the message says where to put it."""
 

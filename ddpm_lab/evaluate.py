@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lab.artifacts.allow_list import check_safe, resolve_references
 from ddpm_lab.artifacts.atomic import atomic_write
+from ddpm_lab.artifacts.cache_dir import FID_STATS, cache_folder
 from ddpm_lab.artifacts.checkpoint import WEIGHTS, LoadedModel, checkpoint_file, load_model
 from ddpm_lab.artifacts.figures import bound_terms_figure, guidance_figure, save_figure
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_png, to_uint8
@@ -31,7 +32,6 @@ from ddpm_lab.config.checks import check_common, check_integer
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.overrides import read_yaml
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
-from ddpm_lab.data.sources import cache_folder
 from ddpm_lab.diffusion import Sampler, generate_batches
 from ddpm_lab.diffusion.samplers import VARIANCES
 from ddpm_lab.errors import ConfigError, check_choice, check_flag, check_list, check_number, user_errors
@@ -91,7 +91,7 @@ def stats_folder(cfg: DictConfig) -> Path:
     """Where real-image statistics (and the ``features=classifier`` networks) are cached."""
     if cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser()
-    return cache_folder(cfg.paths.get("cache_dir")) / "fid_stats"
+    return cache_folder(cfg.paths.get("cache_dir"), FID_STATS)
 
 
 def training_images(dataset: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

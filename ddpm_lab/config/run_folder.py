@@ -47,6 +47,7 @@ from ddpm_lab.errors import (
     ConfigError,
     OutputExistsError,
     ResumeError,
+    RunFolderBusyError,
     UserError,
     exit_with,
     one_line,
@@ -94,10 +95,6 @@ def _secondary_rank() -> bool:
     """True in the extra processes of a multi-process run (Lightning's DDP children, SLURM tasks > 0): the run
     folder and its lock belong to rank 0, which started first."""
     return any(int(os.environ.get(k) or 0) > 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-class RunFolderBusyError(UserError, RuntimeError):
-    """A run folder is in use by another live process (its ``.lock``)."""
 
 
 def lock_run_folder(folder: str | os.PathLike) -> None:

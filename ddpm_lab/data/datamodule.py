@@ -9,13 +9,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from ddpm_lab.artifacts.cache_dir import DECODED, cache_folder
 from ddpm_lab.artifacts.images import to_model_range
 from ddpm_lab.data.loader import InMemoryLoader
 from ddpm_lab.data.sources import (
-    CACHE_SUBDIR,
     CARS_HOW_TO_GET,
     ON_ERROR,
-    cache_folder,
     fit_images,
     index_image_folder,
     load_cifar10,
@@ -316,7 +315,7 @@ class DecodedImageDataModule(ImageDataModule):
     def cache_options(self) -> dict:
         if self.cache_min_files is None:
             return {"cache_dir": None}
-        return {"cache_dir": self.cache_dir / CACHE_SUBDIR, "cache_min_files": self.cache_min_files}
+        return {"cache_dir": self.cache_dir / DECODED, "cache_min_files": self.cache_min_files}
 
 
 class StanfordCarsDataModule(DecodedImageDataModule):

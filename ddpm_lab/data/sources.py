@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 ON_ERROR = ("skip", "raise")
-CACHE_SUBDIR = "decoded"  # decoded images live in <paths.cache_dir>/decoded/
 CACHE_VERSION = 2  # bump when decoding changes, so old caches are rebuilt (2: 16-bit images, content keys)
 # Images we decode at most: 64 megapixels (8192×8192), proportions up to 32:1 (see check_image_size).
 MAX_IMAGE_PIXELS = 1 << 26
@@ -161,18 +160,6 @@ def decode_files(
                 out[len(kept)] = result
                 kept.append(i)
     return torch.from_numpy(out[: len(kept)]).permute(0, 3, 1, 2).contiguous(), kept, bad
-
-
-def default_cache_dir() -> Path:
-    """Our cache folder when ``paths.cache_dir`` is null: ``$XDG_CACHE_HOME/ddpm_lab``, else ``~/.cache/ddpm_lab``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"  # XDG: relative ones are invalid
-    return base / "ddpm_lab"
-
-
-def cache_folder(cache_dir: str | os.PathLike | None) -> Path:
-    """``paths.cache_dir`` as a folder (null: :func:`default_cache_dir`)."""
-    return Path(cache_dir).expanduser() if cache_dir not in (None, "") else default_cache_dir()
 
 
 def _cache_key(files: Sequence[Path], labels: Sequence[int], where: Path, image_size: int, channels: int) -> str:

@@ -11,8 +11,8 @@ import logging
 import pytorch_lightning as pl
 import torch
 
+from ddpm_lab.artifacts.cache_dir import FID_STATS, cache_folder
 from ddpm_lab.artifacts.images import to_uint8
-from ddpm_lab.data.sources import cache_folder
 from ddpm_lab.diffusion import Sampler
 from ddpm_lab.errors import check_number
 from ddpm_lab.metrics import ClassifierFeatures, FeatureExtractor, FeatureSet, chunks, extract_features, scores
@@ -55,7 +55,7 @@ class FIDCallback(pl.Callback):
         """``features=classifier``: train it (or read it back) on the labelled training images, before step 1."""
         if isinstance(self.features, ClassifierFeatures) and self.features.net is None:
             dm = trainer.datamodule
-            folder = cache_folder(getattr(dm, "cache_dir", None)) / "fid_stats"
+            folder = cache_folder(getattr(dm, "cache_dir", None), FID_STATS)
             self.features.fit(dm.train_images, dm.train_labels, folder, source=f"dataset {dm.name}")
             log.info("%s", self.features.summary())
 

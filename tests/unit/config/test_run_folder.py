@@ -16,13 +16,12 @@ from conftest import cli_env
 from ddpm_lab.config import run_folder
 from ddpm_lab.config.run_folder import (
     LOCK_NAME,
-    RunFolderBusyError,
     claim_fresh_run_folder,
     lock_run_folder,
     run_overrides,
     unlock_run_folder,
 )
-from ddpm_lab.errors import OutputExistsError
+from ddpm_lab.errors import OutputExistsError, RunFolderBusyError
 
 HOLD_LOCK = """
 import sys, time

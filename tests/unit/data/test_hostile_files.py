@@ -14,14 +14,13 @@ import torch
 from PIL import Image
 
 from conftest import write_image_folder
+from ddpm_lab.artifacts.cache_dir import cache_folder, default_cache_dir
 from ddpm_lab.data import DatasetError, ImageFolderDataModule
 from ddpm_lab.data.sources import (
     MAX_ASPECT_RATIO,
     ImageSizeError,
-    cache_folder,
     check_image_size,
     decode_image,
-    default_cache_dir,
 )
 
 
