@@ -20,17 +20,15 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from ddpm_lab.artifacts.checkpoint import checkpoint_step
 from ddpm_lab.config import build, build_all, build_components, build_module, check_train_config, config_dir
 from ddpm_lab.config.entry import entry_point
-from ddpm_lab.config.run_folder import (
+from ddpm_lab.config.hydra_callbacks import multirun_job_failed
+from ddpm_lab.config.resume import (
     RecordResumeStart,
     check_resumable,
     continue_loggers,
-    discard_fresh_run_folder,
-    lock_run_folder,
-    multirun_job_failed,
     resume_checkpoint,
     resumed_config,
-    unlock_run_folder,
 )
+from ddpm_lab.config.run_folder import discard_fresh_run_folder, lock_run_folder, unlock_run_folder
 from ddpm_lab.errors import ConfigError, UserError, user_errors
 from ddpm_lab.training import PreemptionGuard
 

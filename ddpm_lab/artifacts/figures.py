@@ -1,4 +1,5 @@
-"""Figures of the diffusion process: schedule plots and labelled image strips over t.
+"""Figures of the diffusion process and of its scores: schedule plots, labelled image strips over t, the
+variational bound's terms, FID against the guidance scale and against the number of model evaluations.
 
 Figures are plain ``matplotlib.figure.Figure`` objects drawn by the Agg canvas, so nothing here touches
 pyplot's global state or needs a display. No Lightning, no Hydra.
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from ddpm_lab.artifacts.atomic import atomic_write
 from ddpm_lab.artifacts.images import to_uint8
@@ -145,4 +147,31 @@ def guidance_figure(rows: Sequence[Mapping[str, float]], title: str = "") -> Fig
         acc.set_ylabel("class accuracy (%)", color="tab:orange")
         acc.set_ylim(0, 100)
     fig.suptitle(title or "FID vs classifier-free guidance", fontsize="medium")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- sampler sweeps
+def fid_vs_nfe_figure(series: Mapping[str, Sequence[tuple[float, float, float | None]]]) -> Figure:
+    """FID against NFE (model evaluations per image, log axis), one line per named series of
+    (NFE, FID, seconds per image) points; each point is labelled with its wall time per image when known."""
+    fig = Figure(figsize=(6.5, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, points in series.items():
+        nfe, fid, seconds = zip(*sorted(points, key=lambda p: p[:2]))
+        ax.plot(nfe, fid, marker="o", label=label)
+        for x, y, s in zip(nfe, fid, seconds):
+            if s is not None:
+                ax.annotate(f"{s * 1e3:.3g} ms/img", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({p[0] for points in series.values() for p in points}))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_xlabel("NFE (model evaluations per image)")
+    ax.set_ylabel("FID")
+    ax.grid(True, which="both", alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig

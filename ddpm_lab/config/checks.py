@@ -24,6 +24,7 @@ from ddpm_lab.artifacts.allow_list import SECTION_BUILDERS, canonical_target
 from ddpm_lab.artifacts.checkpoint import checkpoint_config, checkpoint_file, read_checkpoint
 from ddpm_lab.config.build import build, build_components, build_module, model_node, name_key
 from ddpm_lab.config.conditioning import condition_on_dataset
+from ddpm_lab.config.loggers import logger_row
 from ddpm_lab.config.run_folder import writable_folder
 from ddpm_lab.errors import ConfigError, check_flag, check_number, first_line
 
@@ -32,13 +33,6 @@ log = logging.getLogger(__name__)
 # A DDPM chain this short with σ² = β_t is far worse than with the posterior variance (Nichol & Dhariwal 2021:
 # FID ≈ 46 vs ≈ 11 on CIFAR-10 at 100 steps).
 SHORT_CHAIN = 500
-
-# Loggers whose package is an optional extra of ddpm_lab: Lightning class -> (module to import, extra to install).
-LOGGER_EXTRAS = {
-    "WandbLogger": ("wandb", "wandb"),
-    "MLFlowLogger": ("mlflow", "mlflow"),
-    "MLFlowFileLogger": ("mlflow", "mlflow"),
-}
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -268,9 +262,11 @@ def pick_device(name: str) -> torch.device:
 def check_loggers(cfg: DictConfig) -> None:
     """Refuse a logger whose optional package is not installed (Lightning would fail later, less clearly)."""
     for name, node in (cfg.get("logger") or {}).items():
-        target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
-        module, extra = LOGGER_EXTRAS.get(target.rsplit(".", 1)[-1], (None, None))
-        if module is not None and importlib.util.find_spec(module) is None:
+        row = logger_row(node)
+        if row is None or row.needs is None:
+            continue
+        module, extra = row.needs
+        if importlib.util.find_spec(module) is None:
             raise ConfigError(
                 f"logger.{name} needs the {module} package, which is not installed: "
                 f'pip install "ddpm_lab[{extra}]", or choose another logger (logger=tensorboard, logger=csv)'

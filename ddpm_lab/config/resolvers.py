@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
 from ddpm_lab.config.checks import check_output_root
-from ddpm_lab.config.run_folder import exit_on_user_error, resume_output_subdir, resume_run_dir, run_uid
+from ddpm_lab.config.run_folder import CHECKPOINTS, RESUME_PREFIX, lock_run_folder, make_folders
+from ddpm_lab.errors import ResumeError, RunFolderBusyError, UserError, exit_with
 from ddpm_lab.training import auto_warmup
 
 
@@ -47,8 +54,69 @@ def default_warmup(max_steps: object) -> int:
 def fresh_run_dir(output_root: str | None, below: str) -> str:
     """Resolver for a fresh run folder, ``<output_root>/<below>``: ``paths.output_root`` must be set (``null``
     would make a ``None/`` folder). Checked as Hydra resolves ``hydra.run.dir``, before anything is created;
-    :class:`~ddpm_lab.config.run_folder.RunFolders` then claims the folder."""
+    :class:`~ddpm_lab.config.hydra_callbacks.RunFolders` then claims the folder."""
     return f"{check_output_root(output_root)}/{below}"
+
+
+@functools.cache  # checked and locked once per process, however often Hydra resolves it
+def resume_run_dir(resume: str | None, fresh: str) -> str:
+    """Resolver for ``hydra.run.dir``: the run folder being resumed (checked and locked for this process before
+    Hydra writes anything), or a fresh one (claimed by :class:`~ddpm_lab.config.hydra_callbacks.RunFolders`
+    before Hydra creates it)."""
+    if not resume:
+        return fresh
+    run = Path(resume).expanduser()
+    if not (run / ".hydra" / "overrides.yaml").is_file():
+        raise ResumeError(
+            f"resume={resume} is not a training run folder (no .hydra/overrides.yaml): pass the folder of "
+            "a run, e.g. resume=outputs/train/<run>"
+        )
+    if not any((run / CHECKPOINTS).glob("*.ckpt")):
+        raise ResumeError(
+            f"resume={resume}: no checkpoint in {run / CHECKPOINTS} (the run stopped before its first one)"
+        )
+    try:
+        lock_run_folder(run)
+    except RunFolderBusyError as e:
+        raise ResumeError(
+            f"resume={resume}: the run is still training ({e}): wait until it has stopped, then resume it"
+        ) from None
+    return str(run)
+
+
+@functools.cache  # one name per process, however often Hydra resolves it
+def run_uid() -> str:
+    """Resolver ``${run_uid:}``: a short random suffix that keeps run folder names unique within one second."""
+    return secrets.token_hex(3)
+
+
+@functools.cache  # one folder per process, however often Hydra resolves it
+def resume_output_subdir(resume: str | None) -> str:
+    """Resolver for ``hydra.output_subdir``: a resumed launch must not overwrite the run's own ``.hydra`` files.
+
+    The folder ``<run>/.hydra/resume_<time>_<uid>`` is created here (recorded as this launch's own, for clean-up).
+    """
+    if not resume:
+        return ".hydra"
+    name = f".hydra/{RESUME_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S}_{run_uid()}"
+    make_folders(Path(resume).expanduser().absolute() / name)
+    return name
+
+
+def exit_on_user_error(resolver: Callable[..., Any]) -> Callable[..., Any]:
+    """A resolver that reports a UserError as one line and exit status 2.
+
+    Hydra resolves ``hydra.run.dir`` outside the task function and would print an exception it fails to format.
+    """
+
+    @functools.wraps(resolver)
+    def wrapped(*args: Any) -> Any:
+        try:
+            return resolver(*args)
+        except UserError as e:
+            exit_with(e)
+
+    return wrapped
 
 
 RESOLVERS = {

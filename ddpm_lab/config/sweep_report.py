@@ -17,13 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
 from omegaconf import DictConfig
 
 from ddpm_lab.artifacts.atomic import atomic_write
-from ddpm_lab.artifacts.figures import save_figure
+from ddpm_lab.artifacts.figures import fid_vs_nfe_figure, save_figure
 
 REPORT_FILES = ("sweep.md", "sweep.csv", "fid_vs_nfe.png")
 # Overrides that say where things are, not how images are made: never a column.
@@ -77,36 +74,16 @@ def markdown(lines: list[list[str]]) -> str:
     return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines[1:]]) + "\n"
 
 
-def fid_vs_nfe_figure(rows: list[dict[str, Any]]) -> Figure:
-    """FID against NFE, one line per combination of the swept settings other than the number of steps; each point
-    is labelled with its wall time per image."""
+def fid_vs_nfe_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float, float, float | None]]]:
+    """The lines of the FID-vs-NFE plot: one per combination of the swept settings other than the number of steps,
+    each a list of (NFE, FID, seconds per image) over the jobs that have both scores."""
     series_keys = [k for k in swept_keys(rows) if not k.endswith("steps")]
     series: dict[str, list[tuple[float, float, float | None]]] = {}
     for row in rows:
         if row["nfe"] is not None and row["fid"] is not None:
             label = ", ".join(f"{k}={row['settings'].get(k, '-')}" for k in series_keys) or "FID"
             series.setdefault(label, []).append((row["nfe"], row["fid"], row["seconds_per_image"]))
-    fig = Figure(figsize=(6.5, 4.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for label, points in series.items():
-        nfe, fid, seconds = zip(*sorted(points, key=lambda p: p[:2]))
-        ax.plot(nfe, fid, marker="o", label=label)
-        for x, y, s in zip(nfe, fid, seconds):
-            if s is not None:
-                ax.annotate(f"{s * 1e3:.3g} ms/img", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xticks(sorted({p[0] for points in series.values() for p in points}))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.ticklabel_format(axis="y", useOffset=False)
-    ax.set_xlabel("NFE (model evaluations per image)")
-    ax.set_ylabel("FID")
-    ax.grid(True, which="both", alpha=0.3)
-    if series:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return series
 
 
 def write_report(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
@@ -119,7 +96,7 @@ def write_report(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
     csv.writer(buffer, lineterminator="\n").writerows(lines)
     with atomic_write(csv_path, durable=False) as tmp:
         tmp.write_text(buffer.getvalue())
-    save_figure(fid_vs_nfe_figure(rows), png)
+    save_figure(fid_vs_nfe_figure(fid_vs_nfe_series(rows)), png)
     return [md, csv_path, png]
 
 

@@ -60,6 +60,12 @@ def test_sample_and_evaluate_accept_a_legacy_checkpoint(tmp_path: Path, gray_ima
 @pytest.mark.slow
 def test_resume_continues_a_legacy_run(tmp_path: Path, gray_images: Path):
     run = shutil.copytree(LEGACY_RUN, tmp_path / "run")
+    # Resume composes Hydra's config from configs/, never from the run's own .hydra/hydra.yaml: a run recorded
+    # before the callback moved (config/run_folder.py -> config/hydra_callbacks.py) names a path gone since.
+    hydra_yaml = run / ".hydra" / "hydra.yaml"
+    moved = "  callbacks:\n    run_folders:\n      _target_: ddpm_lab.config.run_folder.RunFolders"
+    hydra_yaml.write_text(hydra_yaml.read_text().replace("  callbacks: {}", moved, 1))
+    assert moved in hydra_yaml.read_text()
     run_cli("ddpm_lab.train", f"resume='{run}'", f"dataset.root={gray_images}", "trainer.max_steps=4", cwd=tmp_path)
     final = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert final["global_step"] == 4

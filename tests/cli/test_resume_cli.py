@@ -106,26 +106,3 @@ def test_sigterm_saves_a_checkpoint_at_the_step_it_arrived(image_folder, tmp_pat
     assert 4 <= step <= 6  # the step running when the signal came (a fast machine may finish one more)
     assert f"SIGTERM: saved {run / 'checkpoints' / 'last.ckpt'} at step {step}" in output
     assert "resume=" in output
-
-
-def test_resume_replays_the_run_overrides_then_the_new_ones():
-    from ddpm_lab.config.run_folder import merge_overrides
-
-    assert merge_overrides(
-        ["model=unet_tiny", "+foo=1", "trainer.max_steps=10"], ["trainer.max_steps=20", "foo=2"]
-    ) == ["model=unet_tiny", "trainer.max_steps=20", "+foo=2"]
-
-
-def test_resume_refuses_a_folder_that_is_not_a_run_before_creating_anything(tmp_path):
-    from ddpm_lab.config.run_folder import resume_run_dir
-    from ddpm_lab.errors import ResumeError
-
-    fresh = str(tmp_path / "fresh")
-    assert resume_run_dir(None, fresh) == fresh and not Path(fresh).exists()  # claimed later, by RunFolders
-    with pytest.raises(ResumeError, match="not a training run folder"):
-        resume_run_dir(str(tmp_path / "nope"), "fresh")
-    (tmp_path / "run" / ".hydra").mkdir(parents=True)
-    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text("[]")
-    with pytest.raises(ResumeError, match="no checkpoint"):
-        resume_run_dir(str(tmp_path / "run"), "fresh")
-    assert not (tmp_path / "nope").exists()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN, run_cli
-from ddpm_lab.config.run_folder import resume_checkpoint as last_checkpoint
+from ddpm_lab.config.resume import resume_checkpoint as last_checkpoint
 from ddpm_lab.errors import ResumeError
 from ddpm_lab.training.checkpoint_io import AtomicCheckpointIO
 

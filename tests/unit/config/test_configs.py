@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from ddpm_lab.config import config_dir, run_name
-from ddpm_lab.config.checks import LOGGER_EXTRAS
+from ddpm_lab.config.loggers import logger_row
 
 CONFIGS = Path(config_dir())
 # Groups whose options are applied to the whole config rather than building one object.
@@ -67,7 +67,7 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
     node = cfg[group]
     if group == "logger":
         for v in node.values():  # W&B, MLflow: optional extras (their refusal is tested in test_loggers.py)
-            module = LOGGER_EXTRAS.get(str(v._target_).rsplit(".", 1)[-1], ("", ""))[0]
+            module = (logger_row(v).needs or ("", ""))[0]
             if module and importlib.util.find_spec(module) is None:
                 pytest.skip(f"logger={option} needs {module}, an optional extra that is not installed")
     if group in ("callbacks", "logger"):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ddpm_lab.config.overrides import MAX_YAML_BYTES, check_known, check_override_form, read_overrides, read_yaml
-from ddpm_lab.config.run_folder import run_overrides
+from ddpm_lab.config.resume import run_overrides
 from ddpm_lab.errors import UnsafeConfigError
 
 WHERE = Path("run/.hydra/overrides.yaml")

@@ -1,5 +1,5 @@
-"""Run folders belong to one run: claimed before Hydra writes, locked by one process, resume records replayed
-only once their launch reached training."""
+"""Run folders belong to one run: claimed before Hydra writes, locked by one process, and a clean-up removes only
+the folders this process made."""
 
 from __future__ import annotations
 
@@ -14,13 +14,7 @@ import pytest
 
 from conftest import cli_env
 from ddpm_lab.config import run_folder
-from ddpm_lab.config.run_folder import (
-    LOCK_NAME,
-    claim_fresh_run_folder,
-    lock_run_folder,
-    run_overrides,
-    unlock_run_folder,
-)
+from ddpm_lab.config.run_folder import LOCK_NAME, claim_fresh_run_folder, lock_run_folder, unlock_run_folder
 from ddpm_lab.errors import OutputExistsError, RunFolderBusyError
 
 HOLD_LOCK = """
@@ -101,19 +95,6 @@ def test_a_live_lock_refuses_and_a_dead_one_is_taken_over(tmp_path: Path, locker
         unlock_run_folder(run)
 
 
-def test_resume_replays_only_records_of_launches_that_reached_training(tmp_path: Path, hydra_initialised):
-    hydra = tmp_path / ".hydra"
-    for name, overrides in [
-        ("", "[model=unet_tiny, trainer.max_steps=10]"),
-        ("resume_2026-01-01_00-00-00_aaaaaa", "[trainer.max_steps=20]"),
-        ("resume_2026-01-02_00-00-00_bbbbbb", "[optimizer.lr=-1, trainer.max_steps=30]"),  # failed: no 'started'
-    ]:
-        (hydra / name).mkdir(parents=True, exist_ok=True)
-        (hydra / name / "overrides.yaml").write_text(overrides)
-    (hydra / "resume_2026-01-01_00-00-00_aaaaaa" / "started").write_text("10\n")
-    assert run_overrides(tmp_path) == ["model=unet_tiny", "trainer.max_steps=20"]
-
-
 def test_without_flock_the_pid_on_this_host_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def no_flock(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
@@ -135,26 +116,3 @@ def test_without_flock_the_pid_on_this_host_decides(tmp_path: Path, monkeypatch:
             lock_run_folder(run)
             assert (run / LOCK_NAME).read_text().split()[0] == str(os.getpid())
             unlock_run_folder(run)
-
-
-def test_resumed_loggers_keep_what_the_run_logged(tmp_path: Path, cfg_train):
-    """On resume TensorBoard purges after the checkpoint's step, CSV writes beside (never over) its metrics.csv,
-    MLflow goes on in the run's own MLflow run."""
-    run = tmp_path / "run"
-    (run / "csv").mkdir(parents=True)
-    (run / "csv" / "metrics.csv").write_text("step,train/loss\n0,1.0\n")
-    (run / "csv" / "resume_1").mkdir()  # an earlier resume
-    (run / "mlruns" / "123" / "abcdef").mkdir(parents=True)
-    (run / "mlruns" / "123" / "abcdef" / "meta.yaml").write_text("run_id: abcdef\n")
-    cfg = cfg_train("logger=[tensorboard,csv,mlflow]", f"paths.output_dir={run}")
-    run_folder.continue_loggers(cfg, 3)
-    assert cfg.logger.tensorboard.purge_step == 3
-    assert cfg.logger.csv.version == "resume_2"
-    assert cfg.logger.mlflow.run_id == "abcdef"
-    (run / "mlruns" / "123" / "other").mkdir()  # two MLflow runs: which one is the run's is unknown, start a new one
-    (run / "mlruns" / "123" / "other" / "meta.yaml").write_text("run_id: other\n")
-    cfg = cfg_train("logger=many_loggers", f"paths.output_dir={run}")
-    assert set(cfg.logger) == {"tensorboard", "csv"}
-    cfg = cfg_train("logger=mlflow", f"paths.output_dir={run}")
-    run_folder.continue_loggers(cfg, 3)
-    assert cfg.logger.mlflow.get("run_id") is None

@@ -1,0 +1,62 @@
+"""Hydra callbacks of every launch (``hydra.callbacks.run_folders`` in ``configs/hydra/default.yaml``): claim a
+fresh run folder before Hydra writes into it, and after a sweep name the jobs that failed with a mistake.
+
+(The ``evaluate`` sweep report's callback, :class:`~ddpm_lab.config.sweep_report.SweepReport`, lives beside the
+report it writes.)
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from ddpm_lab.config.run_folder import claim_fresh_run_folder, remember_log_size
+from ddpm_lab.errors import EXIT_USER_ERROR, UserError, exit_with, one_line
+
+_failed_jobs: list[str] = []
+
+
+def multirun_job_failed(error: UserError) -> None:
+    """Report a multirun job's mistake as one line naming the job, and remember it for :class:`RunFolders`;
+    the sweep goes on with its other jobs."""
+    hc = HydraConfig.get()
+    job = f"job {hc.job.num} ({hc.job.override_dirname or 'no overrides'})"
+    print(f"error: {job}: {one_line(error)}", file=sys.stderr, flush=True)
+    _failed_jobs.append(job)
+
+
+class RunFolders(Callback):
+    """Hydra callback (``hydra.callbacks.run_folders``).
+
+    * ``on_run_start`` (before Hydra creates the run folder or writes ``.hydra/``): a fresh launch claims its
+      folder, default or given as ``hydra.run.dir``: created and locked for this process, refused (one line,
+      exit status 2, nothing written) when it holds anything.
+    * ``on_multirun_end``: name the jobs that failed with a mistake, and exit with status 2.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exceptions into warnings and goes on: every failure here must exit instead.
+        try:
+            HydraConfig.instance().set_config(config)  # as run_job does next: ${hydra:job.override_dirname}
+            run = str(config.hydra.run.dir)  # resume=: resume_run_dir checks and locks the run as this resolves
+            if not OmegaConf.select(config, "resume"):
+                claim_fresh_run_folder(run, str(config.hydra.job.name))
+            else:  # a failed resume takes back the lines it logged
+                remember_log_size(run, str(config.hydra.job.name))
+        except UserError as e:
+            exit_with(e)
+        except Exception as e:
+            raise SystemExit(f"error: cannot set up the run folder: {one_line(e)}") from e
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if _failed_jobs:
+            print(
+                f"error: {len(_failed_jobs)} multirun job(s) failed (messages above): {', '.join(_failed_jobs)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(EXIT_USER_ERROR)
