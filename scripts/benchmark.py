@@ -538,7 +538,7 @@ def run_one(args, measure: str, data_root: Path, out_dir: Path) -> dict[str, Any
     elif name == "ddpm_lab":
         seconds, n = train_ddpm_lab(cfg, args), args.steps * args.batch
     else:
-        from ddpm_lab.data.sources import load_image_folder
+        from ddpm_lab.data.datasets.image_folder import load_image_folder
 
         images = load_image_folder(data_root, args.image_size, args.channels)[0]
         seconds = (

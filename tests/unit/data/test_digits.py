@@ -1,9 +1,8 @@
-"""dataset=digits: scikit-learn's bundled images, offline; and debug=overfit's unshuffled single batch."""
+"""dataset=digits (data/datasets/digits.py): scikit-learn's bundled images, offline."""
 
 from __future__ import annotations
 
 import socket
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -36,14 +35,3 @@ def test_digits_config_is_offline_and_16px(cfg_train) -> None:
     cfg = cfg_train("dataset=digits")
     assert (cfg.dataset.image_size, cfg.dataset.channels, cfg.model.image_size) == (16, 1, 16)
     assert "download" not in cfg.dataset and "root" not in cfg.dataset
-
-
-def test_overfit_batches_serves_the_same_batch_every_epoch() -> None:
-    dm = DigitsDataModule(val_size=0, batch_size=8)
-    dm.setup("fit")
-    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, overfit_batches=1, training=True)
-    loader = dm.train_dataloader()
-    assert torch.equal(next(iter(loader))[0], next(iter(loader))[0])  # two epochs, one batch
-    dm.trainer.overfit_batches = 0
-    loader = dm.train_dataloader()
-    assert not torch.equal(next(iter(loader))[0], next(iter(loader))[0])  # normal runs reshuffle each epoch

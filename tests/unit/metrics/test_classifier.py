@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_lab.data.sources import load_digits
+from ddpm_lab.data.datasets.digits import load_digits
 from ddpm_lab.errors import ConfigError
 from ddpm_lab.metrics import ClassifierFeatures, chunks, class_accuracy, extract_features, scores
 

@@ -1,9 +1,15 @@
-"""LightningDataModules serving images as uint8 batches, turned into [−1, 1] floats on the device."""
+"""What every ``dataset`` option shares: checking its settings, picking the split, holding out validation images,
+serving uint8 batches that become [−1, 1] floats on the device, and naming the classes.
+
+A dataset (one module in ``data/datasets/``) subclasses :class:`ImageDataModule` and supplies ``load`` and, where it
+has them, its class names; datasets of image files subclass :class:`DecodedImageDataModule`.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -11,37 +17,23 @@ import torch
 
 from ddpm_lab.artifacts.cache_dir import DECODED, cache_folder
 from ddpm_lab.artifacts.images import to_model_range
+from ddpm_lab.data.decode import ON_ERROR, fit_images
+from ddpm_lab.data.decoded_cache import load_files
 from ddpm_lab.data.loader import InMemoryLoader
-from ddpm_lab.data.sources import (
-    CARS_HOW_TO_GET,
-    ON_ERROR,
-    fit_images,
-    index_image_folder,
-    load_cifar10,
-    load_digits,
-    load_files,
-    load_image_folder,
-    load_mnist,
-    stanford_cars_class_names,
-    stanford_cars_files,
-)
 from ddpm_lab.errors import ConfigError, DatasetError, check_choice, check_flag, check_number
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "test", "all")
-CIFAR10_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
+# dataset.split -> the halves ``load`` is asked for, in order (True: the train half, False: the test half).
+SPLITS: dict[str, tuple[bool, ...]] = {"train": (True,), "test": (False,), "all": (True, False)}
+
+
+def missing_files_error(
+    name: str, folder: Path, expected: Sequence[str], how: str, cause: Exception | None = None
+) -> DatasetError:
+    """The one message for a dataset that is not on disk: which folder, which files, how to get them."""
+    reason = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+    return DatasetError(f"{name} not found in {folder}{reason}: expected {', '.join(expected)}. {how}")
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -61,6 +53,8 @@ class ImageDataModule(pl.LightningDataModule):
     """
 
     name = "images"
+    # The names of labels 0, 1, ... when they are fixed (MNIST's digits); None: read from disk, or unlabeled.
+    classes: tuple[str, ...] | None = None
 
     def __init__(
         self,
@@ -80,7 +74,7 @@ class ImageDataModule(pl.LightningDataModule):
         image_size = check_number(image_size, "dataset.image_size", int, low=1)
         batch_size = check_number(batch_size, "dataset.batch_size", int, low=1)
         val_size = check_number(val_size, "dataset.val_size", float, low=0)
-        check_choice(split, "dataset.split", SPLITS)
+        check_choice(split, "dataset.split", tuple(SPLITS))
         flip, download, on_device = (
             check_flag(value, f"dataset.{key}")
             for key, value in (("flip", flip), ("download", download), ("on_device", on_device))
@@ -96,22 +90,41 @@ class ImageDataModule(pl.LightningDataModule):
         self.flip, self.download, self.on_device, self.seed = flip, download, on_device, seed
         self.train_images: torch.Tensor | None = None
 
-    # -- to implement per dataset ------------------------------------------------------------------
-    @property
-    def class_names(self) -> list[str] | None:
-        """The names of the label indices 0, 1, ... (what ``conditioning=class`` conditions on); None: unlabeled.
+    # -- what a dataset supplies -------------------------------------------------------------------
+    def load(self, train: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (N, C, H, W) uint8 images at any size and (N,) labels (−1: unlabeled) for one half of the
+        dataset: train (True), test (False), or the whole of one without halves (None, see :meth:`split_parts`)."""
+        raise NotImplementedError
 
-        Read without decoding any image (a folder listing at most)."""
+    def read_class_names(self, train: bool | None) -> list[str] | None:
+        """The class names stored with the data (for datasets without fixed :attr:`classes`); None: unlabeled."""
         return None
 
-    def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (N, C, H, W) uint8 images at any size and (N,) labels for one split."""
-        raise NotImplementedError
+    def check_files(self) -> None:
+        """Raise a DatasetError, before any work, when the split's files are not there (by default ``load`` does)."""
 
     def fetch(self) -> None:
         """Download the files (called by ``prepare_data`` when ``download`` is on); nothing to do by default."""
 
+    def how_to_get(self) -> str:
+        return f"Copy the {self.name} files into {self.root}"
+
     # -- shared --------------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names of the label indices 0, 1, ... (what ``conditioning=class`` conditions on); None: unlabeled.
+
+        Read without decoding any image (a folder listing at most), from the split's first half; a dataset that is
+        not on disk says so rather than answering "no labels"."""
+        if self.classes is not None:
+            return list(self.classes)
+        self.check_files()
+        return self.read_class_names(self.split_parts()[0])
+
+    def split_parts(self) -> tuple[bool | None, ...]:
+        """The halves ``dataset.split`` asks :meth:`load` for, in order."""
+        return SPLITS[self.split]
+
     def prepare_data(self) -> None:
         """The only place that downloads; any failure becomes one DatasetError saying how to get the files."""
         if not self.download:
@@ -126,16 +139,13 @@ class ImageDataModule(pl.LightningDataModule):
                 f"{self.how_to_get()} and set dataset.download=false"
             ) from e
 
-    def how_to_get(self) -> str:
-        return f"Copy the {self.name} files into {self.root}"
-
     def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [self.load(train=True)] if self.split == "train" else [self.load(train=False)]
-        if self.split == "all":
-            parts.insert(0, self.load(train=True))
-        images = torch.cat([fit_images(p[0], self.image_size, self.channels) for p in parts])
-        labels = torch.cat([p[1] for p in parts])
-        return images, labels
+        """The images of ``dataset.split`` at ``image_size`` and ``channels``, and their labels."""
+        parts = [self.load(train) for train in self.split_parts()]
+        images = [fit_images(part[0], self.image_size, self.channels) for part in parts]
+        if len(parts) == 1:  # no copy of a large dataset
+            return images[0], parts[0][1]
+        return torch.cat(images), torch.cat([part[1] for part in parts])
 
     @property
     def world_size(self) -> int:
@@ -216,81 +226,10 @@ class ImageDataModule(pl.LightningDataModule):
         return images, labels
 
 
-class MNISTDataModule(ImageDataModule):
-    """MNIST (LeCun et al.) from its IDX files in ``root/MNIST/raw``; downloaded by torchvision in ``prepare_data``."""
-
-    name = "mnist"
-
-    def __init__(self, root: str = "data", image_size: int = 28, channels: int = 1, **kwargs) -> None:
-        super().__init__(root=root, image_size=image_size, channels=channels, **kwargs)
-
-    def fetch(self) -> None:
-        from torchvision.datasets import MNIST
-
-        MNIST(self.root, download=True)
-
-    def how_to_get(self) -> str:
-        raw = Path(self.root) / "MNIST" / "raw"
-        return f"Copy the four IDX files (train-/t10k-images-idx3-ubyte, -labels-idx1-ubyte, .gz or not) into {raw}"
-
-    @property
-    def class_names(self) -> list[str]:
-        return [str(digit) for digit in range(10)]
-
-    def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return load_mnist(self.root, train=train)
-
-
-class CIFAR10DataModule(ImageDataModule):
-    """CIFAR-10 (Krizhevsky, 2009) from its pickled batches in ``root/cifar-10-batches-py`` via torchvision."""
-
-    name = "cifar10"
-
-    def __init__(
-        self, root: str = "data", image_size: int = 32, channels: int = 3, flip: bool = True, **kwargs
-    ) -> None:
-        super().__init__(root=root, image_size=image_size, channels=channels, flip=flip, **kwargs)
-
-    def fetch(self) -> None:
-        from torchvision.datasets import CIFAR10
-
-        CIFAR10(self.root, download=True)
-
-    def how_to_get(self) -> str:
-        from torchvision.datasets import CIFAR10
-
-        return f"Unpack {CIFAR10.url} into {self.root} (it makes cifar-10-batches-py/)"
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(CIFAR10_CLASSES)
-
-    def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return load_cifar10(self.root, train=train)
-
-
-class DigitsDataModule(ImageDataModule):
-    """scikit-learn's 1,797 handwritten 8x8 digits (UCI), upsampled to ``image_size``: ships inside scikit-learn,
-    so it works offline on any machine (the quick start). ``train``: the first 1,500 images, ``test``: the rest."""
-
-    name = "digits"
-
-    def __init__(
-        self, root: str = "scikit-learn", image_size: int = 16, channels: int = 1, split: str = "all", **kwargs
-    ) -> None:
-        kwargs["download"] = False  # nothing to fetch: the file is part of the installed package
-        super().__init__(root=root, image_size=image_size, channels=channels, split=split, **kwargs)
-
-    @property
-    def class_names(self) -> list[str]:
-        return [str(digit) for digit in range(10)]
-
-    def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return load_digits(train)
-
-
 class DecodedImageDataModule(ImageDataModule):
     """Base for datasets of image files: decoded once on a thread pool, then optionally kept in a decoded cache.
+
+    Nothing is downloaded: ``prepare_data`` only checks that the files are there.
 
     Args:
         on_error: unreadable files are ``skip``-ped with a warning naming them, or ``raise`` stops the run.
@@ -312,90 +251,16 @@ class DecodedImageDataModule(ImageDataModule):
         self.on_error, self.cache_min_files = on_error, cache_min_files
         self.cache_dir = cache_folder(cache_dir)
 
-    def cache_options(self) -> dict:
-        if self.cache_min_files is None:
-            return {"cache_dir": None}
-        return {"cache_dir": self.cache_dir / DECODED, "cache_min_files": self.cache_min_files}
-
-
-class StanfordCarsDataModule(DecodedImageDataModule):
-    """Stanford Cars (Krause et al., 2013): torchvision's layout, or ``cars_train/`` + ``cars_test/`` image folders.
-
-    Its download link is dead, so a missing dataset gets instructions instead of a download.
-    """
-
-    name = "stanford_cars"
-
-    def __init__(
-        self,
-        root: str = "data",
-        image_size: int = 64,
-        channels: int = 3,
-        flip: bool = True,
-        cache_min_files: int | None = 0,
-        **kwargs,
-    ) -> None:
-        super().__init__(
-            root=root, image_size=image_size, channels=channels, flip=flip, cache_min_files=cache_min_files, **kwargs
-        )
-
     def prepare_data(self) -> None:
-        # Nothing can be downloaded: fail here, before any work, if a needed split is missing.
-        for train in {"train": [True], "test": [False], "all": [True, False]}[self.split]:
-            stanford_cars_files(self.root, train)
-        if self.download:
-            log.warning(
-                "stanford_cars: dataset.download is ignored, the public download is gone. %s",
-                CARS_HOW_TO_GET.format(root=self.root),
-            )
+        self.check_files()
 
-    @property
-    def class_names(self) -> list[str] | None:
-        self.prepare_data()  # a missing dataset says so, not "no labels"
-        return stanford_cars_class_names(self.root, self.split != "test")
-
-    def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        files, labels, folder = stanford_cars_files(self.root, train)
-        return load_files(files, labels, self.image_size, self.channels, self.on_error, folder, **self.cache_options())
-
-
-class ImageFolderDataModule(DecodedImageDataModule):
-    """Any folder tree of images; class sub-folders become labels, ``train/`` + ``test/`` sub-folders splits."""
-
-    name = "image_folder"
-
-    def __init__(self, root: str, image_size: int = 32, channels: int = 3, **kwargs) -> None:
-        super().__init__(root=root, image_size=image_size, channels=channels, **kwargs)
-
-    def prepare_data(self) -> None:
-        if Path(self.root).is_file():
-            raise DatasetError(f"image folder {self.root} is a file: set dataset.root to a folder of images")
-        if not Path(self.root).is_dir():
-            raise DatasetError(f"image folder {self.root} does not exist: set dataset.root to a folder of images")
-
-    @property
-    def class_names(self) -> list[str] | None:
-        """The class sub-folders (of ``train/`` when the folder is split), sorted as the labels are."""
-        self.prepare_data()  # a missing folder says so, not "no labels"
-        root = Path(self.root)
-        if (root / "train").is_dir() and (root / "test").is_dir():
-            root = root / ("test" if self.split == "test" else "train")
-        return index_image_folder(root)[2] or None
-
-    def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # A plain folder has no train/test halves unless it holds train/ and test/ sub-folders.
-        root = Path(self.root)
-        if (root / "train").is_dir() and (root / "test").is_dir():
-            wanted = {"train": ["train"], "test": ["test"], "all": ["train", "test"]}[self.split]
-            parts = [self._load_folder(root / s) for s in wanted]
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return self._load_folder(root)
-
-    def _load_folder(self, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels, _ = load_image_folder(
-            folder, self.image_size, self.channels, self.on_error, **self.cache_options()
+    def decode(self, files: Sequence[Path], labels: Sequence[int], where: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """``files`` (labelled ``labels``, found under ``where``) decoded at this module's size and channels,
+        through the decoded cache when ``cache_min_files`` allows."""
+        cache = None if self.cache_min_files is None else cache_folder(self.cache_dir, DECODED)
+        return load_files(
+            files, labels, self.image_size, self.channels, self.on_error, where, cache, self.cache_min_files or 0
         )
-        return images, labels
 
 
 def first_images(datamodule: pl.LightningDataModule, n: int) -> torch.Tensor | None:
