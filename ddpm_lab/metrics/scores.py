@@ -61,6 +61,13 @@ def chunks(images: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
     return (images[i : i + batch_size] for i in range(0, len(images), batch_size))
 
 
+def random_subset(images: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
+    """``n`` of the images drawn with ``seed`` (all of them, in order, when ``n`` is None or not smaller)."""
+    if n is None or n >= len(images):
+        return images
+    return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
 class _Given(nn.Module):
     """Pass-through 'network' that lets torchmetrics' metrics consume precomputed features."""
 
