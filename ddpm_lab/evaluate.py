@@ -36,8 +36,8 @@ from ddpm_lab.metrics.class_mix import class_counts, class_mix
 from ddpm_lab.metrics.classifier import ClassifierFeatures
 from ddpm_lab.metrics.features import FeatureExtractor
 from ddpm_lab.metrics.nll import NLLSettings, model_bound
-from ddpm_lab.metrics.sample_scores import ScoreSettings, per_class_lines, sample_and_score, score_line
-from ddpm_lab.metrics.scores import random_subset
+from ddpm_lab.metrics.sample_scores import per_class_lines, sample_and_score, score_line
+from ddpm_lab.metrics.scores import ScoreSettings, random_subset
 
 log = logging.getLogger(__name__)
 METRICS = ("fid", "nll")

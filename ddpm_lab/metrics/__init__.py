@@ -7,7 +7,6 @@ from ddpm_lab.metrics.classifier import ClassifierFeatures, SmallCNN
 from ddpm_lab.metrics.features import FeatureExtractor, InceptionFeatures, TinyFeatures, default_inception_path
 from ddpm_lab.metrics.nll import NLLResult, NLLSettings, images_bound, model_bound
 from ddpm_lab.metrics.sample_scores import (
-    ScoreSettings,
     generate_uint8,
     per_class_lines,
     sample_and_score,
@@ -16,6 +15,7 @@ from ddpm_lab.metrics.sample_scores import (
 )
 from ddpm_lab.metrics.scores import (
     FeatureSet,
+    ScoreSettings,
     as_rgb_uint8,
     chunks,
     class_accuracy,

@@ -14,8 +14,7 @@ import torch
 from ddpm_lab.artifacts.atomic import atomic_write
 from ddpm_lab.errors import first_line
 from ddpm_lab.metrics.features import FeatureExtractor
-from ddpm_lab.metrics.sample_scores import ScoreSettings
-from ddpm_lab.metrics.scores import FeatureSet, chunks, extract_features, random_subset
+from ddpm_lab.metrics.scores import FeatureSet, ScoreSettings, chunks, extract_features, random_subset
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,26 +15,17 @@ from ddpm_lab.artifacts.images import to_uint8
 from ddpm_lab.diffusion import GaussianDiffusion, Sampler, generate_batches
 from ddpm_lab.metrics.classifier import ClassifierFeatures
 from ddpm_lab.metrics.features import FeatureExtractor
-from ddpm_lab.metrics.scores import FeatureSet, chunks, class_accuracy, extract_features, format_scores, scores
+from ddpm_lab.metrics.scores import (
+    FeatureSet,
+    ScoreSettings,
+    chunks,
+    class_accuracy,
+    extract_features,
+    format_scores,
+    scores,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ScoreSettings:
-    """How samples are drawn and scored: ``n`` of them (against ``n_real`` real images, None: all) from ``seed`` in
-    batches of ``batch_size`` on ``device``; KID over ``kid_subsets`` subsets of ``kid_subset_size``, IS over
-    ``is_splits`` splits; ``guidance_rescale`` φ of guided samples (Lin et al., 2023)."""
-
-    device: torch.device
-    n: int
-    n_real: int | None
-    batch_size: int
-    seed: int
-    kid_subsets: int
-    kid_subset_size: int
-    is_splits: int
-    guidance_rescale: float
 
 
 def generate_uint8(
