@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from ddpm_lab.artifacts.atomic import save_json
-from ddpm_lab.artifacts.checkpoint import WEIGHTS, checkpoint_file, load_model
+from ddpm_lab.artifacts.checkpoint import WEIGHTS, LoadedModel, checkpoint_file, load_model
 from ddpm_lab.artifacts.figures import bound_terms_figure, guidance_figure, save_figure
 from ddpm_lab.artifacts.images import refuse_existing
 from ddpm_lab.artifacts.samples import grid_name, save_uint8_grid
@@ -101,12 +102,16 @@ def say(line: str) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Sample ``n`` images from ``ckpt`` (per guidance scale), score them, write ``results.json``."""
+    """Score ``ckpt`` as ``metrics`` says (FID/KID/IS of its samples, or the NLL bound); write ``results.json``."""
     s = check(cfg)
     checkpoint_file(s.ckpt)
     out_dir = Path(cfg.paths.output_dir)  # the run folder Hydra made (it resolves only inside a run)
-    if s.nll is not None:
-        return evaluate_nll(s, s.nll, out_dir)
+    return evaluate_fid(s, out_dir) if s.nll is None else evaluate_nll(s, s.nll, out_dir)
+
+
+def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
+    """Sample ``n`` images (per guidance scale), score them against real images' features, write the grids, the
+    FID-vs-guidance plot of a sweep and ``results.json``."""
     # Everything a user can get wrong is checked before any sampling: checkpoint, extractor weights, dataset.
     sc = s.scoring
     loaded = load_model(s.ckpt, device=sc.device, weights=s.weights)
@@ -117,18 +122,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     sampler = loaded.sampler if s.sampler is None else check_sampler(s.sampler, T)
     extractor: FeatureExtractor = build("features", s.features)
     dataset = compared_dataset(s.dataset, s.ckpt, s.cache_dir, loaded.config)
-    source, classifier, labels = dataset_source(dataset), isinstance(extractor, ClassifierFeatures), None
-    if classifier or scales is not None:
-        train_images, train_labels = images_of({**dataset, "split": "train"})()
-        if classifier:
-            extractor.fit(train_images, train_labels, s.stats_dir, source=source)
-            say(extractor.summary())
-        if scales is not None:  # the classes the model saw, in their proportions; the same for every scale
-            labels = class_mix(class_counts(train_labels, loaded.num_classes, source, loaded.path), sc.n, sc.seed)
-            if not classifier:
-                log.info("class accuracy of the samples needs features=classifier")
-        del train_images
-
+    labels = fit_to_training_split(s, loaded, extractor, dataset, scales is not None)
     load = images_of(dataset)
     real, cache_path = real_features(lambda: load()[0], dataset, extractor, s.stats_dir, sc)
     rows = []
@@ -151,22 +145,44 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         figure = guidance_figure(rows, title=f"{Path(s.ckpt).name}, {extractor.name} features")
         save_figure(figure, out_dir / GUIDANCE_PLOT)
-    result.update(
-        ckpt=s.ckpt,
-        global_step=loaded.global_step,
-        weights=s.weights,
-        sampler=repr(sampler),
-        nfe=len(sampler.timesteps(T)),  # model evaluations per image
-        features=extractor.name,
-        dataset=dataset["_target_"],
-        real_stats=str(cache_path),
-        seed=sc.seed,
-        device=str(sc.device),
-    )
-    if classifier:
+    how = {"sampler": repr(sampler), "nfe": len(sampler.timesteps(T)), "features": extractor.name}  # nfe: per image
+    result.update(provenance(s, loaded, dataset, how, {"real_stats": str(cache_path)}))
+    if isinstance(extractor, ClassifierFeatures):
         result["classifier"] = extractor.report()
     log.info("results in %s", save_json(result, out_dir / "results.json"))
     return result
+
+
+def fit_to_training_split(
+    s: EvaluateSettings, loaded: LoadedModel, extractor: FeatureExtractor, dataset: dict[str, Any], guided: bool
+) -> torch.Tensor | None:
+    """What needs the dataset's labelled training split: the ``features=classifier`` network (trained, or read
+    back), and for a ``guided`` (class-conditional) checkpoint the class of each sample, in the split's proportions
+    (the same for every scale). Returns those labels (None: unconditional)."""
+    classifier = isinstance(extractor, ClassifierFeatures)
+    if not (classifier or guided):
+        return None
+    images, labels = images_of({**dataset, "split": "train"})()
+    source = dataset_source(dataset)
+    if classifier:
+        extractor.fit(images, labels, s.stats_dir, source=source)
+        say(extractor.summary())
+    if not guided:
+        return None
+    mix = class_mix(class_counts(labels, loaded.num_classes, source, loaded.path), s.scoring.n, s.scoring.seed)
+    if not classifier:
+        log.info("class accuracy of the samples needs features=classifier")
+    return mix
+
+
+def provenance(
+    s: EvaluateSettings, loaded: LoadedModel, dataset: dict[str, Any], how: dict[str, Any], data: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``results.json`` says the scores come from: the checkpoint and its weights, ``how`` it was scored, the
+    dataset (and ``data`` about it), the seed and the device."""
+    checkpoint = {"ckpt": s.ckpt, "global_step": loaded.global_step, "weights": s.weights}
+    run = {"seed": s.scoring.seed, "device": str(s.scoring.device)}
+    return {**checkpoint, **how, "dataset": dataset["_target_"], **data, **run}
 
 
 def evaluate_nll(s: EvaluateSettings, nll: NLLSettings, out_dir: Path) -> dict[str, Any]:
@@ -183,17 +199,7 @@ def evaluate_nll(s: EvaluateSettings, nll: NLLSettings, out_dir: Path) -> dict[s
         result.timesteps, result.per_t, result.decoder, result.prior, result.num_timesteps, title
     )
     save_figure(figure, out_dir / "bound_terms.png")
-    summary = {
-        **result.as_dict(),
-        "ckpt": s.ckpt,
-        "global_step": loaded.global_step,
-        "weights": s.weights,
-        "variance": variance,
-        "dataset": dataset["_target_"],
-        "split": "test",
-        "seed": sc.seed,
-        "device": str(sc.device),
-    }
+    summary = {**result.as_dict(), **provenance(s, loaded, dataset, {"variance": variance}, {"split": "test"})}
     print(result.line())
     log.info("%s", result.line())
     save_json(summary, out_dir / "results.json")
