@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +38,31 @@ def _given(cfg: DictConfig, key: str) -> bool:
     return value is not None
 
 
-def check(cfg: DictConfig) -> str:
-    """The direction asked for (``import`` or ``export``), its settings checked before anything is read."""
+@dataclass(frozen=True)
+class ConvertSettings:
+    """Everything ``convert`` reads from its config, parsed once by :func:`check`."""
+
+    direction: str  # import (diffusers -> ddpm_lab) | export (ddpm_lab -> diffusers)
+    source: str  # from_diffusers= folder | ckpt= file
+    target: str  # out= file | to_diffusers= folder
+    weights: str  # export: auto | ema | raw
+    fid: float | None  # export: an FID for the model card
+
+
+def check(cfg: DictConfig) -> ConvertSettings:
+    """The direction asked for and its settings, checked before anything is read."""
     given = {key for key in ("from_diffusers", "out", "ckpt", "to_diffusers") if _given(cfg, key)}
     if given == {"from_diffusers", "out"}:
-        direction = "import"
+        direction, source, target = "import", cfg.from_diffusers, cfg.out
     elif given == {"ckpt", "to_diffusers"}:
-        direction = "export"
+        direction, source, target = "export", cfg.ckpt, cfg.to_diffusers
     else:
         shown = ", ".join(f"{k}=" for k in sorted(given)) or "nothing"
         raise ConfigError(f"convert got {shown}: {USAGE}")
-    check_choice(cfg.weights, "weights", WEIGHTS)
-    check_number(cfg.fid, "fid", float, low=0, optional=True)
+    weights = check_choice(cfg.weights, "weights", WEIGHTS)
+    fid = check_number(cfg.fid, "fid", float, low=0, optional=True)
     require_diffusers()
-    return direction
+    return ConvertSettings(direction, str(source), str(target), str(weights), fid)
 
 
 def import_diffusers(folder: str, out: str) -> Path:
@@ -81,10 +93,10 @@ def export_diffusers(ckpt: str, folder: str, weights: str = "auto", fid: float |
 
 def convert(cfg: DictConfig) -> Path:
     """Check ``cfg`` and convert in the direction it names; returns what was written."""
-    if check(cfg) == "import":
-        return import_diffusers(str(cfg.from_diffusers), str(cfg.out))
-    fid = None if cfg.fid is None else float(cfg.fid)
-    return export_diffusers(str(cfg.ckpt), str(cfg.to_diffusers), str(cfg.weights), fid)
+    s = check(cfg)
+    if s.direction == "import":
+        return import_diffusers(s.source, s.target)
+    return export_diffusers(s.source, s.target, s.weights, s.fid)
 
 
 @entry_point("convert")  # a mistyped key: one line, exit status 2

@@ -3,156 +3,136 @@
 Class-conditional checkpoints also take ``class=7`` / ``class=cat`` / ``class=[cat,dog]``, ``per_class=8`` (a named
 row per class in grid.png, one folder per class) and ``guidance=3`` (classifier-free guidance w, 1: conditional).
 
-``sample(cfg)`` does the work; ``main`` is only the Hydra wrapper.
+``check(cfg)`` parses the settings once, ``sample(cfg)`` does the work; ``main`` is only the Hydra wrapper.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from ddpm_lab.artifacts.atomic import atomic_write
-from ddpm_lab.artifacts.checkpoint import WEIGHTS, LoadedModel, checkpoint_file, load_model
-from ddpm_lab.artifacts.figures import save_figure, strip_figure
-from ddpm_lab.artifacts.images import image_grid, labelled_grid, refuse_existing, save_gif, save_png, to_uint8
-from ddpm_lab.config import build, check_sampler, config_dir, pick_device
+from ddpm_lab.artifacts.checkpoint import WEIGHTS, checkpoint_file, load_model
+from ddpm_lab.artifacts.images import refuse_existing
+from ddpm_lab.artifacts.samples import (
+    SAMPLE_FILES,
+    save_grid,
+    save_images,
+    save_npz,
+    save_progression,
+    save_reverse_gif,
+)
+from ddpm_lab.config import check_sampler, config_dir, pick_device
 from ddpm_lab.config.checks import check_common, check_integer
 from ddpm_lab.config.entry import entry_point
+from ddpm_lab.config.guidance import class_labels
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.diffusion import evenly_spaced, fit_timesteps, generate_batches
-from ddpm_lab.errors import ConfigError, check_choice, check_list, check_number, user_errors
+from ddpm_lab.errors import check_choice, check_list, check_number, user_errors
 
 log = logging.getLogger(__name__)
+COUNTS = ("n", "batch_size", "strip_n", "gif_n", "gif_frames", "gif_ms")  # integers >= 1
 
 
-def check(cfg: DictConfig) -> None:
+@dataclass(frozen=True)
+class SampleSettings:
+    """Everything ``sample`` reads from its config, parsed once by :func:`check`."""
+
+    ckpt: str
+    weights: str
+    device: torch.device
+    n: int
+    batch_size: int
+    seed: int
+    sampler: DictConfig | None  # None: the checkpoint's own
+    timesteps: tuple[int, ...]  # progression strip columns, before they are fitted to T and the sampler
+    strip_n: int
+    gif_n: int
+    gif_frames: int
+    gif_ms: int
+    classes: int | str | tuple[int | str, ...] | None  # one class or several, by index or name
+    per_class: int | None
+    guidance: float | None  # as given (None: 1)
+    guidance_rescale: float
+
+
+def check(cfg: DictConfig) -> SampleSettings:
     """The settings of ``sample`` itself, before the checkpoint is even read."""
     check_common(cfg)  # ckpt given, paths.output_root, seed
-    for key in ("n", "batch_size", "strip_n", "gif_n", "gif_frames", "gif_ms"):
+    for key in COUNTS:
         check_integer(cfg, key, low=1)  # stored back as an int: n=64.0 works
-    check_list(cfg.timesteps, "timesteps", int, low=0, example="[999,500,0]")
-    check_choice(cfg.weights, "weights", WEIGHTS)
-    pick_device(str(cfg.device))
+    timesteps = check_list(cfg.timesteps, "timesteps", int, low=0, example="[999,500,0]")
+    weights = check_choice(cfg.weights, "weights", WEIGHTS)
+    device = pick_device(str(cfg.device))
     check_integer(cfg, "per_class", low=1, optional=True)
     check_number(cfg.get("guidance"), "guidance", float, optional=True)
-    check_number(cfg.get("guidance_rescale", 0.0), "guidance_rescale", float, 0, 1)
-
-
-def class_labels(cfg: DictConfig, model: LoadedModel) -> tuple[list[int] | None, torch.Tensor | None]:
-    """(the classes asked for, one label per image) from ``class``/``per_class``/``guidance``; (None, None) for
-    unconditional samples. Refuses, in one line, what the checkpoint cannot do (before any sampling)."""
-    asked, per_class, guidance = cfg.get("class"), cfg.get("per_class"), cfg.get("guidance")
-    if not model.num_classes:
-        given = [
-            f"{k}={v}" for k, v in (("class", asked), ("per_class", per_class), ("guidance", guidance)) if v is not None
-        ]
-        if given:
-            raise ConfigError(
-                f"{given[0]} needs a class-conditional checkpoint, but {model.path} is unconditional (trained with "
-                "conditioning=none): leave out class, per_class and guidance, or train with conditioning=class"
-            )
-        return None, None
-    values = list(asked) if isinstance(asked, (ListConfig, list, tuple)) else [asked]
-    if asked is not None and not values:
-        raise ConfigError("class is an empty list: name at least one class, e.g. class=[0,1]")
-    classes = [model.class_index(v) for v in values] if asked is not None else None
-    if classes is None and per_class is not None:
-        classes = list(range(model.num_classes))
-    if classes is None:
-        if guidance is not None and float(guidance) != 1.0:
-            raise ConfigError(
-                f"guidance={guidance} needs classes to guide towards: add class=<index or name> or per_class=<N>"
-            )
-        return None, None
-    if per_class is not None:
-        return classes, torch.tensor(classes).repeat_interleave(int(per_class))
-    return classes, torch.tensor(classes).repeat(-(-int(cfg.n) // len(classes)))[: int(cfg.n)]
-
-
-def folder_names(names: Sequence[str]) -> list[str]:
-    """A safe, distinct folder name per class name (``index_name`` where two names would collide)."""
-    safe = [re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "class" for name in names]
-    return [s if safe.count(s) == 1 else f"{i:03d}_{s}" for i, s in enumerate(safe)]
+    rescale = check_number(cfg.get("guidance_rescale", 0.0), "guidance_rescale", float, 0, 1)
+    asked = cfg.get("class")
+    return SampleSettings(
+        **{key: cfg[key] for key in COUNTS},
+        ckpt=str(cfg.get("ckpt", "")),
+        weights=weights,
+        device=device,
+        seed=int(cfg.seed),
+        sampler=cfg.get("sampler"),
+        timesteps=tuple(timesteps),
+        classes=tuple(asked) if isinstance(asked, (ListConfig, list, tuple)) else asked,
+        per_class=cfg.get("per_class"),
+        guidance=cfg.get("guidance"),
+        guidance_rescale=rescale,
+    )
 
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
-    """Draw ``cfg.n`` samples from ``cfg.ckpt`` and write grid, single PNGs, npz, progression strip and GIF."""
-    check(cfg)
-    checkpoint_file(cfg.ckpt)
-    out_dir = Path(cfg.paths.output_dir)
-    outputs = {
-        name: out_dir / name for name in ("grid.png", "samples", "samples.npz", "progression.png", "reverse.gif")
-    }
+    """Draw ``n`` samples from ``ckpt`` and write grid, single PNGs, npz, progression strip and GIF."""
+    s = check(cfg)
+    checkpoint_file(s.ckpt)
+    out_dir = Path(cfg.paths.output_dir)  # the run folder Hydra made (it resolves only inside a run)
+    outputs = {name: out_dir / name for name in SAMPLE_FILES}
     refuse_existing(list(outputs.values()))
-    device = pick_device(str(cfg.device))
-    model = load_model(cfg.ckpt, device=device, weights=str(cfg.weights))
+    model = load_model(s.ckpt, device=s.device, weights=s.weights)
     T = model.diffusion.num_timesteps
-    if cfg.get("sampler") is not None:
-        check_sampler(cfg.sampler, T)
-    sampler = build("sampler", cfg.sampler) if cfg.get("sampler") is not None else model.sampler
-    classes, labels = class_labels(cfg, model)
-    n = int(cfg.n) if labels is None else len(labels)
-    guidance = 1.0 if cfg.get("guidance") is None else float(cfg.guidance)
+    sampler = model.sampler if s.sampler is None else check_sampler(s.sampler, T)
+    classes, labels = class_labels(s.classes, s.per_class, s.guidance, s.n, model)
+    guidance = 1.0 if s.guidance is None else float(s.guidance)
     visited = sampler.timesteps(T)
-    log.info("%s at step %d, %s on %s, sampler %r", model.path, model.global_step, model.diffusion, device, sampler)
+    log.info("%s at step %d, %s on %s, sampler %r", model.path, model.global_step, model.diffusion, s.device, sampler)
     if classes is not None:
-        names = model.class_names or [str(c) for c in range(model.num_classes)]
-        log.info("classes %s, guidance w=%g", ", ".join(names[c] for c in classes), guidance)
+        log.info("classes %s, guidance w=%g", ", ".join(model.class_titles[c] for c in classes), guidance)
 
     # Frames: x_t entering each chosen step, the final column being the output x_0 itself.
-    strip_ts = [t for t in fit_timesteps(list(cfg.timesteps), T, visited) if t != visited[-1]]
-    gif_ts = evenly_spaced(visited, int(cfg.gif_frames) - 1)
+    strip_ts = [t for t in fit_timesteps(s.timesteps, T, visited) if t != visited[-1]]
+    gif_ts = evenly_spaced(visited, s.gif_frames - 1)
     parts, first = [], None
     for batch in generate_batches(
         model.net,
         model.diffusion,
-        n,
+        s.n if labels is None else len(labels),
         sampler=sampler,
-        seed=int(cfg.seed),
-        batch_size=int(cfg.batch_size),
-        device=device,
+        seed=s.seed,
+        batch_size=s.batch_size,
+        device=s.device,
         keep=set(strip_ts) | set(gif_ts),
         progress=True,
         labels=labels,
         guidance=guidance,
-        guidance_rescale=float(cfg.get("guidance_rescale", 0.0)),
+        guidance_rescale=s.guidance_rescale,
     ):
         parts.append(batch.images.cpu())
         first = first or batch  # the kept frames come from the first batch
     images = torch.cat(parts)
 
-    per_class = cfg.get("per_class")
-    if per_class is not None and classes is not None:  # a named row per class, a folder per class
-        names = model.class_names or [str(c) for c in range(model.num_classes)]
-        rows = images.view(len(classes), int(per_class), *images.shape[1:])
-        save_png(labelled_grid(rows, [names[c] for c in classes]), outputs["grid.png"])
-        folders = folder_names(names)
-        files = [outputs["samples"] / folders[int(y)] / f"{i:05d}.png" for i, y in enumerate(labels)]
-    else:
-        save_png(image_grid(images), outputs["grid.png"])
-        files = [outputs["samples"] / f"{i:05d}.png" for i in range(len(images))]
-    for image, file in zip(images, files, strict=True):
-        save_png(image_grid(image[None], padding=0), file)
-    # NHWC uint8 under arr_0, the layout of OpenAI's guided-diffusion evaluation suite; class labels (int64) under
-    # "labels" and the model's class names under "class_names" when the samples have classes.
-    extra = {} if labels is None else {"labels": labels.numpy(), "class_names": np.array(model.class_names or [])}
-    with atomic_write(outputs["samples.npz"], durable=False) as tmp, open(tmp, "wb") as f:
-        np.savez(f, to_uint8(images).permute(0, 2, 3, 1).numpy(), **extra)
-    strip = [first.kept[t][: cfg.strip_n] for t in strip_ts] + [first.images[: cfg.strip_n].cpu()]
-    titles = [f"t={t}" for t in strip_ts] + ["x_0 (output)"]
-    save_figure(
-        strip_figure(strip, titles, suptitle=f"reverse process, {type(sampler).__name__}, {len(visited)} steps"),
-        outputs["progression.png"],
-    )
-    gif_frames = [first.kept[t][: cfg.gif_n] for t in gif_ts] + [first.images[: cfg.gif_n].cpu()]
-    save_gif([image_grid(f) for f in gif_frames], outputs["reverse.gif"], duration_ms=int(cfg.gif_ms))
+    by_class = s.per_class is not None and classes is not None  # a named row per class, a folder per class
+    save_grid(images, outputs["grid.png"], [model.class_titles[c] for c in classes] if by_class else None)
+    save_images(images, outputs["samples"], labels if by_class else None, model.class_titles)
+    save_npz(images, outputs["samples.npz"], labels, model.class_names)
+    title = f"reverse process, {type(sampler).__name__}, {len(visited)} steps"
+    save_progression(first, strip_ts, s.strip_n, title, outputs["progression.png"])
+    save_reverse_gif(first, gif_ts, s.gif_n, s.gif_ms, outputs["reverse.gif"])
     return outputs
 
 

@@ -7,6 +7,7 @@ the file is renamed over the target in one step (a rename within one folder is a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -53,6 +54,13 @@ def atomic_write(path: str | os.PathLike, durable: bool = True) -> Iterator[Path
         tmp.unlink(missing_ok=True)
     if durable:
         _fsync_folder(path.parent)
+
+
+def save_json(data: object, path: str | os.PathLike) -> Path:
+    """``data`` as indented JSON (a result file), written atomically; not fsynced (it can be recomputed)."""
+    with atomic_write(path, durable=False) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    return Path(path)
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> None:

@@ -64,6 +64,11 @@ class LoadedModel:
         """The dataset's class names, index by index (None: unconditional, or not stored)."""
         return stored_class_names(self.config, self.num_classes)
 
+    @property
+    def class_titles(self) -> list[str]:
+        """What to call each class: its stored name, else its index as text (empty for an unconditional model)."""
+        return self.class_names or [str(k) for k in range(self.num_classes)]
+
     def class_index(self, value: int | str, key: str = "class") -> int:
         """The label of class ``value``, given as an index (``7``) or a name (``"cat"``); see :func:`resolve_class`."""
         return resolve_class(value, self.num_classes, self.class_names, key, self.path)

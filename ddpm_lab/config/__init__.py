@@ -1,6 +1,7 @@
 """Hydra: where the configs live, resolvers, building objects from composed configs, the checks that span
 sections, the run folder (creation, lock, clean-up of failed launches), resume, the loggers' table and the Hydra
-callbacks. Entry points compose with it."""
+callbacks; what ``sample``/``evaluate`` ask of a conditional checkpoint (guidance) and the real images ``evaluate``
+compares with (real_images). Entry points compose with it."""
 
 from ddpm_lab.config.build import build, build_all, build_components, build_module, stored_config
 from ddpm_lab.config.checks import check_sampler, check_train_config, pick_device

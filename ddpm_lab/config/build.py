@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ddpm_lab.config.location import config_dir
 from ddpm_lab.diffusion import GaussianDiffusion, Sampler
 from ddpm_lab.errors import ConfigError, UserError, first_line
 from ddpm_lab.training import DiffusionModule
@@ -67,6 +69,20 @@ def build_all(group: DictConfig | None, key: str) -> list[Any]:
     if not group:
         return []
     return [build(f"{key}.{name}", node) for name, node in group.items() if node is not None and "_target_" in node]
+
+
+def schedule_options(timesteps: int, selected: DictConfig | None = None) -> dict[str, torch.Tensor]:
+    """β of every ``configs/schedule/*.yaml`` at ``timesteps`` steps.
+
+    ``selected`` (the run's schedule, with its overrides) replaces the option of the same name.
+    """
+    schedules: dict[str, torch.Tensor] = {}
+    for path in sorted(Path(config_dir(), "schedule").glob("*.yaml")):
+        node = OmegaConf.load(path)
+        if selected is not None and node.get("name") == selected.get("name"):
+            node = selected
+        schedules[path.stem] = build("schedule", node, timesteps=timesteps, warn=False)
+    return schedules
 
 
 def model_node(cfg: DictConfig) -> DictConfig:

@@ -26,6 +26,7 @@ from ddpm_lab.config.build import build, build_components, build_module, model_n
 from ddpm_lab.config.conditioning import condition_on_dataset
 from ddpm_lab.config.loggers import logger_row
 from ddpm_lab.config.run_folder import writable_folder
+from ddpm_lab.diffusion import Sampler
 from ddpm_lab.errors import ConfigError, check_flag, check_number, first_line
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ def check_integer(cfg: DictConfig, key: str, **limits: Any) -> None:
         OmegaConf.update(cfg, key, value)
 
 
-def check_sampler(node: DictConfig, num_timesteps: int, key: str = "sampler") -> None:
-    """A sampler config that builds and whose steps fit the schedule's T; warns about short ``fixed_large`` chains."""
+def check_sampler(node: DictConfig, num_timesteps: int, key: str = "sampler") -> Sampler:
+    """A sampler config that builds and whose steps fit the schedule's T, built; warns about short ``fixed_large``
+    chains."""
     check_number(node.get("steps"), f"{key}.steps", int, low=1, high=num_timesteps, optional=True)
     sampler = build(key, node)
     try:
@@ -107,6 +109,7 @@ def check_sampler(node: DictConfig, num_timesteps: int, key: str = "sampler") ->
             len(visited),
             key,
         )
+    return sampler
 
 
 def callback_samplers(cfg: DictConfig) -> dict[str, DictConfig]:

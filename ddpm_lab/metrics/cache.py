@@ -13,7 +13,8 @@ import torch
 
 from ddpm_lab.artifacts.atomic import atomic_write
 from ddpm_lab.errors import first_line
-from ddpm_lab.metrics.scores import FeatureSet
+from ddpm_lab.metrics.features import FeatureExtractor
+from ddpm_lab.metrics.scores import FeatureSet, ScoreSettings, chunks, extract_features, random_subset
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +51,46 @@ def cached_features(
     with atomic_write(path, durable=False) as tmp:
         torch.save(payload, tmp)
     return result, False
+
+
+def real_features(
+    load: Callable[[], torch.Tensor],
+    dataset: dict[str, Any],
+    extractor: FeatureExtractor,
+    folder: Path,
+    settings: ScoreSettings,
+) -> tuple[FeatureSet, Path]:
+    """Features of a dataset's real images, computed once per dataset, resolution, extractor and subset, then
+    cached in ``folder``; returns them and their file.
+
+    ``dataset``: the dataset section (``_target_``, ``root``, ``split``, ``image_size``, ``channels``) the images
+    come from; ``load()`` reads them (uint8) on a cache miss; ``settings.n_real`` of them (None: all) are drawn
+    with ``settings.seed``.
+    """
+    n_real, seed = settings.n_real, settings.seed
+    root = dataset.get("root")
+    description = {
+        "dataset": dataset["_target_"],
+        "root": str(Path(root).expanduser().resolve()) if root else None,
+        "split": dataset.get("split"),
+        "image_size": dataset["image_size"],
+        "channels": dataset["channels"],
+        "extractor": extractor.name,
+        "n_real": n_real,
+        "seed": seed,
+    }
+    name = dataset["_target_"].rsplit(".", 1)[-1]
+    n_tag = "all" if n_real is None else str(n_real)
+    path = folder / (
+        f"{name}_{dataset.get('split', 'train')}_{dataset['image_size']}px_{extractor.name}_{n_tag}_"
+        f"{cache_key(description)}.pt"
+    )
+
+    def compute() -> FeatureSet:
+        images = random_subset(load(), n_real, seed)
+        log.info("extracting %s features of %d real images", extractor.name, len(images))
+        return extract_features(extractor, chunks(images, settings.batch_size), settings.device)
+
+    features, hit = cached_features(path, compute, description)
+    log.info("real-image features %s %s", "read from" if hit else "cached in", path)
+    return features, path

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 
-from ddpm_lab.diffusion import Denoiser, GaussianDiffusion, variational_bound
+from ddpm_lab.diffusion import Denoiser, GaussianDiffusion, Sampler, variational_bound
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,3 +90,44 @@ def images_bound(
         timesteps=timesteps,
         per_t=(per_t / n).tolist() if per_t is not None else [],
     )
+
+
+@dataclass(frozen=True)
+class NLLSettings:
+    """``evaluate metrics=nll``: ``n`` test images (None: all), every ``stride``-th L_t, x̂_0 clipped to [−1, 1] in
+    every p(x_{t−1}|x_t) or not, and σ² of a fixed-variance model (None: that of its sampler)."""
+
+    n: int | None
+    stride: int
+    clip_denoised: bool
+    variance: str | None
+
+
+def model_bound(
+    net: Denoiser,
+    diffusion: GaussianDiffusion,
+    sampler: Sampler,
+    images: torch.Tensor,
+    settings: NLLSettings,
+    batch_size: int,
+    seed: int,
+    device: torch.device | str,
+) -> tuple[NLLResult, str]:
+    """:func:`images_bound` of a trained model under ``settings``, and the variance it used (``learned_range`` for a
+    learned one, else ``settings.variance`` or the sampler's, ``fixed_small`` when it has none)."""
+    fixed = settings.variance or getattr(sampler, "variance", "fixed_small")
+    variance = "learned_range" if diffusion.learned_variance else fixed
+    log.info("bounding the NLL of %d test images (variance %s, stride %d)", len(images), variance, settings.stride)
+    result = images_bound(
+        net,
+        diffusion,
+        images,
+        batch_size,
+        settings.stride,
+        seed,
+        fixed,
+        settings.clip_denoised,
+        device,
+        progress=lambda done: log.info("bounded %d / %d", done, len(images)),
+    )
+    return result, variance

@@ -20,6 +20,23 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from ddpm_lab.metrics.features import FeatureExtractor
 
 
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How samples are drawn and scored: ``n`` of them (against ``n_real`` real images, None: all) from ``seed`` in
+    batches of ``batch_size`` on ``device``; KID over ``kid_subsets`` subsets of ``kid_subset_size``, IS over
+    ``is_splits`` splits; ``guidance_rescale`` φ of guided samples (Lin et al., 2023)."""
+
+    device: torch.device
+    n: int
+    n_real: int | None
+    batch_size: int
+    seed: int
+    kid_subsets: int
+    kid_subset_size: int
+    is_splits: int
+    guidance_rescale: float
+
+
 @dataclass
 class FeatureSet:
     """Features (and logits, when the extractor has them) of a set of images."""
@@ -59,6 +76,13 @@ def extract_features(
 
 def chunks(images: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
     return (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+
+
+def random_subset(images: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
+    """``n`` of the images drawn with ``seed`` (all of them, in order, when ``n`` is None or not smaller)."""
+    if n is None or n >= len(images):
+        return images
+    return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]]
 
 
 class _Given(nn.Module):

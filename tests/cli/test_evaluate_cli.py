@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import TINY_TRAIN, ours_checkpoint, run_cli
 from ddpm_lab.errors import ConfigError, OutputExistsError, WeightsMissingError
-from ddpm_lab.evaluate import class_mix, evaluate
+from ddpm_lab.evaluate import evaluate
 
 FAST_EVAL = ("features=tiny", "n=8", "batch_size=8", "sampler=ddpm", "sampler.steps=3", "kid_subsets=5")
 
@@ -171,11 +170,3 @@ def test_guidance_sweep_of_a_conditional_checkpoint(tmp_path, image_folder):
     for name in ("fid_vs_guidance.png", "samples_guidance_0.png", "samples_guidance_1.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert not (out / "samples.png").exists()
-
-
-def test_classes_are_drawn_in_the_datasets_proportions_reproducibly():
-    counts = torch.tensor([600, 300, 100, 0])
-    labels = class_mix(counts, 30, seed=0)
-    assert labels.bincount(minlength=4).tolist() == [18, 9, 3, 0]
-    assert torch.equal(labels, class_mix(counts, 30, seed=0)) and not torch.equal(labels, class_mix(counts, 30, seed=1))
-    assert sorted(class_mix(torch.tensor([5, 5, 5]), 7, seed=0).bincount().tolist()) == [2, 2, 3]

@@ -6,13 +6,11 @@ from __future__ import annotations
 import pickle
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from omegaconf import OmegaConf
 
 from conftest import run_cli, snapshot
-from ddpm_lab.evaluate import dataset_config
+from ddpm_lab.config.real_images import compared_dataset
 
 
 class Payload:
@@ -113,12 +111,5 @@ def test_evaluate_writes_decoded_caches_only_where_it_is_told_not_where_the_run_
     text = config.read_text()
     assert "  cache_dir: ${paths.cache_dir}\n" in text  # what training records
     config.write_text(text.replace("  cache_dir: ${paths.cache_dir}\n", "  cache_dir: ${oc.env:HOME}/elsewhere\n"))
-    cfg = OmegaConf.create(
-        {
-            "dataset": None,
-            "ckpt": str(run / "checkpoints" / "last.ckpt"),
-            "paths": {"cache_dir": str(tmp_path / "ours")},
-        }
-    )
-    dataset = dataset_config(cfg, SimpleNamespace(config={}))
+    dataset = compared_dataset(None, str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "ours"), {})
     assert dataset["cache_dir"] == str(tmp_path / "ours")

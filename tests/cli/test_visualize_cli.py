@@ -11,9 +11,7 @@ from PIL import Image
 from conftest import run_cli
 from ddpm_lab.artifacts.figures import schedule_curves
 from ddpm_lab.artifacts.images import refuse_existing
-from ddpm_lab.config import config_dir
 from ddpm_lab.diffusion.spacing import evenly_spaced, fit_timesteps
-from ddpm_lab.visualize import schedule_options
 
 
 def test_fit_timesteps_rescales_and_snaps() -> None:
@@ -37,13 +35,6 @@ def test_schedule_curves() -> None:
     assert curves["alpha_bar"][-1] == pytest.approx(0.9**10)
     assert curves["sqrt_alpha_bar"][3] == pytest.approx(0.9**2)
     assert curves["log_snr"][0] == pytest.approx(torch.log(torch.tensor(0.9 / 0.1)).item())
-
-
-def test_every_schedule_option_is_compared() -> None:
-    names = {p.stem for p in Path(config_dir(), "schedule").glob("*.yaml")}
-    schedules = schedule_options(30)
-    assert set(schedules) == names >= {"linear", "cosine", "quadratic"}
-    assert all(b.shape == (30,) for b in schedules.values())
 
 
 def test_refuse_existing(tmp_path: Path) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from ddpm_lab.config import build
+from ddpm_lab.config import build, config_dir
+from ddpm_lab.config.build import schedule_options
 from ddpm_lab.errors import ConfigError, WeightsMissingError
 
 
@@ -37,3 +41,14 @@ def test_our_own_error_classes_survive(tmp_path):
 def test_a_bug_is_not_dressed_up_as_a_config_error():
     with pytest.raises(ZeroDivisionError):
         build("x", OmegaConf.create({"_target_": "operator.truediv", "_args_": [1, 0]}))
+
+
+def test_every_schedule_option_is_compared() -> None:
+    names = {p.stem for p in Path(config_dir(), "schedule").glob("*.yaml")}
+    schedules = schedule_options(30)
+    assert set(schedules) == names >= {"linear", "cosine", "quadratic"}
+    assert all(b.shape == (30,) for b in schedules.values())
+    cosine = OmegaConf.create(
+        {"_target_": "ddpm_lab.diffusion.make_betas", "name": "cosine", "timesteps": 30, "s": 0.1}
+    )
+    assert not torch.equal(schedule_options(30, cosine)["cosine"], schedules["cosine"])  # the run's own overrides
