@@ -47,9 +47,9 @@ HOW_TO_REGISTER = {
 
 
 def target_name(builder: Callable[..., Any]) -> str:
-    """The ``_target_`` configs name ``builder`` by: its package's export when the package has one
+    """The ``_target_`` configs name ``builder`` by: its subpackage's export when there is one
     (``ddpm_lab.diffusion.DDIMSampler``, defined in ``ddpm_lab.diffusion.samplers``), else its own module's name."""
-    package = builder.__module__.rsplit(".", 1)[0]
+    package = ".".join(builder.__module__.split(".")[:2])
     if getattr(sys.modules.get(package), builder.__name__, None) is builder:
         return f"{package}.{builder.__name__}"
     return f"{builder.__module__}.{builder.__qualname__}"

@@ -207,7 +207,7 @@ def upgraded_entry(entry: dict[str, Any], path: str | os.PathLike) -> dict[str, 
     if number > CHECKPOINT_FORMAT:
         raise NewerCheckpointError(
             f"{path} was written by a newer ddpm_lab (checkpoint format {number}; this version reads up to "
-            f"{CHECKPOINT_FORMAT}): upgrade ddpm_lab (pip install -U ddpm_lab) to read it"
+            f"{CHECKPOINT_FORMAT}): upgrade ddpm_lab to read it"
         )
     for step in range(number, CHECKPOINT_FORMAT):
         entry = {**MIGRATIONS[step](entry), "format": step + 1}

@@ -26,13 +26,14 @@ from torch import nn
 from ddpm_lab.artifacts.allow_list import build_model, target_name
 from ddpm_lab.artifacts.atomic import temp_path
 from ddpm_lab.diffusion import DDPMSampler, GaussianDiffusion, make_betas
+from ddpm_lab.diffusion.diffusers_sampler import PREDICTION_TYPES
+from ddpm_lab.diffusion.samplers import VARIANCES
 from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError, first_line
 from ddpm_lab.models import UNet
 from ddpm_lab.models.unet import AttentionBlock, Downsample, ResBlock, Upsample
 
-# Our names <-> diffusers' for the prediction parameterization, the DDPM variance and the β schedules.
-PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
-VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_large": "fixed_large"}
+# Our names <-> diffusers' for the β schedules (the prediction types: PREDICTION_TYPES; the DDPM variances have
+# the same names in both, plus diffusers' fixed_small_log).
 BETA_SCHEDULES = {"linear": "linear", "quadratic": "scaled_linear", "sigmoid": "sigmoid", "cosine": "squaredcos_cap_v2"}
 # diffusers' squaredcos_cap_v2 is our cosine schedule with these parameters.
 DIFFUSERS_COSINE = {"s": 0.008, "max_beta": 0.999}
@@ -292,8 +293,8 @@ def schedule_sections(scheduler: dict[str, Any], where: str) -> dict[str, dict[s
     prediction = {v: k for k, v in PREDICTION_TYPES.items()}.get(scheduler["prediction_type"])
     if prediction is None:
         problems.append(f"prediction_type={scheduler['prediction_type']!r}")
-    variance = {"fixed_small_log": "fixed_small", **VARIANCE_TYPES}.get(scheduler["variance_type"])
-    if variance is None:
+    variance = {"fixed_small_log": "fixed_small"}.get(scheduler["variance_type"], scheduler["variance_type"])
+    if variance not in VARIANCES:
         problems.append(f"variance_type={scheduler['variance_type']!r}")
     if scheduler.get("thresholding"):
         problems.append("thresholding=true")

@@ -251,10 +251,10 @@ def check_storable(cfg: DictConfig) -> None:
     stored = stored_config(cfg)
     targets = {key: (stored[key].get("_target_"), builders) for key, builders in section_builders().items()}
     targets["dataset"] = (_get(cfg, "dataset._target_"), DATASET_TARGETS)
-    for key, (target, allowed) in targets.items():
-        if not isinstance(target, str) or target not in allowed:
+    for key, (name, allowed) in targets.items():
+        if not isinstance(name, str) or name not in allowed:
             raise ConfigError(
-                f"{key}._target_={target} is not registered, so sample and evaluate would refuse every checkpoint "
+                f"{key}._target_={name} is not registered, so sample and evaluate would refuse every checkpoint "
                 f"of this run: {HOW_TO_REGISTER[key]}"
             )
     try:
