@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import hydra
 import torch
@@ -17,8 +16,8 @@ from omegaconf import DictConfig
 
 from ddpm_lab.artifacts.allow_list import build_stored
 from ddpm_lab.artifacts.atomic import atomic_write
-from ddpm_lab.artifacts.checkpoint import WEIGHTS, checkpoint_file, load_model
-from ddpm_lab.artifacts.diffusers_io import converted_checkpoint, read_diffusers, require_diffusers, write_diffusers
+from ddpm_lab.artifacts.checkpoint import WEIGHTS, checkpoint_file, load_model, make_stored_config, weights_checkpoint
+from ddpm_lab.artifacts.diffusers_io import read_diffusers, require_diffusers, write_diffusers
 from ddpm_lab.config import config_dir
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.errors import ConfigError, OutputExistsError, check_choice, check_number, user_errors
@@ -72,15 +71,17 @@ def import_diffusers(folder: str, out: str) -> Path:
         raise OutputExistsError(f"out={out} already exists: pass a new file name (nothing is overwritten)")
     sections, state = read_diffusers(folder)
     model = sections["model"]
-    config: dict[str, Any] = {
-        **sections,
-        "dataset": {"name": None, "image_size": model["image_size"], "channels": model["in_channels"]},
-        "converted_from": str(Path(folder).expanduser().resolve()),
-    }
+    config = make_stored_config(
+        sections,
+        dataset_name=None,
+        image_size=model["image_size"],
+        channels=model["in_channels"],
+        run_config={"converted_from": str(Path(folder).expanduser().resolve())},
+    )
     net, _, _ = build_stored(config)  # what sample, evaluate and train will build: refused before writing
     net.load_state_dict(state)
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        torch.save(converted_checkpoint(config, state), f)
+        torch.save(weights_checkpoint(config, state), f)
     return path
 
 

@@ -27,6 +27,10 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unreadable, unsafe or not one of ours; the message says which and why."""
 
 
+class NewerCheckpointError(CheckpointError):
+    """A checkpoint written by a newer ddpm_lab (a format this version cannot read): upgrade to read it."""
+
+
 class UnsafeConfigError(UserError, ValueError):
     """A config read from disk asks for something outside the allow-list (see ``ddpm_lab.artifacts.allow_list``)."""
 

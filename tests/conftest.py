@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from PIL import Image
 
+from ddpm_lab.artifacts.checkpoint import weights_checkpoint
 from ddpm_lab.config import config_dir, stored_config
 from ddpm_lab.config.conditioning import condition_on_dataset
 from ddpm_lab.models import UNet
@@ -123,15 +124,9 @@ def conditional_checkpoint(path: Path, overrides: Sequence[str]) -> Path:
 
 
 def save_untrained(path: Path, cfg: DictConfig) -> Path:
-    net = UNet(**{k: v for k, v in stored_config(cfg)["model"].items() if k != "_target_"})
-    torch.save(
-        {
-            "ddpm_lab": {"config": stored_config(cfg)},
-            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-            "global_step": 0,
-        },
-        path,
-    )
+    config = stored_config(cfg)
+    net = UNet(**{k: v for k, v in config["model"].items() if k != "_target_"})
+    torch.save(weights_checkpoint(config, net.state_dict()), path)
     return path
 
 

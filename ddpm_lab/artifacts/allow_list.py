@@ -1,43 +1,32 @@
-"""What a config read from disk may build: the allow-list of targets, their old names, and building them.
+"""What a config read from disk may build: the allow-list of targets, and building them.
 
 Configs inside checkpoints and a run's ``.hydra/config.yaml`` are untrusted input. Before anything in them is
-resolved or built, :func:`check_safe` refuses any ``_target_`` outside :data:`SAFE_TARGETS`, Hydra's other
+resolved or built, :func:`check_safe` refuses any ``_target_`` outside :func:`safe_targets`, Hydra's other
 special keys (``_partial_``, ``_args_``, ...), interpolations (``${oc.env:...}``, resolvers) and non-plain values.
 :func:`build_stored` then calls the allow-listed builders directly, without Hydra: a notebook can load a model.
+
+The allow-list is derived from the tables the code registers its pieces in (``MODELS``, ``SAMPLERS``), so a
+network or sampler added there is one a checkpoint may name; ``train`` checks at launch that what its checkpoints
+will store passes (``config.checks.check_storable``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from ddpm_lab.diffusion import (
-    DDIMSampler,
-    DDPMSampler,
-    DiffusersSampler,
-    DPMSolverSampler,
-    GaussianDiffusion,
-    Sampler,
-    make_betas,
-)
-from ddpm_lab.errors import UnsafeConfigError
-from ddpm_lab.models import UNet
+from torch import nn
 
-# Each section of a stored model config, and the builders it may name. (A prefix such as ``ddpm_lab.`` would
-# not do: ``ddpm_lab.train.os.system`` resolves through module attributes.)
-SECTION_BUILDERS: dict[str, dict[str, Callable[..., Any]]] = {
-    "model": {"ddpm_lab.models.UNet": UNet},
-    "schedule": {"ddpm_lab.diffusion.make_betas": make_betas},
-    "diffusion": {"ddpm_lab.diffusion.GaussianDiffusion": GaussianDiffusion},
-    "sampler": {
-        "ddpm_lab.diffusion.DDPMSampler": DDPMSampler,
-        "ddpm_lab.diffusion.DDIMSampler": DDIMSampler,
-        "ddpm_lab.diffusion.DPMSolverSampler": DPMSolverSampler,
-        "ddpm_lab.diffusion.DiffusersSampler": DiffusersSampler,  # builds only a diffusers scheduler class by name
-    },
-}
-# Datasets only read images; ``evaluate`` builds one from a training run's ``.hydra/config.yaml``.
+from ddpm_lab.diffusion import SAMPLERS, GaussianDiffusion, Sampler, make_betas
+from ddpm_lab.errors import UnsafeConfigError
+from ddpm_lab.models import MODELS
+
+# The sections of a stored config that rebuild the model, in the order they are built.
+SECTIONS = ("model", "schedule", "diffusion", "sampler")
+# Datasets only read images; ``evaluate`` builds one from a training run's ``.hydra/config.yaml``. (They live in a
+# higher layer, ``ddpm_lab.data``, so the names are kept here; tests bind them to the dataset configs and classes.)
 DATASET_TARGETS = frozenset(
     {
         "ddpm_lab.data.MNISTDataModule",
@@ -47,26 +36,51 @@ DATASET_TARGETS = frozenset(
         "ddpm_lab.data.DigitsDataModule",
     }
 )
-# Names that checkpoints and run folders written by ddpm_lab 0.1 (the flat package) carry.
-LEGACY_TARGETS = {
-    "ddpm_lab.unet.UNet": "ddpm_lab.models.UNet",
-    "ddpm_lab.schedules.make_betas": "ddpm_lab.diffusion.make_betas",
-    "ddpm_lab.samplers.DDPMSampler": "ddpm_lab.diffusion.DDPMSampler",
-    "ddpm_lab.samplers.DDIMSampler": "ddpm_lab.diffusion.DDIMSampler",
-    "ddpm_lab.samplers.DPMSolverSampler": "ddpm_lab.diffusion.DPMSolverSampler",
+# How to make a new target of each stored section (and a dataset) one that checkpoints may name.
+HOW_TO_REGISTER = {
+    "model": "add the network to MODELS in ddpm_lab/models/__init__.py and export it from ddpm_lab.models",
+    "schedule": "use ddpm_lab.diffusion.make_betas (a new schedule is a name in SCHEDULES, diffusion/schedules.py)",
+    "diffusion": "use ddpm_lab.diffusion.GaussianDiffusion",
+    "sampler": "add the sampler to SAMPLERS in ddpm_lab/diffusion/samplers.py and export it from ddpm_lab.diffusion",
+    "dataset": "add it to DATASET_TARGETS in ddpm_lab/artifacts/allow_list.py",
 }
-SAFE_TARGETS = frozenset(
-    {name for builders in SECTION_BUILDERS.values() for name in builders} | DATASET_TARGETS | set(LEGACY_TARGETS)
-)
 
 
-def canonical_target(name: Any) -> Any:
-    """Today's name of an allow-listed target (old names map to new ones; anything else is returned as it is)."""
-    return LEGACY_TARGETS.get(name, name) if isinstance(name, str) else name
+def target_name(builder: Callable[..., Any]) -> str:
+    """The ``_target_`` configs name ``builder`` by: its subpackage's export when there is one
+    (``ddpm_lab.diffusion.DDIMSampler``, defined in ``ddpm_lab.diffusion.samplers``), else its own module's name."""
+    package = ".".join(builder.__module__.split(".")[:2])
+    if getattr(sys.modules.get(package), builder.__name__, None) is builder:
+        return f"{package}.{builder.__name__}"
+    return f"{builder.__module__}.{builder.__qualname__}"
+
+
+def _by_target(builders: Iterable[Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+    return {target_name(builder): builder for builder in builders}
+
+
+def section_builders() -> dict[str, dict[str, Callable[..., Any]]]:
+    """Each section of a stored config and the builders it may name, by exact target name (a prefix such as
+    ``ddpm_lab.`` would not do: ``ddpm_lab.train.os.system`` resolves through module attributes).
+
+    Read from the registries on each call, so a sampler registered at run time is allowed too. ``DiffusersSampler``
+    (in ``SAMPLERS`` as ``diffusers``) builds only a diffusers scheduler class by name.
+    """
+    return {
+        "model": _by_target(MODELS.values()),
+        "schedule": _by_target([make_betas]),
+        "diffusion": _by_target([GaussianDiffusion]),
+        "sampler": _by_target(SAMPLERS.values()),
+    }
+
+
+def safe_targets() -> frozenset[str]:
+    """Every ``_target_`` a config read from disk may name: the section builders and the datasets."""
+    return frozenset(name for builders in section_builders().values() for name in builders) | DATASET_TARGETS
 
 
 def check_safe(node: Any, where: str) -> None:
-    """Refuse, anywhere in ``node``: a target outside :data:`SAFE_TARGETS`, other ``_keys_``, interpolations.
+    """Refuse, anywhere in ``node``: a target outside :func:`safe_targets`, other ``_keys_``, interpolations.
 
     Raises :class:`~ddpm_lab.errors.UnsafeConfigError` naming the place (``where``) and what was refused.
     """
@@ -75,9 +89,10 @@ def check_safe(node: Any, where: str) -> None:
             if not isinstance(key, str):
                 raise UnsafeConfigError(f"{where}: key {key!r} is not a string")
             if key == "_target_":
-                if value not in SAFE_TARGETS:
+                allowed = safe_targets()
+                if value not in allowed:
                     raise UnsafeConfigError(
-                        f"{where}: refusing to build _target_={value!r}; allowed: {', '.join(sorted(SAFE_TARGETS))}"
+                        f"{where}: refusing to build _target_={value!r}; allowed: {', '.join(sorted(allowed))}"
                     )
             elif key.startswith("_") and key.endswith("_"):
                 raise UnsafeConfigError(f"{where}: refusing the instantiate option {key}")
@@ -137,31 +152,31 @@ def resolve_references(config: dict[str, Any], node: Any, where: str, depth: int
 
 
 def safe_stored_config(config: Any) -> dict[str, dict[str, Any]]:
-    """The model sections of a stored config, checked (see :func:`check_safe`), with today's target names."""
+    """The model sections of a stored config, checked (see :func:`check_safe`): each names one of its builders."""
     if not isinstance(config, dict):
         raise UnsafeConfigError(f"the stored config is a {type(config).__name__}, not a mapping")
     sections = {}
-    for key, builders in SECTION_BUILDERS.items():
+    for key, builders in section_builders().items():
         section = config.get(key)
-        target = canonical_target(section.get("_target_")) if isinstance(section, dict) else None
+        target = section.get("_target_") if isinstance(section, dict) else None
         if not isinstance(target, str) or target not in builders:
             raise UnsafeConfigError(f"{key}: must build one of {', '.join(builders)}, got {section!r:.200}")
         check_safe(section, key)
-        sections[key] = {**section, "_target_": target}
+        sections[key] = section
     return sections
 
 
 def _call(section: str, node: dict[str, Any], **extra: Any) -> Any:
     kwargs = {k: v for k, v in node.items() if k != "_target_"}
-    return SECTION_BUILDERS[section][node["_target_"]](**kwargs, **extra)
+    return section_builders()[section][node["_target_"]](**kwargs, **extra)
 
 
-def build_model(config: Any) -> UNet:
+def build_model(config: Any) -> nn.Module:
     """The network of a stored config, checked first (call it under ``torch.device("meta")`` to size it for free)."""
     return _call("model", safe_stored_config(config)["model"])
 
 
-def build_stored(config: Any) -> tuple[UNet, GaussianDiffusion, Sampler]:
+def build_stored(config: Any) -> tuple[nn.Module, GaussianDiffusion, Sampler]:
     """(net, diffusion, sampler) from a stored config, checked first; no Hydra, no ``instantiate``."""
     sections = safe_stored_config(config)
     net = _call("model", sections["model"])

@@ -1,38 +1,59 @@
-"""The checkpoint format, in one place: what a checkpoint holds, reading it safely, checking that it fits a
-model, finding a run's newest one, and loading a trained model back (plain PyTorch: no Lightning, no Hydra).
+"""The checkpoint format, in one place: what a checkpoint holds and writing it, reading it safely (and upgrading
+older formats), checking that it fits a model, finding a run's newest one, and loading a trained model back
+(plain PyTorch: no Lightning, no Hydra).
 
 A ddpm_lab checkpoint is a Lightning checkpoint (``state_dict`` with ``net.*`` weights, ``global_step``,
-optimizer and callback states) plus ``checkpoint["ddpm_lab"] = {"format": 1, "config": {...}}``: the resolved
-``model``, ``schedule``, ``diffusion`` and ``sampler`` sections (enough to rebuild the model without the run's
-config files), the dataset's name, size and channels, and the run's config for display. With EMA on,
-``state_dict`` holds the averaged weights and ``current_model_state`` the raw ones. A class-conditional run
-also stores its class names under ``config["dataset"]["class_names"]`` (the model's ``num_classes`` is in
-``config["model"]``).
+optimizer and callback states) plus ``checkpoint["ddpm_lab"] = {"format": 2, "config": {...}}``
+(:func:`write_entry`). The config (:func:`make_stored_config`) holds the resolved ``model``, ``schedule``,
+``diffusion`` and ``sampler`` sections (enough to rebuild the model without the run's config files), the dataset's
+name, size and channels (and class names, for a class-conditional run; the model's ``num_classes`` is in
+``config["model"]``), and the run's config and group choices for display. With EMA on, ``state_dict`` holds the
+averaged weights and ``current_model_state`` the raw ones. A checkpoint of imported weights
+(:func:`weights_checkpoint`) has the same entry and no optimizer or loop state.
+
+:func:`read_checkpoint` is the one reader: a format newer than :data:`CHECKPOINT_FORMAT` is refused, an older one
+is upgraded by :data:`MIGRATIONS`, one step per format, so every caller sees today's layout and target names.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ddpm_lab.artifacts.allow_list import build_model, build_stored
+from ddpm_lab.artifacts.allow_list import SECTIONS, build_model, build_stored
 from ddpm_lab.diffusion import GaussianDiffusion, Sampler
 from ddpm_lab.diffusion.guidance import num_classes_of
-from ddpm_lab.errors import CheckpointError, ConfigError, UnsafeConfigError, check_choice, first_line
+from ddpm_lab.errors import (
+    CheckpointError,
+    ConfigError,
+    NewerCheckpointError,
+    UnsafeConfigError,
+    check_choice,
+    first_line,
+)
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "ddpm_lab"
-# Bumped when what a checkpoint stores changes shape.
-CHECKPOINT_FORMAT = 1
+# Bumped when what a checkpoint stores changes shape, with a migration from the previous format in MIGRATIONS.
+CHECKPOINT_FORMAT = 2
 WEIGHTS = ("auto", "ema", "raw")
+# The targets that checkpoints of ddpm_lab 0.1 (the flat package) name, and today's names for them.
+LEGACY_TARGETS = {
+    "ddpm_lab.unet.UNet": "ddpm_lab.models.UNet",
+    "ddpm_lab.schedules.make_betas": "ddpm_lab.diffusion.make_betas",
+    "ddpm_lab.samplers.DDPMSampler": "ddpm_lab.diffusion.DDPMSampler",
+    "ddpm_lab.samplers.DDIMSampler": "ddpm_lab.diffusion.DDIMSampler",
+    "ddpm_lab.samplers.DPMSolverSampler": "ddpm_lab.diffusion.DPMSolverSampler",
+}
 
 
 @dataclass
@@ -161,17 +182,77 @@ def _load(path: str | os.PathLike, mmap: bool) -> dict[str, Any]:
     return ckpt
 
 
+def _today_targets(entry: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 -> 2: the stored sections name today's targets (``ddpm_lab.unet.UNet`` -> ``ddpm_lab.models.UNet``)."""
+    config = entry.get("config")
+    if not isinstance(config, dict):
+        return entry  # refused by checkpoint_config, with its own message
+    renamed = {}
+    for key, section in config.items():
+        target = section.get("_target_") if isinstance(section, dict) else None
+        if isinstance(target, str) and target in LEGACY_TARGETS:
+            section = {**section, "_target_": LEGACY_TARGETS[target]}
+        renamed[key] = section
+    return {**entry, "config": renamed}
+
+
+# Format N -> the entry of format N + 1; read_checkpoint applies them in turn up to CHECKPOINT_FORMAT.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _today_targets}
+
+
+def upgraded_entry(entry: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's ``ddpm_lab`` entry in today's format: older formats migrated one step at a time, a newer
+    one (or a format number that is not one) refused in one line."""
+    number = entry.get("format")
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise CheckpointError(
+            f"{path} has no valid checkpoint format number ({number!r:.40}): it is damaged or was not written by "
+            "ddpm_lab; use another checkpoint of the run"
+        )
+    if number > CHECKPOINT_FORMAT:
+        raise NewerCheckpointError(
+            f"{path} was written by a newer ddpm_lab (checkpoint format {number}; this version reads up to "
+            f"{CHECKPOINT_FORMAT}): upgrade ddpm_lab to read it"
+        )
+    for step in range(number, CHECKPOINT_FORMAT):
+        entry = {**MIGRATIONS[step](entry), "format": step + 1}
+    return entry
+
+
 def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, never arbitrary objects.
+    """A ddpm_lab checkpoint in today's format, read with ``weights_only=True`` (tensors and plain containers
+    only, never arbitrary objects) and upgraded (:func:`upgraded_entry`). Every reader goes through here.
 
     ``mmap=True`` maps the tensors instead of reading them (a cheap look at a large checkpoint).
     """
     ckpt = _load(path, mmap)
-    if not isinstance(ckpt.get(CHECKPOINT_KEY), dict) or "state_dict" not in ckpt:
+    entry = ckpt.get(CHECKPOINT_KEY)
+    if not isinstance(entry, dict) or "state_dict" not in ckpt:
         raise CheckpointError(
             f"{path} is not a ddpm_lab checkpoint (no '{CHECKPOINT_KEY}' entry): train one with ddpm_lab.train"
         )
+    ckpt[CHECKPOINT_KEY] = upgraded_entry(entry, path)
     return ckpt
+
+
+def make_stored_config(
+    sections: dict[str, Any],
+    dataset_name: str | None,
+    image_size: int,
+    channels: int,
+    class_names: list[str] | None = None,
+    run_config: dict[str, Any] | None = None,
+    choices: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The config a checkpoint stores: the model sections (``model``, ``schedule``, ``diffusion``, ``sampler``),
+    the dataset's name, size and channels (and class names, when conditioned on them), and the run's config and
+    group choices (for display only: nothing is built from them)."""
+    config: dict[str, Any] = {key: sections[key] for key in SECTIONS}
+    config["dataset"] = {"name": dataset_name, "image_size": int(image_size), "channels": int(channels)}
+    if class_names:
+        config["dataset"]["class_names"] = [str(name) for name in class_names]
+    config["run"] = {"config": run_config or {}, "choices": choices or {}}
+    return config
 
 
 def write_entry(checkpoint: dict[str, Any], config: dict[str, Any]) -> None:
@@ -179,8 +260,36 @@ def write_entry(checkpoint: dict[str, Any], config: dict[str, Any]) -> None:
     checkpoint[CHECKPOINT_KEY] = {"format": CHECKPOINT_FORMAT, "config": config}
 
 
+def lightning_version() -> str:
+    """The installed Lightning's version, recorded in checkpoints as Lightning does (without importing it)."""
+    try:
+        return version("pytorch-lightning")
+    except PackageNotFoundError:
+        return "2.4.0"
+
+
+def weights_checkpoint(config: dict[str, Any], weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A new checkpoint of ``net`` weights alone (e.g. imported ones): step 0, no optimizer or loop state, so
+    ``ckpt_path=`` fine-tunes it from a fresh optimizer and ``resume=`` refuses it (:func:`is_training_checkpoint`)."""
+    checkpoint = {
+        "epoch": 0,
+        "global_step": 0,
+        "pytorch-lightning_version": lightning_version(),
+        "state_dict": {f"net.{k}": v for k, v in weights.items()},
+        "optimizer_states": [],
+        "lr_schedulers": [],
+    }
+    write_entry(checkpoint, config)
+    return checkpoint
+
+
+def is_training_checkpoint(ckpt: dict[str, Any]) -> bool:
+    """Whether ``ckpt`` can continue a run: it holds the optimizer state and Lightning's loop state."""
+    return isinstance(ckpt.get("optimizer_states"), list) and isinstance(ckpt.get("loops"), dict)
+
+
 def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
-    """The config a checkpoint stores under ``ddpm_lab`` (unchecked: see ``allow_list.check_safe``)."""
+    """The config a (read) checkpoint stores under ``ddpm_lab`` (unchecked: see ``allow_list.check_safe``)."""
     config = ckpt[CHECKPOINT_KEY].get("config")
     if not isinstance(config, dict):
         raise CheckpointError(
@@ -191,7 +300,7 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str
 
 def checkpoint_step(path: str | os.PathLike) -> int:
     """The ``global_step`` stored in a checkpoint, read without loading its tensors into memory."""
-    step = _load(path, mmap=True).get("global_step")
+    step = read_checkpoint(path, mmap=True).get("global_step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise CheckpointError(f"{path} has no valid global_step ({step!r})")
     return step
@@ -202,7 +311,8 @@ def newest_checkpoint(folder: str | os.PathLike) -> Path:
     (``last.ckpt`` on a tie).
 
     The step comes from inside each file, not from file times (a copied folder has new ones). Damaged files are
-    skipped with a warning naming them.
+    skipped with a warning naming them; one written by a newer ddpm_lab stops the search (continuing from an older
+    one would replace it).
     """
     folder = Path(folder)
     candidates = sorted(folder.glob("*.ckpt"))
@@ -212,6 +322,8 @@ def newest_checkpoint(folder: str | os.PathLike) -> Path:
     for path in candidates:
         try:
             steps[path] = checkpoint_step(path)
+        except NewerCheckpointError:
+            raise
         except CheckpointError as e:  # truncated, empty or foreign: whatever it is, it cannot be continued
             damaged.append(path.name)
             log.warning("skipping checkpoint %s: %s", path, e)

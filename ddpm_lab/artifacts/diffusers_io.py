@@ -23,16 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddpm_lab.artifacts.allow_list import build_model
+from ddpm_lab.artifacts.allow_list import build_model, target_name
 from ddpm_lab.artifacts.atomic import temp_path
-from ddpm_lab.artifacts.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY
+from ddpm_lab.diffusion import DDPMSampler, GaussianDiffusion, make_betas
+from ddpm_lab.diffusion.diffusers_sampler import PREDICTION_TYPES
+from ddpm_lab.diffusion.samplers import VARIANCES
 from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError, first_line
 from ddpm_lab.models import UNet
 from ddpm_lab.models.unet import AttentionBlock, Downsample, ResBlock, Upsample
 
-# Our names <-> diffusers' for the prediction parameterization, the DDPM variance and the β schedules.
-PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
-VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_large": "fixed_large"}
+# Our names <-> diffusers' for the β schedules (the prediction types: PREDICTION_TYPES; the DDPM variances have
+# the same names in both, plus diffusers' fixed_small_log).
 BETA_SCHEDULES = {"linear": "linear", "quadratic": "scaled_linear", "sigmoid": "sigmoid", "cosine": "squaredcos_cap_v2"}
 # diffusers' squaredcos_cap_v2 is our cosine schedule with these parameters.
 DIFFUSERS_COSINE = {"s": 0.008, "max_beta": 0.999}
@@ -292,8 +293,8 @@ def schedule_sections(scheduler: dict[str, Any], where: str) -> dict[str, dict[s
     prediction = {v: k for k, v in PREDICTION_TYPES.items()}.get(scheduler["prediction_type"])
     if prediction is None:
         problems.append(f"prediction_type={scheduler['prediction_type']!r}")
-    variance = {"fixed_small_log": "fixed_small", **VARIANCE_TYPES}.get(scheduler["variance_type"])
-    if variance is None:
+    variance = {"fixed_small_log": "fixed_small"}.get(scheduler["variance_type"], scheduler["variance_type"])
+    if variance not in VARIANCES:
         problems.append(f"variance_type={scheduler['variance_type']!r}")
     if scheduler.get("thresholding"):
         problems.append("thresholding=true")
@@ -301,7 +302,7 @@ def schedule_sections(scheduler: dict[str, Any], where: str) -> dict[str, dict[s
         problems.append(f"clip_sample_range={scheduler['clip_sample_range']}")
     if problems:
         raise ConfigError(f"{where}: ddpm_lab has no counterpart for {', '.join(problems)}")
-    schedule: dict[str, Any] = {"_target_": "ddpm_lab.diffusion.make_betas", "name": name}
+    schedule: dict[str, Any] = {"_target_": target_name(make_betas), "name": name}
     schedule["timesteps"] = int(scheduler["num_train_timesteps"])
     if name == "cosine":
         schedule.update(DIFFUSERS_COSINE)
@@ -311,13 +312,13 @@ def schedule_sections(scheduler: dict[str, Any], where: str) -> dict[str, dict[s
     return {
         "schedule": schedule,
         "diffusion": {
-            "_target_": "ddpm_lab.diffusion.GaussianDiffusion",
+            "_target_": target_name(GaussianDiffusion),
             "prediction": prediction,
             "loss_weighting": "uniform",
             "min_snr_gamma": 5.0,
         },
         "sampler": {
-            "_target_": "ddpm_lab.diffusion.DDPMSampler",
+            "_target_": target_name(DDPMSampler),
             "variance": variance,
             "clip_denoised": bool(scheduler.get("clip_sample", True)),
             "dynamic_threshold": None,
@@ -412,7 +413,7 @@ def read_diffusers(folder: str | os.PathLike, key: str = "from_diffusers") -> tu
     """
     require_diffusers()
     unet_dir, scheduler_dir = locate_components(Path(folder).expanduser(), key)
-    model = {"_target_": "ddpm_lab.models.UNet", **unet_kwargs_from_diffusers(_json(unet_dir / "config.json"), key)}
+    model = {"_target_": target_name(UNet), **unet_kwargs_from_diffusers(_json(unet_dir / "config.json"), key)}
     raw_scheduler = _json(scheduler_dir / "scheduler_config.json")
     if raw_scheduler.get("_class_name", "DDPMScheduler") not in ("DDPMScheduler", "DDIMScheduler"):
         raise ConfigError(f"{key}={folder}: its scheduler is a {raw_scheduler['_class_name']}, not a DDPMScheduler")
@@ -427,30 +428,6 @@ def read_diffusers(folder: str | os.PathLike, key: str = "from_diffusers") -> tu
     except (OSError, ValueError, RuntimeError) as e:  # no weights file, or weights not fitting its config
         raise CheckpointError(f"cannot load the U-Net weights in {unet_dir}: {first_line(e, 300)}") from e
     return sections, from_diffusers_state(net, unet.state_dict())
-
-
-def lightning_version() -> str:
-    """The installed Lightning's version, recorded in checkpoints as Lightning does (without importing it)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("pytorch-lightning")
-    except PackageNotFoundError:
-        return "2.4.0"
-
-
-def converted_checkpoint(config: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """A ddpm_lab checkpoint of imported weights: step 0, no optimizer state yet, so ``ckpt_path=`` fine-tunes it
-    from a fresh optimizer (``resume=`` refuses it: there is no loop state)."""
-    return {
-        "epoch": 0,
-        "global_step": 0,
-        "pytorch-lightning_version": lightning_version(),
-        "state_dict": {f"net.{k}": v for k, v in state.items()},
-        "optimizer_states": [],
-        "lr_schedulers": [],
-        CHECKPOINT_KEY: {"format": CHECKPOINT_FORMAT, "config": config},
-    }
 
 
 # ------------------------------------------------------------------------------------------------------ export

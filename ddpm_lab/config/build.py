@@ -13,6 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ddpm_lab.artifacts.allow_list import SECTIONS
+from ddpm_lab.artifacts.checkpoint import make_stored_config
 from ddpm_lab.config.location import config_dir
 from ddpm_lab.diffusion import GaussianDiffusion, Sampler
 from ddpm_lab.errors import ConfigError, UserError, first_line
@@ -163,17 +165,16 @@ def _resolved(cfg: DictConfig) -> dict[str, Any]:
 
 
 def stored_config(cfg: DictConfig) -> dict[str, Any]:
-    """What every checkpoint of a run stores: the resolved model sections (enough to rebuild the model), the
-    dataset's name, size and channels (and class names, ``conditioning=class``), and the whole run config with its
-    group choices (for display)."""
-    keep = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "schedule", "diffusion", "sampler")}
-    keep["model"] = OmegaConf.to_container(model_node(cfg), resolve=True)
-    keep["dataset"] = {
-        "name": cfg.dataset.get("_target_", "").rsplit(".", 1)[-1],
-        "image_size": int(cfg.dataset.image_size),
-        "channels": int(cfg.dataset.channels),
-    }
-    if class_names(cfg):
-        keep["dataset"]["class_names"] = class_names(cfg)
-    keep["run"] = {"config": _resolved(cfg), "choices": group_choices()}
-    return keep
+    """What every checkpoint of a run stores (``artifacts.checkpoint.make_stored_config``), from its composed config:
+    the resolved model sections, the dataset's name, size, channels and class names, the run config and choices."""
+    sections = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in SECTIONS}
+    sections["model"] = OmegaConf.to_container(model_node(cfg), resolve=True)
+    return make_stored_config(
+        sections,
+        dataset_name=cfg.dataset.get("_target_", "").rsplit(".", 1)[-1],
+        image_size=cfg.dataset.image_size,
+        channels=cfg.dataset.channels,
+        class_names=class_names(cfg),
+        run_config=_resolved(cfg),
+        choices=group_choices(),
+    )

@@ -20,14 +20,14 @@ from lightning_fabric.connector import _PRECISION_INPUT
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.accelerators import AcceleratorRegistry
 
-from ddpm_lab.artifacts.allow_list import SECTION_BUILDERS, canonical_target
+from ddpm_lab.artifacts.allow_list import DATASET_TARGETS, HOW_TO_REGISTER, safe_stored_config, section_builders
 from ddpm_lab.artifacts.checkpoint import checkpoint_config, checkpoint_file, read_checkpoint
-from ddpm_lab.config.build import build, build_components, build_module, model_node, name_key
+from ddpm_lab.config.build import build, build_components, build_module, model_node, name_key, stored_config
 from ddpm_lab.config.conditioning import condition_on_dataset
 from ddpm_lab.config.loggers import logger_row
 from ddpm_lab.config.run_folder import writable_folder
 from ddpm_lab.diffusion import Sampler
-from ddpm_lab.errors import ConfigError, check_flag, check_number, first_line
+from ddpm_lab.errors import ConfigError, UnsafeConfigError, check_flag, check_number, first_line
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def check_trainer_values(cfg: DictConfig) -> None:
 def _with_defaults(model: Any) -> dict[str, Any]:
     """A model section with its constructor's defaults filled in: a key left out is the same as its default."""
     model = dict(model) if isinstance(model, dict) else {}
-    builder = SECTION_BUILDERS["model"].get(canonical_target(model.get("_target_")))
+    builder = section_builders()["model"].get(model.get("_target_"))
     if builder is not None:
         for name, param in inspect.signature(builder).parameters.items():
             if param.default is not inspect.Parameter.empty:
@@ -236,9 +236,7 @@ def _with_defaults(model: Any) -> dict[str, Any]:
 def check_continued_checkpoint(cfg: DictConfig) -> None:
     """``ckpt_path=``: one of ours, trained with the model this config builds (else its weights cannot load)."""
     path = checkpoint_file(cfg.ckpt_path, "ckpt_path")
-    stored = checkpoint_config(read_checkpoint(path, mmap=True), path).get("model")
-    if isinstance(stored, dict) and "_target_" in stored:  # checkpoints of ddpm_lab 0.1 name ddpm_lab.unet.UNet
-        stored = {**stored, "_target_": canonical_target(stored["_target_"])}
+    stored = checkpoint_config(read_checkpoint(path, mmap=True), path).get("model")  # today's target names
     stored, current = _with_defaults(stored), _with_defaults(OmegaConf.to_container(model_node(cfg), resolve=True))
     # dropout changes no weight: fine-tuning may set its own (converted diffusers checkpoints store theirs, 0.0)
     diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k) and k != "dropout")
@@ -247,6 +245,25 @@ def check_continued_checkpoint(cfg: DictConfig) -> None:
             f"ckpt_path={path} was trained with a different model (model.{', model.'.join(diff)} differ): "
             "use the model options it was trained with, or start a new run without ckpt_path"
         )
+
+
+def check_storable(cfg: DictConfig) -> None:
+    """What every checkpoint of this run will store (``stored_config``) passes the allow-list its readers check
+    (``sample``, ``evaluate``, ``visualize ckpt=``, ``convert``): a run whose checkpoints they would refuse is
+    refused at launch, naming the key and where to register its target."""
+    stored = stored_config(cfg)
+    targets = {key: (stored[key].get("_target_"), builders) for key, builders in section_builders().items()}
+    targets["dataset"] = (_get(cfg, "dataset._target_"), DATASET_TARGETS)
+    for key, (name, allowed) in targets.items():
+        if not isinstance(name, str) or name not in allowed:
+            raise ConfigError(
+                f"{key}._target_={name} is not registered, so sample and evaluate would refuse every checkpoint "
+                f"of this run: {HOW_TO_REGISTER[key]}"
+            )
+    try:
+        safe_stored_config(stored)
+    except UnsafeConfigError as e:
+        raise ConfigError(f"sample and evaluate would refuse every checkpoint of this run: {e}") from e
 
 
 def pick_device(name: str) -> torch.device:
@@ -298,6 +315,7 @@ def check_train_config(cfg: DictConfig) -> None:
     net, diffusion, sampler = build_components(cfg, device="meta", warn=False)  # constructors check their values
     check_number(_get(cfg, "optimizer.lr"), "optimizer.lr", float, low=0, low_open=True)  # torch's message names no key
     build_module(cfg, net, diffusion, sampler)
+    check_storable(cfg)
     check_trainer_values(cfg)
     check_trainer_fits_machine(cfg)
     writable_folder(cfg.paths.output_root)

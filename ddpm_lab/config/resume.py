@@ -18,7 +18,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from ddpm_lab.artifacts.atomic import remove_stale_temp_files
-from ddpm_lab.artifacts.checkpoint import check_fits, net_weights, newest_checkpoint, read_checkpoint
+from ddpm_lab.artifacts.checkpoint import (
+    check_fits,
+    is_training_checkpoint,
+    net_weights,
+    newest_checkpoint,
+    read_checkpoint,
+)
 from ddpm_lab.config.loggers import logger_row
 from ddpm_lab.config.overrides import check_known, read_overrides
 from ddpm_lab.config.run_folder import CHECKPOINTS, RESUME_PREFIX, STARTED_NAME
@@ -105,7 +111,7 @@ def check_resumable(net: nn.Module, ckpt_path: str | os.PathLike, run_dir: str |
     model than the run's config builds (a file copied in from another run)."""
     try:
         ckpt = read_checkpoint(ckpt_path, mmap=True)
-        if not isinstance(ckpt.get("optimizer_states"), list) or not isinstance(ckpt.get("loops"), dict):
+        if not is_training_checkpoint(ckpt):
             raise CheckpointError(
                 f"{ckpt_path} is not a training checkpoint (no optimizer or loop state): it cannot be continued; "
                 "start a new run from its weights with ckpt_path= instead"

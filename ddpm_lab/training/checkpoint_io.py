@@ -1,4 +1,5 @@
-"""Checkpoints that are complete or absent: Lightning's checkpoint IO, writing through ``atomic_write``."""
+"""Checkpoints that are complete or absent: Lightning's checkpoint IO, writing through ``atomic_write`` and
+reading through ``read_checkpoint`` (weights only, older formats upgraded, like every other reader)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from ddpm_lab.artifacts.atomic import atomic_write
+from ddpm_lab.artifacts.checkpoint import read_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -19,7 +21,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     A rename within one folder is atomic, so ``kill -9`` at any moment leaves either the previous complete
     file or the new complete file, never a truncated one. (Lightning's own save stages the file in the
     system temp folder and moves it, which is a plain copy when that is another file system.)
-    Remote paths keep Lightning's fsspec saving.
+    Remote paths keep Lightning's fsspec saving and loading.
+
+    ``ckpt_path=`` and ``resume=`` load local files with :func:`~ddpm_lab.artifacts.checkpoint.read_checkpoint`,
+    as every other reader does: tensors and plain containers only, onto the CPU (Lightning copies the states to
+    the model's device), upgraded to today's format.
     """
 
     def save_checkpoint(
@@ -36,3 +42,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if isinstance(e.__context__, KeyboardInterrupt):
                 raise e.__context__ from None
             raise
+
+    def load_checkpoint(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().load_checkpoint(path, *args, **kwargs)
+        return read_checkpoint(path)  # always weights only, onto the CPU: Lightning's map_location is not needed

@@ -4,6 +4,7 @@ found by its step, and a stored config cannot make us build more than its weight
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -13,20 +14,56 @@ import torch
 
 import ddpm_lab
 from conftest import FIXTURES
-from ddpm_lab.artifacts.allow_list import LEGACY_TARGETS, SAFE_TARGETS, canonical_target
-from ddpm_lab.artifacts.checkpoint import checkpoint_step, load_model, newest_checkpoint, read_checkpoint
-from ddpm_lab.errors import CheckpointError
+from ddpm_lab.artifacts.allow_list import safe_targets
+from ddpm_lab.artifacts.checkpoint import (
+    CHECKPOINT_FORMAT,
+    LEGACY_TARGETS,
+    MIGRATIONS,
+    checkpoint_step,
+    is_training_checkpoint,
+    load_model,
+    make_stored_config,
+    newest_checkpoint,
+    read_checkpoint,
+    weights_checkpoint,
+)
+from ddpm_lab.errors import CheckpointError, NewerCheckpointError
+from ddpm_lab.models import UNet
 
 LEGACY = FIXTURES / "legacy_run" / "checkpoints" / "last.ckpt"
 
 
 def test_legacy_checkpoint_names_the_old_flat_modules():
-    """The fixture really is an old file: its stored targets are the 0.1 names, which no longer exist."""
-    config = read_checkpoint(LEGACY)["ddpm_lab"]["config"]
-    assert config["model"]["_target_"] == "ddpm_lab.unet.UNet"
-    assert config["sampler"]["_target_"] == "ddpm_lab.samplers.DDIMSampler"
+    """The fixture really is an old file: format 1, its stored targets the 0.1 names, which no longer exist."""
+    entry = torch.load(LEGACY, weights_only=True)["ddpm_lab"]
+    assert entry["format"] == 1
+    assert entry["config"]["model"]["_target_"] == "ddpm_lab.unet.UNet"
+    assert entry["config"]["sampler"]["_target_"] == "ddpm_lab.samplers.DDIMSampler"
     with pytest.raises(ImportError):
         __import__("ddpm_lab.unet")
+
+
+def test_a_format_1_checkpoint_is_read_in_todays_format_with_todays_names():
+    raw = torch.load(LEGACY, weights_only=True)["ddpm_lab"]["config"]
+    entry = read_checkpoint(LEGACY)["ddpm_lab"]
+    assert entry["format"] == CHECKPOINT_FORMAT == 2
+    config = entry["config"]
+    assert {key: config[key]["_target_"] for key in ("model", "schedule", "diffusion", "sampler")} == {
+        "model": "ddpm_lab.models.UNet",
+        "schedule": "ddpm_lab.diffusion.make_betas",
+        "diffusion": "ddpm_lab.diffusion.GaussianDiffusion",
+        "sampler": "ddpm_lab.diffusion.DDIMSampler",
+    }
+    # only the names changed
+    assert {k: v for k, v in config["model"].items() if k != "_target_"} == {
+        k: v for k, v in raw["model"].items() if k != "_target_"
+    }
+    assert config["dataset"] == raw["dataset"]
+    assert read_checkpoint(LEGACY, mmap=True)["ddpm_lab"] == entry  # the cheap look migrates the same way
+
+
+def test_every_older_format_has_its_migration_step():
+    assert set(MIGRATIONS) == set(range(1, CHECKPOINT_FORMAT))
 
 
 def test_legacy_checkpoint_gives_the_same_network_and_samples():
@@ -40,9 +77,73 @@ def test_legacy_checkpoint_gives_the_same_network_and_samples():
     torch.testing.assert_close(x, expected["samples_seed1"], rtol=1e-5, atol=1e-5)
 
 
-def test_every_legacy_name_maps_to_an_allowed_builder():
+def test_every_legacy_name_maps_to_an_allowed_builder_and_is_no_longer_allowed_itself():
+    """After reading, checkpoints name today's targets: the allow-list needs no old name."""
+    allowed = safe_targets()
     for old, new in LEGACY_TARGETS.items():
-        assert canonical_target(old) == new and new in SAFE_TARGETS
+        assert new in allowed and old not in allowed
+
+
+def _with_format(path: Path, number) -> Path:
+    ckpt = torch.load(LEGACY, weights_only=True)
+    ckpt["ddpm_lab"]["format"] = number
+    torch.save(ckpt, path)
+    return path
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line_by_every_reader(tmp_path: Path):
+    (tmp_path / "checkpoints").mkdir()
+    newer = _with_format(tmp_path / "checkpoints" / "last.ckpt", 3)
+    shutil.copy(LEGACY, tmp_path / "checkpoints" / "step_0000001.ckpt")  # an older, readable one beside it
+    newer_ddpm_lab = r" was written by a newer ddpm_lab \(checkpoint format 3; this version reads up to 2\): upgrade"
+    message = re.escape(str(newer)) + newer_ddpm_lab
+    readers = {
+        "read_checkpoint": lambda: read_checkpoint(newer),
+        "mmap": lambda: read_checkpoint(newer, mmap=True),
+        "load_model": lambda: load_model(newer),
+        "checkpoint_step": lambda: checkpoint_step(newer),
+        "newest_checkpoint": lambda: newest_checkpoint(newer.parent),  # not skipped: resuming would replace it
+    }
+    for name, read in readers.items():
+        with pytest.raises(NewerCheckpointError, match=message) as refused:
+            read()
+        assert "\n" not in str(refused.value), name
+
+
+@pytest.mark.parametrize("number", [None, "2", 2.0, True, 0, -1, [2]], ids=repr)
+def test_a_missing_or_non_integer_format_is_refused_as_damaged(number, tmp_path: Path):
+    path = _with_format(tmp_path / "odd.ckpt", number)
+    if number is None:
+        ckpt = torch.load(path, weights_only=True)
+        del ckpt["ddpm_lab"]["format"]
+        torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"odd.ckpt has no valid checkpoint format number .*damaged") as refused:
+        load_model(path)
+    assert not isinstance(refused.value, NewerCheckpointError)
+
+
+def test_a_weights_checkpoint_round_trips_through_load_model(tmp_path: Path):
+    legacy = read_checkpoint(LEGACY)["ddpm_lab"]["config"]
+    config = make_stored_config(
+        {key: legacy[key] for key in ("model", "schedule", "diffusion", "sampler")},
+        dataset_name=None,
+        image_size=8,
+        channels=1,
+        run_config={"converted_from": "somewhere"},
+    )
+    torch.manual_seed(0)
+    net = UNet(**{k: v for k, v in config["model"].items() if k != "_target_"})
+    ckpt = weights_checkpoint(config, net.state_dict())
+    assert not is_training_checkpoint(ckpt) and ckpt["ddpm_lab"]["format"] == CHECKPOINT_FORMAT
+    torch.save(ckpt, tmp_path / "weights.ckpt")
+    loaded = load_model(tmp_path / "weights.ckpt")
+    assert loaded.config == config and loaded.global_step == 0
+    assert all(torch.equal(loaded.net.state_dict()[k], v) for k, v in net.state_dict().items())
+    assert repr(loaded.sampler) == repr(load_model(LEGACY).sampler)
+
+
+def test_a_training_checkpoint_holds_optimizer_and_loop_state():
+    assert is_training_checkpoint(read_checkpoint(LEGACY))
 
 
 def test_loaded_model_unpacks_and_says_where_it_came_from():
@@ -53,7 +154,7 @@ def test_loaded_model_unpacks_and_says_where_it_came_from():
 
 
 def _step_checkpoint(path: Path, step: int, age_s: float) -> Path:
-    torch.save({"global_step": step, "state_dict": {}, "ddpm_lab": {"config": {}}}, path)
+    torch.save({"global_step": step, "state_dict": {}, "ddpm_lab": {"format": CHECKPOINT_FORMAT, "config": {}}}, path)
     os.utime(path, (time.time() - age_s, time.time() - age_s))
     return path
 

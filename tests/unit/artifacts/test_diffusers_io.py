@@ -15,12 +15,19 @@ from omegaconf import OmegaConf
 import ddpm_lab
 from conftest import FIXTURES, TINY_TRAIN
 from ddpm_lab.artifacts.allow_list import build_stored
-from ddpm_lab.artifacts.checkpoint import load_model, net_weights, read_checkpoint
+from ddpm_lab.artifacts.checkpoint import (
+    CHECKPOINT_FORMAT,
+    is_training_checkpoint,
+    load_model,
+    net_weights,
+    read_checkpoint,
+)
 from ddpm_lab.artifacts.diffusers_io import diffusers_unet_config, read_diffusers, write_diffusers
 from ddpm_lab.config.checks import check_train_config
 from ddpm_lab.convert import export_diffusers, import_diffusers
 from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError
 from ddpm_lab.models import UNet
+from ddpm_lab.train import train
 
 LEGACY = FIXTURES / "legacy_run" / "checkpoints" / "last.ckpt"
 # Ho et al.'s architectures as google/ddpm-cifar10-32 and google/ddpm-{celebahq,church,bedroom}-256 configure them.
@@ -128,8 +135,7 @@ def test_round_trip_gives_identical_weights_and_samples(tmp_path):
     before, after = read_checkpoint(LEGACY), read_checkpoint(tmp_path / "back.ckpt")
     ema, back = net_weights(before, "ema"), net_weights(after)
     assert ema.keys() == back.keys() and all(torch.equal(ema[k], back[k]) for k in ema)
-    drop_target = lambda c: {k: v for k, v in c["ddpm_lab"]["config"]["schedule"].items() if k != "_target_"}
-    assert drop_target(after) == drop_target(before)
+    assert after["ddpm_lab"]["config"]["schedule"] == before["ddpm_lab"]["config"]["schedule"]  # names migrated
     old, new = load_model(LEGACY), load_model(tmp_path / "back.ckpt")
     ddpm = ddpm_lab.make_sampler("ddpm")
     torch.testing.assert_close(
@@ -222,6 +228,34 @@ def test_ckpt_path_accepts_a_converted_checkpoint_to_fine_tune(tmp_path, cfg_tra
         check_train_config(cfg_train(*base, "+model.time_cos_first=true", f"ckpt_path={tmp_path / 'tiny.ckpt'}"))
     ckpt = read_checkpoint(tmp_path / "tiny.ckpt")
     assert ckpt["optimizer_states"] == [] and "loops" not in ckpt and ckpt["global_step"] == 0
+
+
+def _entry_layout(path: Path) -> dict[str, list[str]]:
+    """The keys of a checkpoint's ddpm_lab entry as written (not migrated), level by level."""
+    entry = torch.load(path, weights_only=True, mmap=True)["ddpm_lab"]
+    config = entry["config"]
+    return {
+        "entry": sorted(entry),
+        "config": sorted(config),
+        "dataset": sorted(config["dataset"]),
+        "run": sorted(config["run"]),
+        "format": [str(entry["format"])],
+    }
+
+
+def test_training_and_converted_checkpoints_carry_the_same_entry_layout(tmp_path, image_folder, cfg_train):
+    """What DiffusionModule.on_save_checkpoint writes and what convert writes: one format, one layout."""
+    short = ("trainer.max_steps=2", "trainer.val_check_interval=2", "callbacks.model_checkpoint.every_n_train_steps=2")
+    run = tmp_path / "run"
+    train(cfg_train(*TINY_TRAIN, *short, f"dataset.root={image_folder}", f"paths.output_dir={run}"))
+    trained = run / "checkpoints" / "last.ckpt"
+    tiny = {"sample_size": 16, "block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4}
+    tiny.update(down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, attention_head_dim=None)
+    save_pipeline(tmp_path / "pipe", tiny, num_train_timesteps=50)
+    converted = import_diffusers(str(tmp_path / "pipe"), str(tmp_path / "converted.ckpt"))
+    assert _entry_layout(trained) == _entry_layout(converted)
+    assert _entry_layout(trained)["format"] == [str(CHECKPOINT_FORMAT)]
+    assert is_training_checkpoint(read_checkpoint(trained)) and not is_training_checkpoint(read_checkpoint(converted))
 
 
 def test_without_diffusers_convert_says_how_to_install_it(monkeypatch):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN, run_cli
+from ddpm_lab.artifacts.checkpoint import write_entry
 from ddpm_lab.config.resume import resume_checkpoint as last_checkpoint
 from ddpm_lab.errors import ResumeError
 from ddpm_lab.training.checkpoint_io import AtomicCheckpointIO
@@ -22,7 +23,9 @@ def _checkpoints(run: Path, names: list[str]) -> Path:
     folder = run / "checkpoints"
     folder.mkdir(parents=True)
     for i, name in enumerate(names):
-        torch.save({"global_step": 3 * (i + 1), "state_dict": {}}, folder / name)
+        checkpoint = {"global_step": 3 * (i + 1), "state_dict": {}}
+        write_entry(checkpoint, {})
+        torch.save(checkpoint, folder / name)
         os.utime(folder / name, (time.time() - 100 + i, time.time() - 100 + i))
     return folder
 
