@@ -4,14 +4,14 @@ Samples ``n`` images from a checkpoint and scores them (FID, KID, IS where the e
 against the dataset's real images. A class-conditional checkpoint is sampled per guidance scale
 (``guidance=0,1,2,4``) with classes in the dataset's proportions; ``features=classifier`` adds their class
 accuracy. ``metrics=nll`` instead bounds the likelihood of the test split in bits/dim.
-``check(cfg)`` parses the settings once, ``evaluate(cfg)`` does the work; ``main`` is only the Hydra wrapper.
+``evaluate_settings(cfg)`` (``ddpm_lab.config.settings``) parses the settings once, ``evaluate(cfg)`` does
+the work; ``main`` is only the Hydra wrapper.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,79 +20,27 @@ import torch
 from omegaconf import DictConfig
 
 from ddpm_lab.artifacts.atomic import save_json
-from ddpm_lab.artifacts.checkpoint import WEIGHTS, LoadedModel, checkpoint_file, load_model
+from ddpm_lab.artifacts.checkpoint import LoadedModel, checkpoint_file, load_model
 from ddpm_lab.artifacts.figures import bound_terms_figure, guidance_figure, save_figure
 from ddpm_lab.artifacts.images import refuse_existing
 from ddpm_lab.artifacts.samples import grid_name, save_uint8_grid
-from ddpm_lab.config import build, check_sampler, config_dir, pick_device
-from ddpm_lab.config.checks import check_common, check_integer
+from ddpm_lab.config import build, check_sampler, config_dir
 from ddpm_lab.config.entry import entry_point
-from ddpm_lab.config.guidance import guidance_as_list, guidance_scales, parse_guidance
-from ddpm_lab.config.real_images import compared_dataset, dataset_source, images_of, stats_folder
+from ddpm_lab.config.guidance import guidance_as_list, guidance_scales
+from ddpm_lab.config.real_images import compared_dataset, dataset_source, images_of
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
-from ddpm_lab.diffusion.samplers import VARIANCES
-from ddpm_lab.errors import check_choice, check_flag, check_number, user_errors
+from ddpm_lab.config.settings import EvaluateSettings, evaluate_settings
+from ddpm_lab.errors import user_errors
 from ddpm_lab.metrics.cache import real_features
 from ddpm_lab.metrics.class_mix import class_counts, class_mix
 from ddpm_lab.metrics.classifier import ClassifierFeatures
 from ddpm_lab.metrics.features import FeatureExtractor
 from ddpm_lab.metrics.nll import NLLSettings, model_bound
 from ddpm_lab.metrics.sample_scores import per_class_lines, sample_and_score, score_line
-from ddpm_lab.metrics.scores import ScoreSettings, random_subset
+from ddpm_lab.metrics.scores import random_subset
 
 log = logging.getLogger(__name__)
-METRICS = ("fid", "nll")
-COUNTS = {"n": 2, "n_real": 2, "batch_size": 1, "kid_subsets": 1, "kid_subset_size": 2, "is_splits": 1}  # lowest
 GUIDANCE_PLOT = "fid_vs_guidance.png"
-
-
-@dataclass(frozen=True)
-class EvaluateSettings:
-    """Everything ``evaluate`` reads from its config, parsed once by :func:`check`."""
-
-    ckpt: str
-    weights: str
-    scoring: ScoreSettings  # device, n, seed, batch size, KID/IS settings, guidance rescale
-    guidance: tuple[float, ...] | None
-    sampler: DictConfig | None  # None: the checkpoint's own
-    features: DictConfig
-    dataset: DictConfig | None  # None: the training run's
-    cache_dir: str | None  # paths.cache_dir, for decoded datasets
-    stats_dir: Path  # real-image features and classifiers
-    nll: NLLSettings | None  # None: metrics=fid
-
-
-def check(cfg: DictConfig) -> EvaluateSettings:
-    """The settings of ``evaluate`` itself, before the checkpoint is even read."""
-    check_common(cfg)  # ckpt given, paths.output_root, seed
-    for key, low in COUNTS.items():  # each stored back as an int: n=1000.0 works
-        check_integer(cfg, key, low=low, optional=key == "n_real")
-    weights = check_choice(cfg.weights, "weights", WEIGHTS)
-    nll = None
-    if check_choice(cfg.get("metrics", "fid"), "metrics", METRICS) == "nll":
-        check_integer(cfg, "nll.n", low=1, optional=True)
-        check_integer(cfg, "nll.stride", low=1)
-        check_flag(cfg.nll.clip_denoised, "nll.clip_denoised")
-        if cfg.nll.variance is not None:
-            check_choice(cfg.nll.variance, "nll.variance", VARIANCES)
-        nll = NLLSettings(cfg.nll.n, cfg.nll.stride, cfg.nll.clip_denoised, cfg.nll.variance)
-    device = pick_device(str(cfg.device))
-    guidance = parse_guidance(cfg.get("guidance"))
-    rescale = check_number(cfg.guidance_rescale, "guidance_rescale", float, low=0, high=1)
-    counts = {key: cfg[key] for key in COUNTS}
-    scoring = ScoreSettings(device=device, seed=int(cfg.seed), guidance_rescale=rescale, **counts)
-    return EvaluateSettings(
-        ckpt=str(cfg.ckpt),
-        weights=weights,
-        scoring=scoring,
-        guidance=None if guidance is None else tuple(guidance),
-        sampler=cfg.get("sampler"),
-        features=cfg.features,
-        dataset=cfg.get("dataset"),
-        cache_dir=cfg.paths.get("cache_dir"),
-        stats_dir=stats_folder(cfg.cache_dir, cfg.paths.get("cache_dir")),
-        nll=nll,
-    )
 
 
 def say(line: str) -> None:
@@ -103,7 +51,7 @@ def say(line: str) -> None:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``ckpt`` as ``metrics`` says (FID/KID/IS of its samples, or the NLL bound); write ``results.json``."""
-    s = check(cfg)
+    s = evaluate_settings(cfg)
     checkpoint_file(s.ckpt)
     out_dir = Path(cfg.paths.output_dir)  # the run folder Hydra made (it resolves only inside a run)
     return evaluate_fid(s, out_dir) if s.nll is None else evaluate_nll(s, s.nll, out_dir)

@@ -3,20 +3,20 @@
 Class-conditional checkpoints also take ``class=7`` / ``class=cat`` / ``class=[cat,dog]``, ``per_class=8`` (a named
 row per class in grid.png, one folder per class) and ``guidance=3`` (classifier-free guidance w, 1: conditional).
 
-``check(cfg)`` parses the settings once, ``sample(cfg)`` does the work; ``main`` is only the Hydra wrapper.
+``sample_settings(cfg)`` (``ddpm_lab.config.settings``) parses the settings once, ``sample(cfg)`` does
+the work; ``main`` is only the Hydra wrapper.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
-from ddpm_lab.artifacts.checkpoint import WEIGHTS, checkpoint_file, load_model
+from ddpm_lab.artifacts.checkpoint import checkpoint_file, load_model
 from ddpm_lab.artifacts.images import refuse_existing
 from ddpm_lab.artifacts.samples import (
     SAMPLE_FILES,
@@ -26,70 +26,20 @@ from ddpm_lab.artifacts.samples import (
     save_progression,
     save_reverse_gif,
 )
-from ddpm_lab.config import check_sampler, config_dir, pick_device
-from ddpm_lab.config.checks import check_common, check_integer
+from ddpm_lab.config import check_sampler, config_dir
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.guidance import class_labels
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
+from ddpm_lab.config.settings import sample_settings
 from ddpm_lab.diffusion import evenly_spaced, fit_timesteps, generate_batches
-from ddpm_lab.errors import check_choice, check_list, check_number, user_errors
+from ddpm_lab.errors import user_errors
 
 log = logging.getLogger(__name__)
-COUNTS = ("n", "batch_size", "strip_n", "gif_n", "gif_frames", "gif_ms")  # integers >= 1
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    """Everything ``sample`` reads from its config, parsed once by :func:`check`."""
-
-    ckpt: str
-    weights: str
-    device: torch.device
-    n: int
-    batch_size: int
-    seed: int
-    sampler: DictConfig | None  # None: the checkpoint's own
-    timesteps: tuple[int, ...]  # progression strip columns, before they are fitted to T and the sampler
-    strip_n: int
-    gif_n: int
-    gif_frames: int
-    gif_ms: int
-    classes: int | str | tuple[int | str, ...] | None  # one class or several, by index or name
-    per_class: int | None
-    guidance: float | None  # as given (None: 1)
-    guidance_rescale: float
-
-
-def check(cfg: DictConfig) -> SampleSettings:
-    """The settings of ``sample`` itself, before the checkpoint is even read."""
-    check_common(cfg)  # ckpt given, paths.output_root, seed
-    for key in COUNTS:
-        check_integer(cfg, key, low=1)  # stored back as an int: n=64.0 works
-    timesteps = check_list(cfg.timesteps, "timesteps", int, low=0, example="[999,500,0]")
-    weights = check_choice(cfg.weights, "weights", WEIGHTS)
-    device = pick_device(str(cfg.device))
-    check_integer(cfg, "per_class", low=1, optional=True)
-    check_number(cfg.get("guidance"), "guidance", float, optional=True)
-    rescale = check_number(cfg.get("guidance_rescale", 0.0), "guidance_rescale", float, 0, 1)
-    asked = cfg.get("class")
-    return SampleSettings(
-        **{key: cfg[key] for key in COUNTS},
-        ckpt=str(cfg.get("ckpt", "")),
-        weights=weights,
-        device=device,
-        seed=int(cfg.seed),
-        sampler=cfg.get("sampler"),
-        timesteps=tuple(timesteps),
-        classes=tuple(asked) if isinstance(asked, (ListConfig, list, tuple)) else asked,
-        per_class=cfg.get("per_class"),
-        guidance=cfg.get("guidance"),
-        guidance_rescale=rescale,
-    )
 
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
     """Draw ``n`` samples from ``ckpt`` and write grid, single PNGs, npz, progression strip and GIF."""
-    s = check(cfg)
+    s = sample_settings(cfg)
     checkpoint_file(s.ckpt)
     out_dir = Path(cfg.paths.output_dir)  # the run folder Hydra made (it resolves only inside a run)
     outputs = {name: out_dir / name for name in SAMPLE_FILES}

@@ -1,82 +1,40 @@
 """Seeing the forward process without a checkpoint: ``python -m ddpm_lab.visualize [dataset=…] [schedule=…]``;
 ``html=true`` adds the interactive explorer page (``ckpt=`` adds the model's x̂_0 and the reverse process).
 
-``check(cfg)`` parses the settings once, ``visualize(cfg)`` does the work; ``main`` is only the Hydra wrapper.
+``visualize_settings(cfg)`` (``ddpm_lab.config.settings``) parses the settings once, ``visualize(cfg)`` does
+the work; ``main`` is only the Hydra wrapper.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from ddpm_lab.artifacts.checkpoint import checkpoint_file, load_model
+from ddpm_lab.artifacts.checkpoint import load_model
 from ddpm_lab.artifacts.explorer import explorer_frames, save_explorer
 from ddpm_lab.artifacts.figures import save_figure, schedule_figure, strip_figure
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_gif
 from ddpm_lab.config import build, config_dir
 from ddpm_lab.config.build import schedule_options
-from ddpm_lab.config.checks import check_common, check_integer
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
+from ddpm_lab.config.settings import visualize_settings
 from ddpm_lab.data import first_images
 from ddpm_lab.diffusion import GaussianDiffusion, evenly_spaced, fit_timesteps, randn
 from ddpm_lab.diffusion.generate import image_shape
-from ddpm_lab.errors import ConfigError, DatasetError, check_flag, check_list, user_errors
+from ddpm_lab.errors import ConfigError, DatasetError, user_errors
 
 log = logging.getLogger(__name__)
-COUNTS = ("n_images", "gif_frames", "gif_ms", "html_frames")  # integers >= 1
-
-
-@dataclass(frozen=True)
-class VisualizeSettings:
-    """Everything ``visualize`` reads from its config, parsed once by :func:`check`."""
-
-    seed: int
-    n_images: int
-    timesteps: tuple[int, ...]  # strip columns, before they are fitted to T
-    gif_frames: int
-    gif_ms: int
-    html: bool
-    html_frames: int
-    ckpt: str | None  # with html: the model whose x̂_0 and reverse process the explorer shows
-    schedule: DictConfig
-    data: pl.LightningDataModule  # built: its constructor has checked dataset.*
-    dataset: str  # its _target_, for messages
-
-
-def check(cfg: DictConfig) -> VisualizeSettings:
-    """The settings of ``visualize``, its schedule and its dataset, before any image is read or file written."""
-    check_common(cfg)  # dataset.root given, paths.output_root, seed
-    for key in COUNTS:
-        check_integer(cfg, key, low=1)  # stored back as an int: n_images=4.0 works
-    timesteps = check_list(cfg.timesteps, "timesteps", int, low=0, example="[0,100,999]")
-    check_flag(cfg.html, "html")
-    if cfg.ckpt is not None:
-        if not cfg.html:
-            raise ConfigError("ckpt= is read by the HTML explorer only: add html=true (or leave ckpt out)")
-        checkpoint_file(cfg.ckpt)
-    return VisualizeSettings(
-        **{key: cfg[key] for key in COUNTS},
-        seed=int(cfg.seed),
-        timesteps=tuple(timesteps),
-        html=cfg.html,
-        ckpt=None if cfg.ckpt is None else str(cfg.ckpt),
-        schedule=cfg.schedule,
-        data=build("dataset", cfg.dataset),  # the data module's constructor checks dataset.* values
-        dataset=str(cfg.dataset._target_),
-    )
 
 
 def visualize(cfg: DictConfig) -> dict[str, Path]:
     """Write the schedule comparison, the forward strip and the forward GIF (and with ``html``, the explorer page)
     into the run folder. With ``ckpt`` everything uses the checkpoint's schedule."""
-    s = check(cfg)
+    s = visualize_settings(cfg)
     out_dir = Path(cfg.paths.output_dir)  # the run folder Hydra made (it resolves only inside a run)
     names = ("schedules.png", "forward_strip.png", "forward.gif") + (("explorer.html",) if s.html else ())
     outputs = {name: out_dir / name for name in names}

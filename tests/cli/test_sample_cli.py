@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import run_cli
-from ddpm_lab.sample import check
+from ddpm_lab.config.settings import sample_settings as check
 
 
 @pytest.mark.slow
