@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, cli_env
+from helpers import REPO_ROOT, cli_env
 
 PACKAGE = REPO_ROOT / "ddpm_lab"
 

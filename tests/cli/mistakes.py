@@ -24,7 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
-from conftest import cli_env, fake_run, snapshot, write_image_folder
+from helpers import cli_env, fake_run, snapshot, write_image_folder
 
 MAX_SECONDS = 20  # a mistake must be found before any work: far less than a training step on a real model
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_TRAIN, write_image_folder
 from ddpm_lab import load_model
 from ddpm_lab.sample import main as sample_main
 from ddpm_lab.train import main as train_main
+from helpers import TINY_TRAIN, write_image_folder
 from mistakes import run_in_process
 
 

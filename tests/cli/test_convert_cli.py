@@ -9,8 +9,8 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 import ddpm_lab
-from conftest import run_cli
 from ddpm_lab.convert import main
+from helpers import run_cli
 from mistakes import run_in_process
 
 

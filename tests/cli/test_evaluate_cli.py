@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_TRAIN, ours_checkpoint, run_cli
 from ddpm_lab.errors import ConfigError, OutputExistsError, WeightsMissingError
 from ddpm_lab.evaluate import evaluate
+from helpers import TINY_TRAIN, ours_checkpoint, run_cli
 
 FAST_EVAL = ("features=tiny", "n=8", "batch_size=8", "sampler=ddpm", "sampler.steps=3", "kid_subsets=5")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, snapshot
 from ddpm_lab.config.real_images import compared_dataset
+from helpers import run_cli, snapshot
 
 
 class Payload:

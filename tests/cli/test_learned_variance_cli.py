@@ -11,9 +11,9 @@ import pytorch_lightning as pl
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY_TRAIN, compose_config, run_cli
 from ddpm_lab.artifacts.checkpoint import load_model
 from ddpm_lab.config.build import build, build_components, build_module
+from helpers import TINY_TRAIN, compose_config, run_cli
 
 LEARNED = ("diffusion.variance=learned_range", "diffusion.loss=hybrid", "model=unet_tiny", "warmup_steps=0")
 

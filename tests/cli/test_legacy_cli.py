@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, run_cli
 from ddpm_lab.artifacts.checkpoint import read_checkpoint
+from helpers import FIXTURES, run_cli
 
 LEGACY_RUN = FIXTURES / "legacy_run"
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY_TRAIN
 from ddpm_lab.train import main
+from helpers import TINY_TRAIN
 from mistakes import run_in_process
 
 mlflow = pytest.importorskip("mlflow", reason="logger=mlflow needs the mlflow extra (mlflow-skinny is in [dev])")

@@ -15,8 +15,8 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from conftest import TINY_TRAIN, ours_checkpoint
 from ddpm_lab.convert import main
+from helpers import TINY_TRAIN, ours_checkpoint
 from mistakes import case, check_case, counts, run_in_process, write_inputs
 
 IMPORT = ("from_diffusers={tmp}/pipe", "out={tmp}/new.ckpt")

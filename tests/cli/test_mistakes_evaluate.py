@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_TRAIN, ours_checkpoint
 from ddpm_lab.evaluate import main
+from helpers import TINY_TRAIN, ours_checkpoint
 from mistakes import case, check_case, counts, run_in_process, run_subprocess, write_inputs
 
 BASE = (

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, conditional_checkpoint, ours_checkpoint
 from ddpm_lab.sample import main
+from helpers import TINY_TRAIN, conditional_checkpoint, ours_checkpoint
 from mistakes import case, check_case, counts, run_in_process, run_subprocess, write_inputs
 
 BASE = ("ckpt={tmp}/good.ckpt", "paths.output_root={tmp}/out", "n=2", "device=cpu")

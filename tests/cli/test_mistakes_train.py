@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, ours_checkpoint
 from ddpm_lab.train import main
+from helpers import TINY_TRAIN, ours_checkpoint
 from mistakes import case, check_case, counts, run_in_process, run_subprocess, snapshot, write_inputs
 
 BASE = (*TINY_TRAIN, "dataset.root={tmp}/images", "paths.output_root={tmp}/out")

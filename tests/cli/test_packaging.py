@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_TRAIN
+from helpers import REPO_ROOT, TINY_TRAIN
 
 
 @pytest.fixture(scope="module")

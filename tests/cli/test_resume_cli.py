@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY_TRAIN, run_cli, start_cli
 from ddpm_lab.artifacts.checkpoint import read_checkpoint
+from helpers import TINY_TRAIN, run_cli, start_cli
 
 LONG = (*TINY_TRAIN, "trainer.max_steps=1000", "trainer.val_check_interval=1000")
 

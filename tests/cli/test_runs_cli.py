@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, cli_env, run_cli, snapshot, start_cli
 from ddpm_lab.artifacts.checkpoint import read_checkpoint
+from helpers import TINY_TRAIN, cli_env, run_cli, snapshot, start_cli
 
 LONG = (*TINY_TRAIN, "trainer.max_steps=1000", "trainer.val_check_interval=1000")
 # A sample grid that takes about a minute on a CPU (256 images, 1000 reverse steps; ~16 s per 64) every 3 steps.

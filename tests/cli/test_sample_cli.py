@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import run_cli
 from ddpm_lab.config.settings import sample_settings as check
+from helpers import run_cli
 
 
 @pytest.mark.slow

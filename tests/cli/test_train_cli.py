@@ -8,8 +8,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY_TRAIN, run_cli
 from ddpm_lab.artifacts.checkpoint import load_model
+from helpers import TINY_TRAIN, run_cli
 
 
 def run_dirs(root: Path) -> list[Path]:

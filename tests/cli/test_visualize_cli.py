@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
 from ddpm_lab.artifacts.figures import schedule_curves
 from ddpm_lab.artifacts.images import refuse_existing
 from ddpm_lab.diffusion.spacing import evenly_spaced, fit_timesteps
+from helpers import run_cli
 
 
 def test_fit_timesteps_rescales_and_snaps() -> None:

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import ddpm_lab
-from conftest import FIXTURES
 from ddpm_lab.artifacts.allow_list import safe_targets
 from ddpm_lab.artifacts.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -29,6 +28,7 @@ from ddpm_lab.artifacts.checkpoint import (
 )
 from ddpm_lab.errors import CheckpointError, NewerCheckpointError
 from ddpm_lab.models import UNet
+from helpers import FIXTURES
 
 LEGACY = FIXTURES / "legacy_run" / "checkpoints" / "last.ckpt"
 

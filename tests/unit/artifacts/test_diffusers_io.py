@@ -13,7 +13,6 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from omegaconf import OmegaConf
 
 import ddpm_lab
-from conftest import FIXTURES, TINY_TRAIN
 from ddpm_lab.artifacts.allow_list import build_stored
 from ddpm_lab.artifacts.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -28,6 +27,7 @@ from ddpm_lab.convert import export_diffusers, import_diffusers
 from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError
 from ddpm_lab.models import UNet
 from ddpm_lab.train import train
+from helpers import FIXTURES, TINY_TRAIN
 
 LEGACY = FIXTURES / "legacy_run" / "checkpoints" / "last.ckpt"
 # Ho et al.'s architectures as google/ddpm-cifar10-32 and google/ddpm-{celebahq,church,bedroom}-256 configure them.

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, run_cli
 from ddpm_lab.artifacts.checkpoint import write_entry
 from ddpm_lab.config.resume import resume_checkpoint as last_checkpoint
 from ddpm_lab.errors import ResumeError
 from ddpm_lab.training.checkpoint_io import AtomicCheckpointIO
+from helpers import TINY_TRAIN, run_cli
 
 
 def _checkpoints(run: Path, names: list[str]) -> Path:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, ours_checkpoint, run_cli
 from ddpm_lab.artifacts.checkpoint import load_model
 from ddpm_lab.errors import CheckpointError
+from helpers import TINY_TRAIN, ours_checkpoint, run_cli
 
 
 class Payload:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, ours_checkpoint
 from ddpm_lab.artifacts.checkpoint import load_model
 from ddpm_lab.errors import CheckpointError
+from helpers import TINY_TRAIN, ours_checkpoint
 
 
 class Payload:
@@ -133,7 +133,7 @@ def test_broken_files_are_refused_by_name(content: bytes | None, tmp_path: Path)
 @pytest.mark.parametrize("command", ["ddpm_lab.sample", "ddpm_lab.evaluate"])
 def test_sample_and_evaluate_refuse_malicious_checkpoints(command: str, clean: dict, tmp_path: Path):
     """Through the real command lines: a pickle payload and an os.system config, each one line, exit 2, no file."""
-    from conftest import run_cli
+    from helpers import run_cli
 
     marker = tmp_path / "pwned"
     pickled = tmp_path / "pickled.ckpt"

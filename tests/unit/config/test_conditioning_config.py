@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import TINY_TRAIN, write_image_folder
 from ddpm_lab.artifacts.checkpoint import resolve_class
 from ddpm_lab.config import stored_config
 from ddpm_lab.config.build import label_dropout
 from ddpm_lab.config.conditioning import condition_on_dataset
 from ddpm_lab.data import CIFAR10DataModule, ImageFolderDataModule, MNISTDataModule
 from ddpm_lab.errors import ConfigError, DatasetError
+from helpers import TINY_TRAIN, write_image_folder
 
 
 @pytest.fixture(scope="module")

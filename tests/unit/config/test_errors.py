@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, fake_run, ours_checkpoint, run_cli, snapshot
 from ddpm_lab.config.checks import check_train_config as validate_train_config
 from ddpm_lab.errors import UserError
+from helpers import TINY_TRAIN, fake_run, ours_checkpoint, run_cli, snapshot
 
 
 @pytest.fixture(scope="module")

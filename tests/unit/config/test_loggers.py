@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO_ROOT
 from ddpm_lab.config.loggers import LOGGERS, logger_folders, logger_row
+from helpers import REPO_ROOT
 
 LOGGER_CONFIGS = sorted((REPO_ROOT / "configs" / "logger").glob("*.yaml"))
 

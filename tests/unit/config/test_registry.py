@@ -12,7 +12,6 @@ import pytest
 import yaml
 from hydra.utils import get_object
 
-from conftest import REPO_ROOT, TINY_TRAIN, save_untrained
 from ddpm_lab.artifacts.allow_list import DATASET_TARGETS, SECTIONS, section_builders, target_name
 from ddpm_lab.artifacts.checkpoint import load_model
 from ddpm_lab.config.checks import check_storable, check_train_config
@@ -20,6 +19,7 @@ from ddpm_lab.data import ImageFolderDataModule
 from ddpm_lab.diffusion import SAMPLERS, DDIMSampler, DiffusersSampler
 from ddpm_lab.errors import ConfigError
 from ddpm_lab.models import MODELS, UNet
+from helpers import REPO_ROOT, TINY_TRAIN, save_untrained
 
 CONFIGS = REPO_ROOT / "configs"
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env
 from ddpm_lab.config import run_folder
 from ddpm_lab.config.run_folder import LOCK_NAME, claim_fresh_run_folder, lock_run_folder, unlock_run_folder
 from ddpm_lab.errors import OutputExistsError, RunFolderBusyError
+from helpers import cli_env
 
 HOLD_LOCK = """
 import sys, time

@@ -11,10 +11,10 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from conftest import compose_config
 from ddpm_lab.config.settings import convert_settings, evaluate_settings, sample_settings, visualize_settings
 from ddpm_lab.data import DigitsDataModule
 from ddpm_lab.metrics import NLLSettings
+from helpers import compose_config
 
 
 def test_evaluate_settings(cfg_eval):

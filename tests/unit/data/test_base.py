@@ -8,11 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from data_helpers import fake_trainer, folder_module
 from hydra.utils import get_class
 from PIL import Image
 
-from conftest import write_image_folder
+from data_helpers import fake_trainer, folder_module
 from ddpm_lab.data import (
     DatasetError,
     DigitsDataModule,
@@ -22,6 +21,7 @@ from ddpm_lab.data import (
     StanfordCarsDataModule,
 )
 from ddpm_lab.errors import ConfigError
+from helpers import write_image_folder
 
 
 def test_global_batch_divided_over_two_devices(image_folder: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import ready
 from torchvision.datasets import CIFAR10
 
+from data_helpers import ready
 from ddpm_lab.data import CIFAR10DataModule, DatasetError
 
 

@@ -10,9 +10,9 @@ import yaml
 from hydra.utils import get_class
 
 import ddpm_lab.data.datasets
-from conftest import REPO_ROOT
 from ddpm_lab.artifacts.allow_list import DATASET_TARGETS
 from ddpm_lab.data import DATASETS, ImageDataModule
+from helpers import REPO_ROOT
 
 CONFIGS = sorted((REPO_ROOT / "configs" / "dataset").glob("*.yaml"))
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import folder_module
 from PIL import Image
 
-from conftest import write_image_folder
+from data_helpers import folder_module
 from ddpm_lab.data import DatasetError, ImageFolderDataModule
 from ddpm_lab.data.decode import (
     MAX_ASPECT_RATIO,
@@ -20,6 +19,7 @@ from ddpm_lab.data.decode import (
     check_image_size,
     decode_image,
 )
+from helpers import write_image_folder
 
 
 def test_a_tiny_png_of_absurd_size_is_refused_from_its_header(tmp_path: Path):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from data_helpers import folder_module
 from PIL import Image
 
-from conftest import write_image_folder
+from data_helpers import folder_module
 from ddpm_lab.artifacts.cache_dir import cache_folder, default_cache_dir
+from helpers import write_image_folder
 
 
 def test_image_folder_cache_is_used_and_keyed(tmp_path: Path) -> None:

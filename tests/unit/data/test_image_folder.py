@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from data_helpers import folder_module
 
-from conftest import write_image_folder
+from data_helpers import folder_module
 from ddpm_lab.data import DatasetError, ImageFolderDataModule
+from helpers import write_image_folder
 
 
 def test_image_folder_labels_channels_and_splits(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from data_helpers import ready
 from torchvision.datasets import MNIST
 
-from conftest import run_cli
+from data_helpers import ready
 from ddpm_lab.data import DatasetError, MNISTDataModule
+from helpers import run_cli
 
 
 def write_mnist(root: Path, n_train: int = 30, n_test: int = 20, gz: bool = False) -> Path:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from data_helpers import ready
 from PIL import Image
 
+from data_helpers import ready
 from ddpm_lab.data import DatasetError, StanfordCarsDataModule
 
 

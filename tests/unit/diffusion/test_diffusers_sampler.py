@@ -17,10 +17,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 
 from test_gaussian_sampling import N, check_moments, optimal_model  # noqa: E402
 
-from conftest import TINY_TRAIN, ours_checkpoint  # noqa: E402
 from ddpm_lab import GaussianDiffusion, generate, load_model, make_betas, make_sampler  # noqa: E402
 from ddpm_lab.diffusion.diffusers_sampler import SCHEDULERS  # noqa: E402
 from ddpm_lab.errors import ConfigError  # noqa: E402
+from helpers import TINY_TRAIN, ours_checkpoint  # noqa: E402
 
 
 def smooth_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -8,12 +8,12 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import WeightAveraging
 
-from conftest import TINY_TRAIN, run_cli
 from ddpm_lab.artifacts.allow_list import build_stored
 from ddpm_lab.artifacts.checkpoint import load_model, read_checkpoint
 from ddpm_lab.train import train
 from ddpm_lab.training.ema import EMA
 from ddpm_lab.training.module import DiffusionModule
+from helpers import TINY_TRAIN, run_cli
 
 PROBE = "+callbacks.probe._target_=scale_probe.EMAProbe"  # this folder is on sys.path (and on PYTHONPATH below)
 # Two steps, one checkpoint and one validation at the end, no sample grids.
