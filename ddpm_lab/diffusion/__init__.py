@@ -2,7 +2,7 @@
 timestep spacing, classifier-free guidance, and :func:`generate` (n images from a seed, in batches)."""
 
 from ddpm_lab.diffusion.bound import BoundTerms, bound_timesteps, variational_bound
-from ddpm_lab.diffusion.core import Denoiser, SampleStep, randn
+from ddpm_lab.diffusion.core import Denoiser, ImageNoise, SampleStep, image_seed, randn
 from ddpm_lab.diffusion.diffusers_sampler import DiffusersSampler
 from ddpm_lab.diffusion.gaussian import GaussianDiffusion
 from ddpm_lab.diffusion.generate import Batch, SamplingStopped, generate, generate_batches
@@ -21,6 +21,7 @@ __all__ = [
     "Denoiser",
     "DiffusersSampler",
     "GaussianDiffusion",
+    "ImageNoise",
     "SAMPLERS",
     "SCHEDULES",
     "SampleStep",
@@ -32,6 +33,7 @@ __all__ = [
     "generate",
     "generate_batches",
     "guided",
+    "image_seed",
     "make_betas",
     "make_sampler",
     "randn",

@@ -6,7 +6,8 @@ module and not on :class:`~ddpm_lab.diffusion.gaussian.GaussianDiffusion` itself
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -27,8 +28,49 @@ def extract(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tens
     return table.to(x.device)[t.to(x.device)].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
 
 
-def randn(shape: Iterable[int], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device, then moved: same numbers on every device."""
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index``'s own random stream under ``seed``: a 64-bit hash of the pair, so streams of
+    neighbouring images (or of ``seed`` and ``seed + 1``) share nothing."""
+    digest = hashlib.blake2b(f"{int(seed)}:{int(index)}".encode(), digest_size=8, person=b"ddpm_lab").digest()
+    return int.from_bytes(digest, "little") >> 1  # torch seeds must fit in a signed 64-bit integer
+
+
+class ImageNoise:
+    """One CPU random stream per image: row ``k`` of every draw comes from image ``indices[k]``'s own generator
+    (seeded by :func:`image_seed`), so an image's x_T and every noise its sampler adds depend only on
+    ``(seed, index)``, never on which other images share its batch, device or process."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, seed: int, indices: Sequence[int]) -> None:
+        self.generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        """(len(self), *shape[1:]) standard normal noise on the CPU, one row per image stream."""
+        shape = tuple(shape)
+        if shape[0] != len(self.generators):
+            raise ValueError(f"noise for {shape[0]} images asked of {len(self.generators)} image streams")
+        out = torch.empty(shape)
+        for row, generator in zip(out, self.generators):
+            row.normal_(generator=generator)  # in place: no per-image allocation
+        return out
+
+    def integers(self, high: int) -> list[int]:
+        """One random integer in [0, high) per image (e.g. per-image seeds for a noise sampler of diffusers)."""
+        return [int(torch.randint(high, (1,), generator=g)) for g in self.generators]
+
+
+Generator = torch.Generator | ImageNoise
+
+
+def randn(shape: Iterable[int], generator: Generator | None, device: torch.device | str) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device (per image for :class:`ImageNoise`), then moved:
+    same numbers on every device."""
+    if isinstance(generator, ImageNoise):
+        return generator.randn(tuple(shape)).to(device)
     gen_device = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, device=gen_device).to(device)
 

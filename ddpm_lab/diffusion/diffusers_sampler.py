@@ -3,8 +3,8 @@
 diffusers is an optional dependency (``pip install 'ddpm_lab[diffusers]'``): it is imported when a
 :class:`DiffusersSampler` is built, never by ``import ddpm_lab``. The scheduler is built on our process: our
 β (``trained_betas``), our parameterization (eps → ``epsilon``, x0 → ``sample``, v → ``v_prediction``) and our
-clipping; its own settings come from ``options``. All noise is drawn from the chain's seeded CPU generator, so
-``seed`` keeps its meaning (see :mod:`ddpm_lab.diffusion.generate`).
+clipping; its own settings come from ``options``. All noise is drawn from the chain's seeded CPU streams (one per
+image), so ``seed`` keeps its meaning (see :mod:`ddpm_lab.diffusion.generate`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ddpm_lab.diffusion.core import Denoiser, Process, SampleStep
+from ddpm_lab.diffusion.core import Denoiser, Generator, ImageNoise, Process, SampleStep
 from ddpm_lab.diffusion.gaussian import GaussianDiffusion
 from ddpm_lab.diffusion.samplers import SAMPLERS, Sampler, _batch_t
 from ddpm_lab.diffusion.schedules import make_betas
@@ -209,7 +209,7 @@ class DiffusersSampler(Sampler):
 
     @torch.no_grad()
     def steps(
-        self, diffusion: Process, model: Denoiser, x: torch.Tensor, generator: torch.Generator | None
+        self, diffusion: Process, model: Denoiser, x: torch.Tensor, generator: Generator | None
     ) -> Iterator[SampleStep]:
         T = diffusion.num_timesteps
         alpha_bar = diffusion.alphas_cumprod.double().cpu().clone()
@@ -221,10 +221,12 @@ class DiffusersSampler(Sampler):
         fed_prediction = "v" if prediction == "x0" and self.scheduler in NO_X0 else prediction
         extra: dict[str, Any] = {}
         if "noise_sampler_seed" in _parameters(self.cls.__init__) and "noise_sampler_seed" not in self._init:
-            # DPMSolverSDE draws its Brownian tree from a seed: take it from our generator.
-            extra["noise_sampler_seed"] = int(torch.randint(2**31 - 1, (1,), generator=generator))
+            # DPMSolverSDE draws its Brownian tree from a seed (one per image: a list): take it from our streams.
+            extra["noise_sampler_seed"] = _seeds(generator)
         scheduler = self.make(betas, fed_prediction, **extra)
-        step_kwargs = dict(self._step_kwargs, **({"generator": generator} if self._generator else {}))
+        # diffusers draws row k of its noise from generator[k] when given a list: one stream per image, as ours.
+        theirs = generator.generators if isinstance(generator, ImageNoise) else generator
+        step_kwargs = dict(self._step_kwargs, **({"generator": theirs} if self._generator else {}))
         channels = x.shape[1]
         x = x * scheduler.init_noise_sigma  # σ-space schedulers (Euler, Heun, ...) start at x_T·σ_max
         for t in scheduler.timesteps:
@@ -251,6 +253,13 @@ class DiffusersSampler(Sampler):
 
 
 SAMPLERS["diffusers"] = DiffusersSampler  # make_sampler("diffusers", scheduler=..., ...)
+
+
+def _seeds(generator: Generator | None) -> int | list[int]:
+    """Seeds for a noise sampler of diffusers: one per image from per-image streams, else one from ``generator``."""
+    if isinstance(generator, ImageNoise):
+        return generator.integers(2**31 - 1)
+    return int(torch.randint(2**31 - 1, (1,), generator=generator))
 
 
 def _first_line(error: BaseException) -> str:

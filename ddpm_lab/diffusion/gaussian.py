@@ -20,6 +20,7 @@ from ddpm_lab.diffusion.core import (
     PREDICTIONS,
     VARIANCE_TYPES,
     Denoiser,
+    Generator,
     Prediction,
     SampleStep,
     extract,
@@ -210,7 +211,7 @@ class GaussianDiffusion(nn.Module):
         return weight.float()
 
     def sample_timesteps(
-        self, batch: int, device: torch.device | str, generator: torch.Generator | None = None
+        self, batch: int, device: torch.device | str, generator: Generator | None = None
     ) -> torch.Tensor:
         """t ~ Uniform{0, …, T−1}."""
         gen_device = generator.device if generator is not None else device
@@ -324,7 +325,7 @@ class GaussianDiffusion(nn.Module):
         model: Denoiser,
         shape: Iterable[int] | None = None,
         sampler: Sampler | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generator | None = None,
         device: torch.device | str | None = None,
         x_T: torch.Tensor | None = None,
     ) -> Iterator[SampleStep]:
@@ -336,7 +337,7 @@ class GaussianDiffusion(nn.Module):
         self,
         shape: Iterable[int] | None,
         sampler: Sampler | None,
-        generator: torch.Generator | None,
+        generator: Generator | None,
         device: torch.device | str | None,
         x_T: torch.Tensor | None,
     ) -> tuple[Sampler, torch.Tensor]:
@@ -355,7 +356,7 @@ class GaussianDiffusion(nn.Module):
         model: Denoiser,
         shape: Iterable[int] | None = None,
         sampler: Sampler | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generator | None = None,
         device: torch.device | str | None = None,
         x_T: torch.Tensor | None = None,
         keep: Iterable[int] | str | None = None,

@@ -1,12 +1,13 @@
 """Drawing n images from a denoiser in batches: the one loop that ``sample``, ``evaluate``, the FID callback,
 sample grids and denoising strips all use. Plain PyTorch.
 
-What ``seed`` means, everywhere in ddpm_lab: it seeds one CPU ``torch.Generator``; batch after batch (of
-``batch_size`` images, the last one smaller), x_T ~ N(0, I) is drawn from it and then every noise the sampler
-adds, in order. Noise is drawn on the CPU and then moved, so the same seed, batch size and sampler give the same
-images on every device, and a larger ``n`` starts with the full batches of a smaller one. Class labels and
-classifier-free guidance (:mod:`ddpm_lab.diffusion.guidance`) draw no random numbers: the same seed gives the same
-noise at every guidance scale.
+What ``seed`` means, everywhere in ddpm_lab: image ``i`` has its own CPU random stream, seeded by
+``image_seed(seed, i)``; its x_T ~ N(0, I) and then every noise the sampler adds to it come from that stream
+alone. So image ``i`` depends only on ``(seed, i)`` (and its class label): not on the batch size, the device, the
+number of devices or processes, nor on how many images are asked for (the first n of n + k are the same n images).
+Noise is drawn on the CPU and then moved, so the same seed gives the same images on every device (up to the
+device's arithmetic). Class labels and classifier-free guidance (:mod:`ddpm_lab.diffusion.guidance`) draw no random
+numbers: the same seed gives the same noise at every guidance scale.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpm_lab.diffusion.core import Denoiser, randn
+from ddpm_lab.diffusion.core import Denoiser, ImageNoise, randn
 from ddpm_lab.diffusion.gaussian import GaussianDiffusion
 from ddpm_lab.diffusion.guidance import check_labels, guided
 from ddpm_lab.diffusion.samplers import DDPMSampler, Sampler
@@ -72,9 +73,12 @@ def generate_batches(
     labels: torch.Tensor | Sequence[int] | None = None,
     guidance: float = 1.0,
     guidance_rescale: float = 0.0,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[Batch]:
     """Yield ``n`` samples as :class:`Batch` es of at most ``batch_size``, reproducibly from ``seed`` (see module doc).
 
+    ``indices``: which images of ``seed``'s sequence to draw (``n`` of them; default ``0 … n−1``), e.g. one rank's
+    share of a larger set: image ``indices[k]`` is the same whoever draws it.
     ``keep``: timesteps whose x_t (the state *before* denoising step t) the first batch hands back on the CPU,
     for strips and GIFs (only the first batch: later ones would only cost memory).
     ``device``: where sampling runs (the network's device by default). ``sampler``: DDPM ancestral by default.
@@ -86,24 +90,25 @@ def generate_batches(
     """
     n = check_number(n, "n", int, low=1)
     batch_size = check_number(batch_size, "batch_size", int, low=1)
+    indices = _image_indices(indices, n)
     labels = check_labels(net, labels, n, guidance)
     check_number(guidance_rescale, "guidance_rescale", float, 0, 1)
     sampler = DDPMSampler() if sampler is None else sampler
     shape = tuple(shape) if shape is not None else image_shape(net)
     device = torch.device(device) if device is not None else _device_of(net)
     keep = {int(t) for t in keep}
-    generator = torch.Generator().manual_seed(int(seed))
     steps = len(sampler.timesteps(diffusion.num_timesteps))
     bar = tqdm(total=math.ceil(n / batch_size) * steps, desc="sampling", unit="step", disable=not progress, leave=False)
     try:
         for start in range(0, n, batch_size):
-            x = randn((min(batch_size, n - start), *shape), generator, device)
+            noise = ImageNoise(seed, indices[start : start + batch_size])
+            x = randn((len(noise), *shape), noise, device)
             y = None if labels is None else labels[start : start + len(x)]
             model = guided(net, y, guidance, guidance_rescale)
             kept: dict[int, torch.Tensor] = {}
-            for step in diffusion.sample_loop(model, sampler=sampler, generator=generator, x_T=x):
+            for step in diffusion.sample_loop(model, sampler=sampler, generator=noise, x_T=x):
                 if should_stop is not None and should_stop():
-                    raise SamplingStopped(f"sampling stopped at image {start}, timestep {step.t}")
+                    raise SamplingStopped(f"sampling stopped at image {indices[start]}, timestep {step.t}")
                 if start == 0 and step.t in keep:
                     kept[step.t] = x.cpu()
                 x = step.x
@@ -111,6 +116,16 @@ def generate_batches(
             yield Batch(start, x, kept, y)
     finally:
         bar.close()
+
+
+def _image_indices(indices: Sequence[int] | None, n: int) -> list[int]:
+    """The image indices to draw: ``0 … n−1``, or ``indices`` (n distinct integers >= 0)."""
+    if indices is None:
+        return list(range(n))
+    out = [int(i) for i in indices]
+    if len(out) != n or len(set(out)) != n or min(out) < 0:
+        raise ValueError(f"indices must be {n} distinct image indices >= 0 (one per image), got {len(out)}")
+    return out
 
 
 def generate(net: Denoiser, diffusion: GaussianDiffusion, n: int, **kwargs) -> torch.Tensor:

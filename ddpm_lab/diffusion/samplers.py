@@ -17,6 +17,7 @@ import torch
 
 from ddpm_lab.diffusion.core import (
     Denoiser,
+    Generator,
     Process,
     SampleStep,
     interpolate_log_variance,
@@ -88,7 +89,7 @@ class Sampler(ABC):
 
     @abstractmethod
     def steps(
-        self, diffusion: Process, model: Denoiser, x: torch.Tensor, generator: torch.Generator | None
+        self, diffusion: Process, model: Denoiser, x: torch.Tensor, generator: Generator | None
     ) -> Iterator[SampleStep]:
         """Yield one :class:`SampleStep` per model evaluation, starting from x = x_T."""
 
@@ -114,7 +115,7 @@ class _SingleStepSampler(Sampler):
         x: torch.Tensor,
         t_prev: int,
         noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x at ``t_prev``, x̂_0) from the model ``output`` at ``t``; ``t_prev = −1`` is the final step.
 
@@ -123,7 +124,7 @@ class _SingleStepSampler(Sampler):
 
     @torch.no_grad()
     def steps(
-        self, diffusion: Process, model: Denoiser, x: torch.Tensor, generator: torch.Generator | None
+        self, diffusion: Process, model: Denoiser, x: torch.Tensor, generator: Generator | None
     ) -> Iterator[SampleStep]:
         ts = self.timesteps(diffusion.num_timesteps)
         for t, t_prev in zip(ts, ts[1:] + [-1]):
@@ -133,7 +134,7 @@ class _SingleStepSampler(Sampler):
 
     @staticmethod
     def _add_noise(
-        x: torch.Tensor, std: float, noise: torch.Tensor | None, generator: torch.Generator | None
+        x: torch.Tensor, std: float, noise: torch.Tensor | None, generator: Generator | None
     ) -> torch.Tensor:
         if std == 0.0:
             return x
@@ -285,7 +286,7 @@ class DPMSolverSampler(Sampler):
 
     @torch.no_grad()
     def steps(
-        self, diffusion: Process, model: Denoiser, x: torch.Tensor, generator: torch.Generator | None
+        self, diffusion: Process, model: Denoiser, x: torch.Tensor, generator: Generator | None
     ) -> Iterator[SampleStep]:
         ts = self.timesteps(diffusion.num_timesteps)
         alpha_bar = torch.tensor([_alpha_bar(diffusion, t) for t in ts] + [1.0], dtype=torch.float64)

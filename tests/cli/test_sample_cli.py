@@ -51,6 +51,29 @@ def test_sample_cli(tmp_path: Path, tiny_run: Path) -> None:
         assert gif.n_frames == 4  # 3 chosen steps + the output
 
 
+@pytest.mark.slow
+def test_samples_do_not_depend_on_the_batch_size_or_on_n(tmp_path: Path, tiny_run: Path) -> None:
+    """Every image has its own seed: n=6 at batch 6 and at batch 4, and the first 6 of n=7 at batch 2, are one set."""
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    arrays = []
+    for n, batch_size in ((6, 6), (6, 4), (7, 2)):
+        out = f"out_{n}_{batch_size}"
+        run_cli(
+            "ddpm_lab.sample",
+            f"ckpt='{ckpt}'",
+            f"n={n}",
+            f"batch_size={batch_size}",
+            "sampler=ddpm",
+            "sampler.steps=8",
+            f"paths.output_root={out}",
+            cwd=tmp_path,
+        )
+        (run,) = (tmp_path / out / "sample").iterdir()
+        arrays.append(np.load(run / "samples.npz")["arr_0"])
+    assert np.array_equal(arrays[0], arrays[1]) and np.array_equal(arrays[0], arrays[2][:6])
+    assert len({a.tobytes() for a in arrays[0]}) == 6  # six different images
+
+
 def test_bad_settings_are_refused_before_loading(cfg_sample) -> None:
     check(cfg_sample("ckpt=unused.ckpt"))  # the shipped defaults pass
     with pytest.raises(ValueError, match="batch_size must be an integer, got 2.5"):

@@ -24,6 +24,7 @@ from ddpm_lab.artifacts.checkpoint import (
 from ddpm_lab.artifacts.diffusers_io import diffusers_unet_config, read_diffusers, write_diffusers
 from ddpm_lab.config.checks import check_train_config
 from ddpm_lab.convert import export_diffusers, import_diffusers
+from ddpm_lab.diffusion import ImageNoise
 from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError
 from ddpm_lab.models import UNet
 from ddpm_lab.train import train
@@ -110,14 +111,14 @@ def test_256_layout_converts_exactly_both_ways(tmp_path):
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
 def test_ddpm_pipeline_and_our_sampler_draw_the_same_images(tmp_path, variance):
     """One whole DDPM chain: DDPMPipeline's scheduler loop and ddpm_lab's sampler, same x_T and per-step noise
-    (both draw them in the same order from one CPU generator seeded alike)."""
+    (diffusers draws image k's noise from generator[k] when given a list: our per-image streams, seeded alike)."""
     small = {**ORIGINAL, "sample_size": 8, "block_out_channels": (16, 32), "norm_num_groups": 8}
     small.update(down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
     save_pipeline(tmp_path / "pipe", small, num_train_timesteps=20, beta_end=0.3, variance_type=variance)
     pipeline = DDPMPipeline.from_pretrained(tmp_path / "pipe")
     pipeline.set_progress_bar_config(disable=True)
     theirs = pipeline(
-        batch_size=3, generator=torch.Generator().manual_seed(5), num_inference_steps=20, output_type="pt"
+        batch_size=3, generator=ImageNoise(5, range(3)).generators, num_inference_steps=20, output_type="pt"
     )
     import_diffusers(str(tmp_path / "pipe"), str(tmp_path / "a.ckpt"))
     net, diffusion, sampler = ddpm_lab.load_model(tmp_path / "a.ckpt")
