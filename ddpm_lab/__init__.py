@@ -15,7 +15,7 @@ The math, the networks and the checkpoint format are plain PyTorch and import no
 Any callable ``model(x_t, t) -> prediction`` (t an integer tensor of shape (batch,)) can stand in for ``net``.
 """
 
-from ddpm_lab.artifacts.checkpoint import LoadedModel, load_model
+from ddpm_lab.artifacts.trained_model import LoadedModel, load_model
 from ddpm_lab.diffusion import (
     DDIMSampler,
     DDPMSampler,

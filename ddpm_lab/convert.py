@@ -15,8 +15,9 @@ from omegaconf import DictConfig
 
 from ddpm_lab.artifacts.allow_list import build_stored
 from ddpm_lab.artifacts.atomic import atomic_write
-from ddpm_lab.artifacts.checkpoint import checkpoint_file, load_model, make_stored_config, weights_checkpoint
+from ddpm_lab.artifacts.checkpoint import checkpoint_file, make_stored_config, weights_checkpoint
 from ddpm_lab.artifacts.diffusers_io import read_diffusers, write_diffusers
+from ddpm_lab.artifacts.trained_model import load_model
 from ddpm_lab.config import config_dir
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.settings import convert_settings

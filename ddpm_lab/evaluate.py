@@ -20,10 +20,11 @@ import torch
 from omegaconf import DictConfig
 
 from ddpm_lab.artifacts.atomic import save_json
-from ddpm_lab.artifacts.checkpoint import LoadedModel, checkpoint_file, load_model
+from ddpm_lab.artifacts.checkpoint import checkpoint_file
 from ddpm_lab.artifacts.figures import bound_terms_figure, guidance_figure, save_figure
 from ddpm_lab.artifacts.images import refuse_existing
 from ddpm_lab.artifacts.samples import grid_name, save_uint8_grid
+from ddpm_lab.artifacts.trained_model import LoadedModel, load_model
 from ddpm_lab.config import build, check_sampler, config_dir
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.guidance import guidance_as_list, guidance_scales

@@ -16,7 +16,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from ddpm_lab.artifacts.checkpoint import checkpoint_file, load_model
+from ddpm_lab.artifacts.checkpoint import checkpoint_file
 from ddpm_lab.artifacts.images import refuse_existing
 from ddpm_lab.artifacts.samples import (
     SAMPLE_FILES,
@@ -26,6 +26,7 @@ from ddpm_lab.artifacts.samples import (
     save_progression,
     save_reverse_gif,
 )
+from ddpm_lab.artifacts.trained_model import load_model
 from ddpm_lab.config import check_sampler, config_dir
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.guidance import class_labels

@@ -14,10 +14,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from ddpm_lab.artifacts.checkpoint import load_model
 from ddpm_lab.artifacts.explorer import explorer_frames, save_explorer
 from ddpm_lab.artifacts.figures import save_figure, schedule_figure, strip_figure
 from ddpm_lab.artifacts.images import image_grid, refuse_existing, save_gif
+from ddpm_lab.artifacts.trained_model import load_model
 from ddpm_lab.config import build, config_dir
 from ddpm_lab.config.build import schedule_options
 from ddpm_lab.config.entry import entry_point

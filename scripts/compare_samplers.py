@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ddpm_lab.artifacts.checkpoint import load_model
 from ddpm_lab.artifacts.figures import save_figure, strip_figure
 from ddpm_lab.artifacts.images import image_grid
+from ddpm_lab.artifacts.trained_model import load_model
 from ddpm_lab.diffusion import randn
 from ddpm_lab.diffusion.samplers import make_sampler
 

@@ -214,7 +214,7 @@ BREAKS = {
     ),
     "import inside a function": (
         "ddpm_lab/artifacts/images.py",
-        "def _late():\n    from ddpm_lab.artifacts.checkpoint import load_model\n",
+        "def _late():\n    from ddpm_lab.artifacts.checkpoint import read_checkpoint\n",
         "ddpm_lab.artifacts.images:2 imports ddpm_lab.artifacts.checkpoint inside a function",
     ),
 }

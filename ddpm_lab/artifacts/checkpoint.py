@@ -1,6 +1,6 @@
 """The checkpoint format, in one place: what a checkpoint holds and writing it, reading it safely (and upgrading
-older formats), checking that it fits a model, finding a run's newest one, and loading a trained model back
-(plain PyTorch: no Lightning, no Hydra).
+older formats), and finding a run's newest one (plain PyTorch: no Lightning, no Hydra). Loading a trained model
+back from one is :mod:`ddpm_lab.artifacts.trained_model`.
 
 A ddpm_lab checkpoint is a Lightning checkpoint (``state_dict`` with ``net.*`` weights, ``global_step``,
 optimizer and callback states) plus ``checkpoint["ddpm_lab"] = {"format": 2, "config": {...}}``
@@ -19,24 +19,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ddpm_lab.artifacts.allow_list import SECTIONS, build_model, build_stored
-from ddpm_lab.diffusion import GaussianDiffusion, Sampler
-from ddpm_lab.diffusion.guidance import num_classes_of
+from ddpm_lab.artifacts.allow_list import SECTIONS
 from ddpm_lab.errors import (
     CheckpointError,
-    ConfigError,
     NewerCheckpointError,
-    UnsafeConfigError,
-    check_choice,
     first_line,
 )
 
@@ -45,7 +38,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "ddpm_lab"
 # Bumped when what a checkpoint stores changes shape, with a migration from the previous format in MIGRATIONS.
 CHECKPOINT_FORMAT = 2
-WEIGHTS = ("auto", "ema", "raw")
 # The targets that checkpoints of ddpm_lab 0.1 (the flat package) name, and today's names for them.
 LEGACY_TARGETS = {
     "ddpm_lab.unet.UNet": "ddpm_lab.models.UNet",
@@ -54,86 +46,6 @@ LEGACY_TARGETS = {
     "ddpm_lab.samplers.DDIMSampler": "ddpm_lab.diffusion.DDIMSampler",
     "ddpm_lab.samplers.DPMSolverSampler": "ddpm_lab.diffusion.DPMSolverSampler",
 }
-
-
-@dataclass
-class LoadedModel:
-    """A trained model rebuilt from a checkpoint: ``net`` (in eval mode), ``diffusion``, its default ``sampler``.
-
-    Unpacks as ``net, diffusion, sampler = load_model(path)``; ``config``, ``global_step`` and ``path`` say where
-    it came from. ``num_classes`` (0: unconditional) and ``class_names`` describe a class-conditional model;
-    :meth:`class_index` turns ``7`` or ``"seven"`` into a label.
-    """
-
-    net: nn.Module
-    diffusion: GaussianDiffusion
-    sampler: Sampler
-    config: dict[str, Any]
-    global_step: int
-    path: Path
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.net, self.diffusion, self.sampler))
-
-    @property
-    def num_classes(self) -> int:
-        """The classes the network is conditioned on; 0 for an unconditional model."""
-        return num_classes_of(self.net)
-
-    @property
-    def class_names(self) -> list[str] | None:
-        """The dataset's class names, index by index (None: unconditional, or not stored)."""
-        return stored_class_names(self.config, self.num_classes)
-
-    @property
-    def class_titles(self) -> list[str]:
-        """What to call each class: its stored name, else its index as text (empty for an unconditional model)."""
-        return self.class_names or [str(k) for k in range(self.num_classes)]
-
-    def class_index(self, value: int | str, key: str = "class") -> int:
-        """The label of class ``value``, given as an index (``7``) or a name (``"cat"``); see :func:`resolve_class`."""
-        return resolve_class(value, self.num_classes, self.class_names, key, self.path)
-
-
-def stored_class_names(config: dict[str, Any], num_classes: int) -> list[str] | None:
-    """The class names a stored config holds, when they are a list of ``num_classes`` strings."""
-    dataset = config.get("dataset")
-    names = dataset.get("class_names") if isinstance(dataset, dict) else None
-    if not num_classes or not isinstance(names, list) or len(names) != num_classes:
-        return None
-    return [str(name) for name in names]
-
-
-def resolve_class(
-    value: int | str,
-    num_classes: int,
-    class_names: list[str] | None,
-    key: str = "class",
-    path: str | os.PathLike = "this checkpoint",
-) -> int:
-    """The label ``value`` names: a class name (exact match first), else an index in ``[0, num_classes)``.
-
-    Raises :class:`~ddpm_lab.errors.ConfigError` (one line, the valid choices) for an unconditional model, an
-    unknown name or an index out of range.
-    """
-    if not num_classes:
-        raise ConfigError(
-            f"{key}={value} needs a class-conditional model, but {path} is unconditional: "
-            "train one with conditioning=class, or leave out class/per_class/guidance"
-        )
-    names = class_names or []
-    if isinstance(value, str) and value in names:
-        return names.index(value)
-    text = str(value).strip()
-    if not isinstance(value, bool) and (isinstance(value, int) or text.lstrip("-").isdigit()):
-        index = int(text)
-        if 0 <= index < num_classes:
-            return index
-    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-    raise ConfigError(
-        f"{key}={value} is not one of the model's {num_classes} classes: use an index 0..{num_classes - 1}"
-        + (f" or a name ({shown})" if names else "")
-    )
 
 
 def checkpoint_file(path: str | os.PathLike, key: str = "ckpt") -> Path:
@@ -341,75 +253,3 @@ def newest_checkpoint(folder: str | os.PathLike) -> Path:
             steps[newest],
         )
     return newest
-
-
-def net_weights(
-    ckpt: dict[str, Any], weights: str = "auto", path: str | os.PathLike = "checkpoint"
-) -> dict[str, torch.Tensor]:
-    """The network's weights (``net.`` prefix removed): ``auto`` (EMA when present), ``ema`` or ``raw``."""
-    check_choice(weights, "weights", WEIGHTS)
-    raw_state = ckpt.get("current_model_state")
-    has_ema = isinstance(raw_state, dict)
-    if weights == "ema" and not has_ema:
-        raise CheckpointError(f"{path} holds no EMA weights: use weights=raw or train with EMA on (callbacks.ema)")
-    state = raw_state if (weights == "raw" and has_ema) else ckpt["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: its state_dict is a {type(state).__name__}, not a mapping of tensors")
-    return {k[len("net.") :]: v for k, v in state.items() if isinstance(k, str) and k.startswith("net.")}
-
-
-def check_fits(net: nn.Module, state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Refuse weights whose names or shapes differ from ``net`` (which may live on the meta device)."""
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    reshaped = sorted(
-        k
-        for k in set(expected) & set(state)
-        if not isinstance(state[k], torch.Tensor) or expected[k].shape != state[k].shape
-    )
-    if missing or unexpected or reshaped:
-        example = (reshaped or missing or unexpected)[0]
-        raise CheckpointError(
-            f"weights in {path} do not fit the model its config builds ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected, "
-            f"{len(reshaped)} of another shape, e.g. net.{example}): the file was edited or mixes two model configs"
-        )
-
-
-def refuse_non_finite(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Refuse weights holding NaN or ±inf (a diverged run): they would sample black or noise, silently."""
-    for name, tensor in state.items():
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise CheckpointError(
-                f"{path}: weight net.{name} holds {bad} non-finite value(s) (NaN or inf), the first bad tensor: "
-                "the run diverged before this checkpoint; use an earlier checkpoint of the run"
-            )
-
-
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "auto") -> LoadedModel:
-    """Rebuild net, diffusion and sampler from a ddpm_lab checkpoint alone (EMA weights when present).
-
-    ``weights``: ``auto`` (EMA when the checkpoint has them), ``ema`` or ``raw``. The stored config is checked
-    against the allow-list and the network is sized on the meta device against the stored tensors before
-    anything is allocated, so a small hostile file cannot make us build a huge model.
-    """
-    check_choice(weights, "weights", WEIGHTS)
-    ckpt = read_checkpoint(path)
-    config = checkpoint_config(ckpt, path)
-    state = net_weights(ckpt, weights, path)
-    try:
-        with torch.device("meta"):
-            check_fits(build_model(config), state, path)
-        net, diffusion, sampler = build_stored(config)
-    except UnsafeConfigError as e:
-        raise CheckpointError(f"refusing the config stored in {path}: {e}") from e
-    except CheckpointError:
-        raise
-    except Exception as e:  # a value the constructors refuse, or a type they choke on: the file was edited
-        raise CheckpointError(f"cannot rebuild the model stored in {path}: {first_line(e)}") from e
-    refuse_non_finite(state, path)
-    net.load_state_dict(state)
-    net.to(device).eval()
-    return LoadedModel(net, diffusion.to(device), sampler, config, int(ckpt.get("global_step", 0)), Path(path))

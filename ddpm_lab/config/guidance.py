@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from ddpm_lab.artifacts.checkpoint import LoadedModel
+from ddpm_lab.artifacts.trained_model import LoadedModel
 from ddpm_lab.errors import ConfigError, check_list
 
 

@@ -18,13 +18,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from ddpm_lab.artifacts.atomic import remove_stale_temp_files
-from ddpm_lab.artifacts.checkpoint import (
-    check_fits,
-    is_training_checkpoint,
-    net_weights,
-    newest_checkpoint,
-    read_checkpoint,
-)
+from ddpm_lab.artifacts.checkpoint import is_training_checkpoint, newest_checkpoint, read_checkpoint
+from ddpm_lab.artifacts.trained_model import check_fits, net_weights
 from ddpm_lab.config.loggers import logger_row
 from ddpm_lab.config.overrides import check_known, read_overrides
 from ddpm_lab.config.run_folder import CHECKPOINTS, RESUME_PREFIX, STARTED_NAME

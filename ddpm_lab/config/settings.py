@@ -12,8 +12,9 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from ddpm_lab.artifacts.checkpoint import WEIGHTS, checkpoint_file
+from ddpm_lab.artifacts.checkpoint import checkpoint_file
 from ddpm_lab.artifacts.diffusers_io import require_diffusers
+from ddpm_lab.artifacts.trained_model import WEIGHTS
 from ddpm_lab.config.build import build
 from ddpm_lab.config.checks import check_common, check_integer, pick_device
 from ddpm_lab.config.guidance import parse_guidance

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ddpm_lab.artifacts.checkpoint import load_model
+from ddpm_lab.artifacts.trained_model import load_model
 from ddpm_lab.config.build import build, build_components, build_module
 from helpers import TINY_TRAIN, compose_config, run_cli
 

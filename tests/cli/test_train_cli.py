@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ddpm_lab.artifacts.checkpoint import load_model
+from ddpm_lab.artifacts.trained_model import load_model
 from helpers import TINY_TRAIN, run_cli
 
 

@@ -20,12 +20,12 @@ from ddpm_lab.artifacts.checkpoint import (
     MIGRATIONS,
     checkpoint_step,
     is_training_checkpoint,
-    load_model,
     make_stored_config,
     newest_checkpoint,
     read_checkpoint,
     weights_checkpoint,
 )
+from ddpm_lab.artifacts.trained_model import load_model
 from ddpm_lab.errors import CheckpointError, NewerCheckpointError
 from ddpm_lab.models import UNet
 from helpers import FIXTURES

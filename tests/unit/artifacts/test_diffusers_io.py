@@ -14,14 +14,9 @@ from omegaconf import OmegaConf
 
 import ddpm_lab
 from ddpm_lab.artifacts.allow_list import build_stored
-from ddpm_lab.artifacts.checkpoint import (
-    CHECKPOINT_FORMAT,
-    is_training_checkpoint,
-    load_model,
-    net_weights,
-    read_checkpoint,
-)
+from ddpm_lab.artifacts.checkpoint import CHECKPOINT_FORMAT, is_training_checkpoint, read_checkpoint
 from ddpm_lab.artifacts.diffusers_io import diffusers_unet_config, read_diffusers, write_diffusers
+from ddpm_lab.artifacts.trained_model import load_model, net_weights
 from ddpm_lab.config.checks import check_train_config
 from ddpm_lab.convert import export_diffusers, import_diffusers
 from ddpm_lab.diffusion import ImageNoise

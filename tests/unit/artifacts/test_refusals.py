@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_lab.artifacts.checkpoint import load_model
+from ddpm_lab.artifacts.trained_model import load_model
 from ddpm_lab.errors import CheckpointError
 from helpers import TINY_TRAIN, ours_checkpoint, run_cli
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ddpm_lab.artifacts.checkpoint import resolve_class
+from ddpm_lab.artifacts.trained_model import resolve_class
 from ddpm_lab.config import stored_config
 from ddpm_lab.config.build import label_dropout
 from ddpm_lab.config.conditioning import condition_on_dataset

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from ddpm_lab.artifacts.checkpoint import LoadedModel
+from ddpm_lab.artifacts.trained_model import LoadedModel
 from ddpm_lab.config.guidance import class_labels, guidance_as_list, guidance_scales, parse_guidance
 from ddpm_lab.errors import ConfigError
 

@@ -13,7 +13,7 @@ import yaml
 from hydra.utils import get_object
 
 from ddpm_lab.artifacts.allow_list import DATASET_TARGETS, SECTIONS, section_builders, target_name
-from ddpm_lab.artifacts.checkpoint import load_model
+from ddpm_lab.artifacts.trained_model import load_model
 from ddpm_lab.config.checks import check_storable, check_train_config
 from ddpm_lab.data import ImageFolderDataModule
 from ddpm_lab.diffusion import SAMPLERS, DDIMSampler, DiffusersSampler

@@ -9,7 +9,8 @@ import torch
 from pytorch_lightning.callbacks import WeightAveraging
 
 from ddpm_lab.artifacts.allow_list import build_stored
-from ddpm_lab.artifacts.checkpoint import load_model, read_checkpoint
+from ddpm_lab.artifacts.checkpoint import read_checkpoint
+from ddpm_lab.artifacts.trained_model import load_model
 from ddpm_lab.train import train
 from ddpm_lab.training.ema import EMA
 from ddpm_lab.training.module import DiffusionModule
