@@ -55,6 +55,10 @@ class WeightsMissingError(UserError, FileNotFoundError):
     """A feature extractor's weights file is not where the config says; the message says where to put it."""
 
 
+class WeightsMismatchError(UserError, ValueError):
+    """A weights file is not the one expected (its SHA-256 differs): it is not loaded, and a download is not kept."""
+
+
 def first_line(error: BaseException, limit: int | None = None) -> str:
     """The first non-empty line of an exception's message (its type name when it has none)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

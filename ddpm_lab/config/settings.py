@@ -178,8 +178,8 @@ def visualize_settings(cfg: DictConfig) -> VisualizeSettings:
 
 # ----------------------------------------------------------------------------------------------- convert
 USAGE = (
-    "pass from_diffusers=DIR out=FILE.ckpt (diffusers -> ddpm_lab) or ckpt=FILE.ckpt to_diffusers=DIR "
-    "(ddpm_lab -> diffusers)"
+    "pass from_diffusers=DIR out=FILE.ckpt (diffusers -> ddpm_lab; DIR: a folder or a Hugging Face Hub id such as "
+    "google/ddpm-cifar10-32) or ckpt=FILE.ckpt to_diffusers=DIR (ddpm_lab -> diffusers)"
 )
 
 
@@ -195,10 +195,11 @@ class ConvertSettings:
     """Everything ``convert`` reads from its config, parsed once by :func:`convert_settings`."""
 
     direction: str  # import (diffusers -> ddpm_lab) | export (ddpm_lab -> diffusers)
-    source: str  # from_diffusers= folder | ckpt= file
+    source: str  # from_diffusers= folder or Hub id | ckpt= file
     target: str  # out= file | to_diffusers= folder
     weights: str  # export: auto | ema | raw
     fid: float | None  # export: an FID for the model card
+    revision: str | None  # import from the Hub: a branch, tag or commit (None: main)
 
 
 def convert_settings(cfg: DictConfig) -> ConvertSettings:
@@ -213,5 +214,19 @@ def convert_settings(cfg: DictConfig) -> ConvertSettings:
         raise ConfigError(f"convert got {shown}: {USAGE}")
     weights = check_choice(cfg.weights, "weights", WEIGHTS)
     fid = check_number(cfg.fid, "fid", float, low=0, optional=True)
+    revision = _revision(cfg.get("revision"), direction)
     require_diffusers()
-    return ConvertSettings(direction, str(source), str(target), str(weights), fid)
+    return ConvertSettings(direction, str(source), str(target), str(weights), fid, revision)
+
+
+def _revision(value: object, direction: str) -> str | None:
+    """``revision=``: a branch, tag or commit of a Hub model, for ``from_diffusers=`` only."""
+    if value is None:
+        return None
+    if direction != "import":
+        raise ConfigError(
+            f"revision={value} picks a version of a Hugging Face Hub model for from_diffusers=: drop it when exporting"
+        )
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise ConfigError(f"revision= must be a branch, tag or commit of a Hub model, got {value!r}: say revision=main")
+    return str(value).strip()

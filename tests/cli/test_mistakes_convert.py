@@ -28,7 +28,9 @@ CASES = [
     case("missing", [], "convert got nothing: pass from_diffusers=DIR out=FILE.ckpt"),
     case("missing", "from_diffusers={tmp}/pipe", "convert got from_diffusers=: pass"),
     case("missing", [*IMPORT, "ckpt={tmp}/good.ckpt"], "convert got ckpt=, from_diffusers=, out=: pass"),
+    case("missing", [*EXPORT, "revision=main"], "revision=main picks a version of a Hugging Face Hub model"),
     case("types", ["from_diffusers={tmp}/pipe", "out=''"], "out= must be a path, got ''"),
+    case("types", [*IMPORT, "revision=''"], "revision= must be a branch, tag or commit of a Hub model, got ''"),
     case("types", [*EXPORT, "fid=abc"], "fid must be a number, got 'abc'"),
     case("ranges", [*EXPORT, "fid=-1"], "fid must be >= 0"),
     case("enumerations", [*EXPORT, "weights=best"], "weights must be one of ('auto', 'ema', 'raw')"),
@@ -37,6 +39,14 @@ CASES = [
         "data", ["from_diffusers={tmp}/missing", "out={tmp}/new.ckpt"], "from_diffusers={tmp}/missing is not a folder"
     ),
     case("data", ["from_diffusers={tmp}/empty_folder", "out={tmp}/new.ckpt"], "holds neither model_index.json"),
+    # Hub ids (offline here: HF_HUB_OFFLINE=1, an empty cache)
+    case(
+        "data",
+        ["from_diffusers=someone/absent", "out={tmp}/new.ckpt"],
+        "from_diffusers=someone/absent is not a folder here nor in the Hugging Face cache",
+    ),
+    case("data", ["from_diffusers=someone/bad--name", "out={tmp}/n.ckpt"], "is not a valid Hugging Face Hub id"),
+    case("data", [*IMPORT, "revision=main"], "from_diffusers={tmp}/pipe is a local path: drop revision="),
     case("data", ["from_diffusers={tmp}/cond", "out={tmp}/new.ckpt"], "holds a UNet2DConditionModel: only"),
     case("data", ["from_diffusers={tmp}/unet_only", "out={tmp}/n.ckpt"], "{tmp}/unet_only has no scheduler_config"),
     case("data", ["from_diffusers={tmp}/no_weights", "out={tmp}/new.ckpt"], "cannot load the U-Net weights in"),

@@ -62,6 +62,12 @@ CASES = [
     case("checkpoints", "ckpt={tmp}/target_run/checkpoints/last.ckpt", "refusing to build _target_='os.system'"),
     case("checkpoints", "ckpt={tmp}/env_run/checkpoints/last.ckpt", "refusing the interpolation '${{oc.env:HOME}}'"),
     case("checkpoints", ["features=inception", "features.weights_path={tmp}/missing.pth"], "{tmp}/missing.pth"),
+    case(  # a file that is not the standard one: refused before torch-fidelity unpickles it
+        "checkpoints",
+        ["features=inception", "features.weights_path={tmp}/hostile.ckpt"],
+        "{tmp}/hostile.ckpt is not the FID Inception weights",
+    ),
+    case("types", ["features=inception", "features.download=maybe"], "features.download must be true or false"),
     case(  # guidance=0,1 (Hydra's sweep syntax) is read as a list, and refused for an unconditional model
         "checkpoints",
         [*DATA, "guidance=0,1"],
