@@ -172,3 +172,15 @@ TINY_TRAIN = (
     "dataset.batch_size=8",
     "dataset.val_size=8",
 )
+
+# TINY_TRAIN for 4 steps with post-hoc EMA (a snapshot every 2 steps) and non-leaky augmentation (p = 0.5).
+POSTHOC_TRAIN = (
+    *TINY_TRAIN,
+    "callbacks=posthoc_ema",
+    "callbacks.posthoc_ema.every_n_steps=2",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    "callbacks.sample_grid=null",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
+    "dataset.augment=0.5",
+)
