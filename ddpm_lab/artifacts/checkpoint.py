@@ -37,6 +37,7 @@ from ddpm_lab.errors import (
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "ddpm_lab"
+POSTHOC_KEY = "posthoc_ema"  # a post-hoc EMA checkpoint's provenance (averaged_checkpoint)
 # Bumped when what a checkpoint stores changes shape, with a migration from the previous format in MIGRATIONS.
 CHECKPOINT_FORMAT = 2
 # The targets that checkpoints of ddpm_lab 0.1 (the flat package) name, and today's names for them.
@@ -210,7 +211,7 @@ def averaged_checkpoint(
     checkpoint = weights_checkpoint(config, averaged)
     checkpoint["global_step"] = int(global_step)
     checkpoint["current_model_state"] = {f"net.{k}": v for k, v in raw.items()}
-    checkpoint["posthoc_ema"] = provenance
+    checkpoint[POSTHOC_KEY] = provenance
     return checkpoint
 
 

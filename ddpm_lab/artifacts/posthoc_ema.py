@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ddpm_lab.artifacts.atomic import atomic_write
-from ddpm_lab.artifacts.checkpoint import averaged_checkpoint, checkpoint_config, read_checkpoint
+from ddpm_lab.artifacts.checkpoint import POSTHOC_KEY, averaged_checkpoint, checkpoint_config, read_checkpoint
 from ddpm_lab.artifacts.trained_model import net_weights
 from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError
 from ddpm_lab.models.power_ema import PosthocFit, check_sigma_rels, posthoc_coefficients, sigma_rel_to_gamma
@@ -131,7 +131,12 @@ class Tracked:
 def tracked_state(ckpt: dict[str, Any], path: str | os.PathLike) -> Tracked:
     """The post-hoc EMA state of a (read) checkpoint; one line when it was trained without it."""
     state = (ckpt.get("callbacks") or {}).get(STATE_KEY) if isinstance(ckpt.get("callbacks"), dict) else None
-    if state is None:
+    if isinstance(ckpt.get(POSTHOC_KEY), dict):
+        raise CheckpointError(
+            f"{path} is itself a post-hoc EMA checkpoint (sigma_rel={ckpt[POSTHOC_KEY].get('sigma_rel')!r:.12}): "
+            "pass the run's training checkpoint (<run>/checkpoints/last.ckpt)"
+        )
+    if not state:
         raise CheckpointError(
             f"{path} holds no post-hoc EMA snapshots: it was not trained with callbacks=posthoc_ema (its EMA "
             "weights, if any, are the classic EMA's: sample or evaluate it directly)"
