@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -20,6 +21,7 @@ from ddpm_lab.errors import ConfigError
 from ddpm_lab.models import UNet
 from ddpm_lab.models.power_ema import PowerEMA
 from ddpm_lab.training import DiffusionModule, PosthocEMA
+from ddpm_lab.training.summary import human_bytes, snapshot_plan
 from helpers import POSTHOC_TRAIN, TINY_TRAIN, compose_config, ours_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -136,3 +138,16 @@ def test_continuing_without_the_same_tracking_is_refused_before_any_work(posthoc
 def test_bad_settings_are_refused_in_one_line(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         PosthocEMA(**kwargs)
+
+
+def test_the_startup_summary_counts_the_snapshots_and_their_disk():
+    module = tiny_module()
+    size = 2 * 4 * sum(p.numel() for p in module.parameters())  # two float32 averages
+    callback = PosthocEMA(every_n_steps=250, folder="run/posthoc_ema")
+    trainer = SimpleNamespace(callbacks=[callback], max_steps=1000, global_step=250)
+    line = snapshot_plan(trainer, module)
+    assert line == (
+        f"sigma_rel 0.05, 0.1, a snapshot every 250 steps into run/posthoc_ema: 3 x {human_bytes(size)} = "
+        f"{human_bytes(3 * size)} more, all kept (each one is needed)"
+    )
+    assert snapshot_plan(SimpleNamespace(callbacks=[]), module) is None
