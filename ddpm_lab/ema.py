@@ -8,6 +8,7 @@ at the checkpoint's step (EDM2's least squares, :mod:`ddpm_lab.artifacts.posthoc
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def _main(cfg: DictConfig) -> None:
         paths = ema(cfg)
     for path in paths:
         print(path)
-    print(f"FID against EMA length: python -m ddpm_lab.evaluate -m ckpt={','.join(str(p) for p in paths)}")
+    sweep = shlex.quote("ckpt=" + ",".join(str(p) for p in paths))
+    print(f"FID against EMA length: python -m ddpm_lab.evaluate -m {sweep}")
 
 
 def main() -> None:

@@ -26,6 +26,21 @@ from ddpm_lab.artifacts.trained_model import net_weights
 from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError
 from ddpm_lab.models.power_ema import PosthocFit, check_sigma_rels, posthoc_coefficients, sigma_rel_to_gamma
 
+__all__ = [
+    "Averages",
+    "SNAPSHOTS",
+    "STATE_KEY",
+    "Tracked",
+    "find_inputs",
+    "output_name",
+    "read_snapshot",
+    "reconstruct",
+    "snapshot_path",
+    "tracked_state",
+    "write_posthoc_checkpoints",
+    "write_snapshot",
+]
+
 log = logging.getLogger(__name__)
 
 STATE_KEY = "PosthocEMA"  # the callback's entry in a checkpoint's "callbacks"
@@ -126,6 +141,7 @@ class Tracked:
     run_id: str
     averages: Averages
     snapshot_steps: tuple[int, ...]
+    folder: str | None  # where training wrote the snapshots (callbacks.posthoc_ema.folder)
 
 
 def tracked_state(ckpt: dict[str, Any], path: str | os.PathLike) -> Tracked:
@@ -142,10 +158,11 @@ def tracked_state(ckpt: dict[str, Any], path: str | os.PathLike) -> Tracked:
             "weights, if any, are the classic EMA's: sample or evaluate it directly)"
         )
     step, sigma_rels, profiles = _check_averages(state, f"{path} (post-hoc EMA state)")
-    run_id, steps = state.get("run_id"), state.get("snapshots")
+    run_id, steps, folder = state.get("run_id"), state.get("snapshots"), state.get("folder")
     if not isinstance(run_id, str) or not isinstance(steps, list) or not all(type(s) is int for s in steps):
         raise CheckpointError(f"{path}: its post-hoc EMA state is damaged (no run id or snapshot list)")
-    return Tracked(run_id, Averages(step, sigma_rels, profiles, str(path)), tuple(s for s in steps if s <= step))
+    averages = Averages(step, sigma_rels, profiles, str(path))
+    return Tracked(run_id, averages, tuple(s for s in steps if s <= step), folder if isinstance(folder, str) else None)
 
 
 def check_fits(averages: Averages, reference: dict[str, torch.Tensor]) -> None:
@@ -177,12 +194,15 @@ class Reconstruction:
 
 
 def find_inputs(path: str | os.PathLike, snapshots: str | os.PathLike | None = None) -> Reconstruction:
-    """Read ``path`` and locate the snapshots its state lists (in ``snapshots``, else ``<run>/posthoc_ema`` beside
-    the checkpoint's folder). Listed snapshots that are gone are left out with a warning."""
+    """Read ``path`` and locate the snapshots its state lists: in ``snapshots``, else ``<run>/posthoc_ema`` beside
+    the checkpoint's folder (a run folder moved or copied whole), else where training wrote them. Listed snapshots
+    that are gone are left out with a warning."""
     path = Path(path)
     ckpt = read_checkpoint(path)
     tracked = tracked_state(ckpt, path)
     folder = Path(snapshots).expanduser() if snapshots else path.resolve().parent.parent / SNAPSHOTS
+    if not snapshots and not folder.is_dir() and tracked.folder and Path(tracked.folder).is_dir():
+        folder = Path(tracked.folder)
     if tracked.snapshot_steps and not folder.is_dir():
         raise ConfigError(
             f"the snapshots of {path} are not in {folder} (not a folder): pass snapshots=<the run's posthoc_ema folder>"
@@ -288,19 +308,3 @@ def write_posthoc_checkpoints(
         )
         written.append(target)
     return written
-
-
-__all__ = [
-    "Averages",
-    "SNAPSHOTS",
-    "STATE_KEY",
-    "Tracked",
-    "find_inputs",
-    "output_name",
-    "read_snapshot",
-    "reconstruct",
-    "snapshot_path",
-    "tracked_state",
-    "write_posthoc_checkpoints",
-    "write_snapshot",
-]

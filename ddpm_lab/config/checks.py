@@ -241,6 +241,12 @@ def check_continued_checkpoint(cfg: DictConfig) -> None:
     stored, current = _with_defaults(stored), _with_defaults(OmegaConf.to_container(model_node(cfg), resolve=True))
     # dropout changes no weight: fine-tuning may set its own (converted diffusers checkpoints store theirs, 0.0)
     diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k) and k != "dropout")
+    if diff == ["augment_dim"]:  # follows dataset.augment (model_node), not a model option
+        raise ConfigError(
+            f"ckpt_path={path} was trained with model.augment_dim={stored['augment_dim']} and this run builds "
+            f"{current['augment_dim']} (it follows dataset.augment and dataset.augment_rotate): augment as it was "
+            "trained, or start a new run without ckpt_path"
+        )
     if diff:
         raise ConfigError(
             f"ckpt_path={path} was trained with a different model (model.{', model.'.join(diff)} differ): "

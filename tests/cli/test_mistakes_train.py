@@ -103,6 +103,11 @@ CASES = [
     case("checkpoints", "resume={tmp}/empty_folder", "resume={tmp}/empty_folder is not a training run folder"),
     case(
         "checkpoints",
+        ["ckpt_path={tmp}/good.ckpt", "dataset.augment=0.2"],
+        "was trained with model.augment_dim=0 and this run builds 3 (it follows dataset.augment",
+    ),
+    case(
+        "checkpoints",
         ["callbacks=posthoc_ema", "ckpt_path={tmp}/midway.ckpt"],
         "(step 3) was trained without it: post-hoc EMA must follow a run from step 0",
     ),
