@@ -19,6 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ddpm_lab.artifacts.checkpoint import checkpoint_step
 from ddpm_lab.config import build, build_all, build_components, build_module, check_train_config, config_dir
+from ddpm_lab.config.checks import check_posthoc_continues
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.hydra_callbacks import multirun_job_failed
 from ddpm_lab.config.resume import (
@@ -83,6 +84,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, *build_components(cfg))
     if cfg.get("resume"):
         check_resumable(module.net, ckpt_path, cfg.resume)
+    if ckpt_path:
+        check_posthoc_continues(cfg, ckpt_path)
     log.info(
         "model: %s, %.2fM parameters", type(module.net).__name__, sum(p.numel() for p in module.net.parameters()) / 1e6
     )

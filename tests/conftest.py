@@ -17,7 +17,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from ddpm_lab.artifacts import download
 from ddpm_lab.config import config_dir
-from helpers import THREADS, TINY_TRAIN, Composer, compose_config, run_cli, write_image_folder
+from ddpm_lab.train import train
+from helpers import POSTHOC_TRAIN, THREADS, TINY_TRAIN, Composer, compose_config, run_cli, write_image_folder
 
 # Nothing the tests run may write into the user's real cache folder: our caches (paths.cache_dir: null) and the
 # Hugging Face cache ($XDG_CACHE_HOME/huggingface) go under a throwaway XDG_CACHE_HOME, which the command-line
@@ -86,3 +87,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Pa
     cwd = tmp_path_factory.mktemp("tiny_run")
     run_cli("ddpm_lab.train", *TINY_TRAIN, f"dataset.root={image_folder}", "hydra.run.dir=run", cwd=cwd)
     return cwd / "run"
+
+
+@pytest.fixture(scope="session")
+def posthoc_run(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Path:
+    """One POSTHOC_TRAIN run (post-hoc EMA snapshots at steps 2 and 4, augmentation on), trained in this process."""
+    run = tmp_path_factory.mktemp("posthoc_run") / "run"
+    train(compose_config("train", [*POSTHOC_TRAIN, f"dataset.root={image_folder}", f"paths.output_dir={run}"]))
+    return run

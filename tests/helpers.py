@@ -194,3 +194,16 @@ def write_hub_cache(cache: Path, repo_id: str, folder: Path, refs: Sequence[str]
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / ref).write_text(snapshot.name)  # no newline, as huggingface_hub writes it
     return snapshot
+
+
+# TINY_TRAIN for 4 steps with post-hoc EMA (a snapshot every 2 steps) and non-leaky augmentation (p = 0.5).
+POSTHOC_TRAIN = (
+    *TINY_TRAIN,
+    "callbacks=posthoc_ema",
+    "callbacks.posthoc_ema.every_n_steps=2",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    "callbacks.sample_grid=null",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
+    "dataset.augment=0.5",
+)

@@ -120,6 +120,8 @@ def to_diffusers_state(net: UNet, state: dict[str, torch.Tensor]) -> dict[str, t
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         module, _, leaf = name.rpartition(".")
+        if module == "augment_emb":  # augmentation labels are zero when sampling: this map adds exactly nothing
+            continue
         if module.endswith(".qkv"):  # (3C, C, 1, 1) conv -> three (C, C) linears, q first
             attention = _attention_path(names, module)
             for part, chunk in zip(("to_q", "to_k", "to_v"), tensor.chunk(3, dim=0)):

@@ -22,6 +22,7 @@ from pytorch_lightning.accelerators import AcceleratorRegistry
 
 from ddpm_lab.artifacts.allow_list import DATASET_TARGETS, HOW_TO_REGISTER, safe_stored_config, section_builders
 from ddpm_lab.artifacts.checkpoint import checkpoint_config, checkpoint_file, read_checkpoint
+from ddpm_lab.artifacts.posthoc_ema import STATE_KEY
 from ddpm_lab.config.build import build, build_components, build_module, model_node, name_key, stored_config
 from ddpm_lab.config.conditioning import condition_on_dataset
 from ddpm_lab.config.loggers import logger_row
@@ -240,10 +241,39 @@ def check_continued_checkpoint(cfg: DictConfig) -> None:
     stored, current = _with_defaults(stored), _with_defaults(OmegaConf.to_container(model_node(cfg), resolve=True))
     # dropout changes no weight: fine-tuning may set its own (converted diffusers checkpoints store theirs, 0.0)
     diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k) and k != "dropout")
+    if diff == ["augment_dim"]:  # follows dataset.augment (model_node), not a model option
+        raise ConfigError(
+            f"ckpt_path={path} was trained with model.augment_dim={stored['augment_dim']} and this run builds "
+            f"{current['augment_dim']} (it follows dataset.augment and dataset.augment_rotate): augment as it was "
+            "trained, or start a new run without ckpt_path"
+        )
     if diff:
         raise ConfigError(
             f"ckpt_path={path} was trained with a different model (model.{', model.'.join(diff)} differ): "
             "use the model options it was trained with, or start a new run without ckpt_path"
+        )
+
+
+def check_posthoc_continues(cfg: DictConfig, ckpt_path: str | os.PathLike) -> None:
+    """With ``callbacks=posthoc_ema``, a run continued from ``ckpt_path`` (``resume=`` or ``ckpt_path=``) must have
+    tracked the same EMA lengths from step 0: an average started midway is not a power-function EMA."""
+    node = OmegaConf.select(cfg, "callbacks.posthoc_ema")
+    if node is None:
+        return
+    ckpt = read_checkpoint(ckpt_path, mmap=True)
+    callbacks = ckpt.get("callbacks") if isinstance(ckpt.get("callbacks"), dict) else {}
+    state, step = callbacks.get(STATE_KEY), ckpt.get("global_step", 0)
+    if not state and isinstance(step, int) and step > 0:
+        raise ConfigError(
+            f"callbacks.posthoc_ema is on, but {ckpt_path} (step {step}) was trained without it: post-hoc EMA must "
+            "follow a run from step 0; start a new run, or leave callbacks=posthoc_ema out"
+        )
+    tracked = [float(v) for v in (state or {}).get("sigma_rels") or []]
+    asked = [float(v) for v in node.get("sigma_rels") or []]
+    if state and tracked != asked:
+        raise ConfigError(
+            f"callbacks.posthoc_ema.sigma_rels={asked} but {ckpt_path} tracked {tracked}: continue with the same "
+            "sigma_rels (any other length is reconstructed afterwards with python -m ddpm_lab.ema)"
         )
 
 

@@ -16,13 +16,14 @@ from ddpm_lab.artifacts.checkpoint import checkpoint_file
 from ddpm_lab.artifacts.diffusers_io import require_diffusers
 from ddpm_lab.artifacts.trained_model import WEIGHTS
 from ddpm_lab.config.build import build
-from ddpm_lab.config.checks import check_common, check_integer, pick_device
+from ddpm_lab.config.checks import check_common, check_integer, check_required, pick_device
 from ddpm_lab.config.guidance import parse_guidance
 from ddpm_lab.config.real_images import stats_folder
 from ddpm_lab.diffusion.samplers import VARIANCES
 from ddpm_lab.errors import ConfigError, check_choice, check_flag, check_list, check_number
 from ddpm_lab.metrics.nll import NLLSettings
 from ddpm_lab.metrics.scores import ScoreSettings
+from ddpm_lab.models.power_ema import check_sigma_rels
 
 # ------------------------------------------------------------------------------------------------ sample
 SAMPLE_COUNTS = ("n", "batch_size", "strip_n", "gif_n", "gif_frames", "gif_ms")  # integers >= 1
@@ -230,3 +231,30 @@ def _revision(value: object, direction: str) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
         raise ConfigError(f"revision= must be a branch, tag or commit of a Hub model, got {value!r}: say revision=main")
     return str(value).strip()
+
+
+# --------------------------------------------------------------------------------------------------- ema
+@dataclass(frozen=True)
+class EmaSettings:
+    """Everything ``ema`` reads from its config, parsed once by :func:`ema_settings`."""
+
+    ckpt: str
+    sigma_rels: tuple[float, ...]
+    snapshots: str | None  # None: <run>/posthoc_ema beside the checkpoint's folder
+    out: str | None  # None: the snapshots' folder
+
+
+def _optional_path(cfg: DictConfig, key: str) -> str | None:
+    value = cfg.get(key)
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        raise ConfigError(f"{key}= must be a path, got {value!r}: pass {key}=<folder> or leave it out")
+    return None if value is None else str(value)
+
+
+def ema_settings(cfg: DictConfig) -> EmaSettings:
+    """``ckpt``, the EMA lengths asked for and the folders, checked before any file is read."""
+    check_required(cfg)  # ckpt given
+    ckpt = _optional_path(cfg, "ckpt")
+    sigma_rels = check_sigma_rels(cfg.get("sigma_rel"), "sigma_rel")
+    out = _optional_path(cfg, "out")
+    return EmaSettings(str(ckpt), sigma_rels, _optional_path(cfg, "snapshots"), out)

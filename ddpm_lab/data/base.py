@@ -17,6 +17,7 @@ import torch
 
 from ddpm_lab.artifacts.cache_dir import DECODED, cache_folder
 from ddpm_lab.artifacts.images import to_model_range
+from ddpm_lab.data.augment import augment_dim, augment_images
 from ddpm_lab.data.decode import ON_ERROR, fit_images
 from ddpm_lab.data.decoded_cache import load_files
 from ddpm_lab.data.loader import InMemoryLoader
@@ -46,7 +47,11 @@ class ImageDataModule(pl.LightningDataModule):
         batch_size: the global batch, split evenly across devices.
         val_size: held-out images for ``val/loss`` (an int, or a fraction in (0, 1)).
         split: ``train``, ``test`` or ``all`` (both).
-        flip: random horizontal flips (on the device, per batch, training only).
+        flip: random horizontal flips (on the device, per batch, training only), which the model learns to draw.
+        augment: non-leaky augmentation (EDM's): each of a flip, a translation and (``augment_rotate``) a quarter
+            turn is applied to a training image with this probability, and what was applied goes to the network
+            as conditioning, so samples are not augmented (:mod:`ddpm_lab.data.augment`); 0 = off.
+        augment_rotate: add quarter turns to ``augment`` (for data without an up, e.g. textures).
         download: fetch missing files in ``prepare_data`` (datasets that can be downloaded).
         on_device: keep the uint8 tensors on the training device (GPU), so batches are sliced there.
         seed: fixes the validation split and the shuffling order; ``None`` draws a fresh one (nondeterministic).
@@ -68,6 +73,8 @@ class ImageDataModule(pl.LightningDataModule):
         download: bool = True,
         on_device: bool = False,
         seed: int | None = 0,
+        augment: float = 0.0,
+        augment_rotate: bool = False,
     ) -> None:
         super().__init__()
         channels = check_choice(channels, "dataset.channels", (1, 3))
@@ -75,10 +82,17 @@ class ImageDataModule(pl.LightningDataModule):
         batch_size = check_number(batch_size, "dataset.batch_size", int, low=1)
         val_size = check_number(val_size, "dataset.val_size", float, low=0)
         check_choice(split, "dataset.split", tuple(SPLITS))
-        flip, download, on_device = (
+        flip, download, on_device, augment_rotate = (
             check_flag(value, f"dataset.{key}")
-            for key, value in (("flip", flip), ("download", download), ("on_device", on_device))
+            for key, value in (
+                ("flip", flip),
+                ("download", download),
+                ("on_device", on_device),
+                ("augment_rotate", augment_rotate),
+            )
         )
+        self.augment = check_number(augment, "dataset.augment", float, 0, 1)
+        self.augment_rotate = augment_rotate
         seed = check_number(seed, "dataset.seed", int, optional=True)
         if seed is None:  # seed: null (the run's documented nondeterministic mode)
             seed = random.SystemRandom().randrange(2**31)
@@ -217,12 +231,23 @@ class ImageDataModule(pl.LightningDataModule):
             world_size=self.world_size,
         )
 
+    @property
+    def augment_dim(self) -> int:
+        """The length of the augmentation labels the network is conditioned on; 0 without ``augment``."""
+        return augment_dim(self.augment_rotate) if self.augment > 0 else 0
+
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+        """Training batches as (images in [−1, 1], labels) and, with ``augment``, their augmentation labels third;
+        validation batches are never augmented."""
         images, labels = batch
         images = to_model_range(images)
-        if self.flip and self.trainer is not None and self.trainer.training:
+        training = self.trainer is not None and self.trainer.training
+        if self.flip and training:
             mask = torch.rand(images.shape[0], device=images.device) < 0.5
             images = torch.where(mask[:, None, None, None], images.flip(-1), images)
+        if self.augment > 0 and training:
+            images, augment_labels = augment_images(images, self.augment, self.augment_rotate)
+            return images, labels, augment_labels
         return images, labels
 
 

@@ -141,11 +141,16 @@ class DiffusionModule(pl.LightningModule):
         return torch.where(null, torch.full_like(labels, self.num_classes), labels)
 
     def _denoiser(self, forward: Callable[..., torch.Tensor], batch: Any, drop: bool) -> Denoiser:
-        """``forward`` itself for an unconditional net; for a conditional one, bound to the batch's labels."""
-        if not self.num_classes:
+        """``forward`` itself for an unconditional net; for a conditional one, bound to the batch's labels; for an
+        augmented batch (a third element: ``dataset.augment``), bound to its augmentation labels as well."""
+        augmented = len(batch) > 2
+        if not self.num_classes and not augmented:
             return forward
-        y = self.class_labels(batch[1], drop)
-        return lambda x_t, t: forward(x_t, t, y)
+        y = self.class_labels(batch[1], drop) if self.num_classes else None
+        if not augmented:
+            return lambda x_t, t: forward(x_t, t, y)
+        labels = batch[2]
+        return lambda x_t, t: forward(x_t, t, y, augment_labels=labels)
 
     @property
     def sampling_net(self) -> nn.Module:

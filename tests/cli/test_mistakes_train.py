@@ -33,6 +33,8 @@ CASES = [
     case("types", "optimizer.lr=fast", "optimizer.lr must be a number"),
     case("types", "dataset.flip=maybe", "dataset.flip must be true or false"),
     case("types", "compile=yes", "compile must be true or false"),
+    case("types", "dataset.augment=often", "dataset.augment must be a number"),
+    case("types", "dataset.augment_rotate=maybe", "dataset.augment_rotate must be true or false"),
     # ranges: negative sizes, intervals of 0, betas outside [0, 1)
     case(
         "ranges", "callbacks.model_checkpoint.every_n_train_steps=0", "callbacks.model_checkpoint.every_n_train_steps"
@@ -50,6 +52,17 @@ CASES = [
     case("ranges", "schedule.beta_start=-0.1", "schedule.beta_start must be in (0, 1)"),
     case("ranges", "warmup_steps=-1", "warmup_steps must be >= 0"),
     case("ranges", "callbacks.ema.decay=1.5", "callbacks.ema.decay must be in [0, 1]"),
+    case("ranges", "dataset.augment=1.5", "dataset.augment must be in [0, 1], got 1.5"),
+    case(
+        "ranges",
+        ["callbacks=posthoc_ema", "callbacks.posthoc_ema.sigma_rels=[0.1,0.5]"],
+        "callbacks.posthoc_ema.sigma_rels=0.5 is out of range",
+    ),
+    case(
+        "ranges",
+        ["callbacks=posthoc_ema", "callbacks.posthoc_ema.every_n_steps=0"],
+        "callbacks.posthoc_ema.every_n_steps must be >= 1",
+    ),
     case("ranges", ["lr_schedule=linear", "lr_schedule.floor=2"], "lr_schedule.floor must be in [0, 1]"),
     case(
         "ranges",
@@ -88,6 +101,16 @@ CASES = [
     case("checkpoints", "ckpt_path={tmp}/foreign.ckpt", "{tmp}/foreign.ckpt is not a ddpm_lab checkpoint"),
     case("checkpoints", "ckpt_path={tmp}/hostile.ckpt", "{tmp}/hostile.ckpt"),
     case("checkpoints", "resume={tmp}/empty_folder", "resume={tmp}/empty_folder is not a training run folder"),
+    case(
+        "checkpoints",
+        ["ckpt_path={tmp}/good.ckpt", "dataset.augment=0.2"],
+        "was trained with model.augment_dim=0 and this run builds 3 (it follows dataset.augment",
+    ),
+    case(
+        "checkpoints",
+        ["callbacks=posthoc_ema", "ckpt_path={tmp}/midway.ckpt"],
+        "(step 3) was trained without it: post-hoc EMA must follow a run from step 0",
+    ),
     # data: found inside trainer.fit, after Lightning opened tensorboard/ in the run folder; the folder goes again
     case("data", "dataset.root={tmp}/missing", "image folder {tmp}/missing does not exist"),
     case("data", "dataset.root={tmp}/a_file", "image folder {tmp}/a_file is a file"),
@@ -125,6 +148,9 @@ SUBPROCESS = [
 def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mistakes_train")
     write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
+    midway = torch.load(root / "good.ckpt", weights_only=True)
+    midway["global_step"] = 3  # as if trained 3 steps without post-hoc EMA
+    torch.save(midway, root / "midway.ckpt")
     return root
 
 
