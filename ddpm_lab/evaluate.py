@@ -31,6 +31,7 @@ from ddpm_lab.config.guidance import guidance_as_list, guidance_scales
 from ddpm_lab.config.real_images import class_names_of, compared_dataset, dataset_source, images_of
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.config.settings import EvaluateSettings, evaluate_settings
+from ddpm_lab.diffusion.guidance import has_null_class
 from ddpm_lab.errors import user_errors
 from ddpm_lab.metrics.cache import real_features
 from ddpm_lab.metrics.class_mix import class_counts, class_mix, relabel, to_model_labels
@@ -64,7 +65,8 @@ def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
     # Everything a user can get wrong is checked before any sampling: checkpoint, extractor weights, dataset.
     sc = s.scoring
     loaded = load_model(s.ckpt, device=sc.device, weights=s.weights)
-    scales = guidance_scales(s.guidance, loaded.num_classes, s.ckpt)
+    null_class = has_null_class(loaded.net)
+    scales = guidance_scales(s.guidance, loaded.num_classes, s.ckpt, sc.guidance_rescale, null_class)
     outputs = ["results.json", *(grid_name(w) for w in scales or [None])] + ([GUIDANCE_PLOT] if scales else [])
     refuse_existing([out_dir / name for name in outputs])
     T = loaded.diffusion.num_timesteps

@@ -61,6 +61,11 @@ def condition_on_dataset(cfg: DictConfig) -> Conditioning:
     """
     conditioning = conditioning_of(cfg)
     given = cfg.model.get("num_classes") if isinstance(cfg.get("model"), DictConfig) else None
+    if isinstance(cfg.get("model"), DictConfig) and cfg.model.get("null_class", True) is not True:
+        raise ConfigError(
+            f"model.null_class={cfg.model.null_class}: ddpm_lab trains class-conditional models with their null "
+            "class (label dropout, guidance): leave model.null_class out"
+        )
     if not conditioning.conditional:
         if given:
             raise ConfigError(
