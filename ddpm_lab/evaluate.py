@@ -28,12 +28,13 @@ from ddpm_lab.artifacts.trained_model import LoadedModel, load_model
 from ddpm_lab.config import build, check_sampler, config_dir
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.guidance import guidance_as_list, guidance_scales
-from ddpm_lab.config.real_images import compared_dataset, dataset_source, images_of
+from ddpm_lab.config.real_images import class_names_of, compared_dataset, dataset_source, images_of
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.config.settings import EvaluateSettings, evaluate_settings
+from ddpm_lab.diffusion.guidance import has_null_class
 from ddpm_lab.errors import user_errors
 from ddpm_lab.metrics.cache import real_features
-from ddpm_lab.metrics.class_mix import class_counts, class_mix
+from ddpm_lab.metrics.class_mix import class_counts, class_mix, relabel, to_model_labels
 from ddpm_lab.metrics.classifier import ClassifierFeatures
 from ddpm_lab.metrics.features import FeatureExtractor
 from ddpm_lab.metrics.nll import NLLSettings, model_bound
@@ -64,20 +65,21 @@ def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
     # Everything a user can get wrong is checked before any sampling: checkpoint, extractor weights, dataset.
     sc = s.scoring
     loaded = load_model(s.ckpt, device=sc.device, weights=s.weights)
-    scales = guidance_scales(s.guidance, loaded.num_classes, s.ckpt)
+    null_class = has_null_class(loaded.net)
+    scales = guidance_scales(s.guidance, loaded.num_classes, s.ckpt, sc.guidance_rescale, null_class)
     outputs = ["results.json", *(grid_name(w) for w in scales or [None])] + ([GUIDANCE_PLOT] if scales else [])
     refuse_existing([out_dir / name for name in outputs])
     T = loaded.diffusion.num_timesteps
     sampler = loaded.sampler if s.sampler is None else check_sampler(s.sampler, T)
     extractor: FeatureExtractor = build("features", s.features)
     dataset = compared_dataset(s.dataset, s.ckpt, s.cache_dir, loaded.config)
-    labels = fit_to_training_split(s, loaded, extractor, dataset, scales is not None)
+    labels, to_model = fit_to_training_split(s, loaded, extractor, dataset, scales is not None)
     load = images_of(dataset)
     real, cache_path = real_features(lambda: load()[0], dataset, extractor, s.stats_dir, sc)
     rows = []
     for w in scales or [None]:
         images, row = sample_and_score(
-            loaded.net, loaded.diffusion, sampler, real, extractor, sc, labels, w, loaded.class_names
+            loaded.net, loaded.diffusion, sampler, real, extractor, sc, labels, w, loaded.class_names, to_model
         )
         save_uint8_grid(images, out_dir / grid_name(w))
         say(score_line(row, extractor.name, w))
@@ -104,24 +106,27 @@ def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
 
 def fit_to_training_split(
     s: EvaluateSettings, loaded: LoadedModel, extractor: FeatureExtractor, dataset: dict[str, Any], guided: bool
-) -> torch.Tensor | None:
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """What needs the dataset's labelled training split: the ``features=classifier`` network (trained, or read
     back), and for a ``guided`` (class-conditional) checkpoint the class of each sample, in the split's proportions
-    (the same for every scale). Returns those labels (None: unconditional)."""
+    (the same for every scale). Returns those labels (None: unconditional) and the table from the dataset's labels
+    to the checkpoint's, matched by class name (None: compared as they are)."""
     classifier = isinstance(extractor, ClassifierFeatures)
     if not (classifier or guided):
-        return None
-    images, labels = images_of({**dataset, "split": "train"})()
+        return None, None
+    train_split = {**dataset, "split": "train"}
     source = dataset_source(dataset)
+    to_model = to_model_labels(class_names_of(train_split), loaded.class_names, source, loaded.path) if guided else None
+    images, labels = images_of(train_split)()
     if classifier:
         extractor.fit(images, labels, s.stats_dir, source=source)
         say(extractor.summary())
     if not guided:
-        return None
-    mix = class_mix(class_counts(labels, loaded.num_classes, source, loaded.path), s.scoring.n, s.scoring.seed)
+        return None, None
+    counts = class_counts(relabel(labels, to_model), loaded.num_classes, source, loaded.path)
     if not classifier:
         log.info("class accuracy of the samples needs features=classifier")
-    return mix
+    return class_mix(counts, s.scoring.n, s.scoring.seed), to_model
 
 
 def provenance(

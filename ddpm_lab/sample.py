@@ -48,7 +48,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     model = load_model(s.ckpt, device=s.device, weights=s.weights)
     T = model.diffusion.num_timesteps
     sampler = model.sampler if s.sampler is None else check_sampler(s.sampler, T)
-    classes, labels = class_labels(s.classes, s.per_class, s.guidance, s.n, model)
+    classes, labels = class_labels(s.classes, s.per_class, s.guidance, s.n, model, s.guidance_rescale)
     guidance = 1.0 if s.guidance is None else float(s.guidance)
     visited = sampler.timesteps(T)
     log.info("%s at step %d, %s on %s, sampler %r", model.path, model.global_step, model.diffusion, s.device, sampler)

@@ -20,6 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from ddpm_lab.artifacts.checkpoint import checkpoint_step
 from ddpm_lab.config import build, build_all, build_components, build_module, check_train_config, config_dir
 from ddpm_lab.config.checks import check_posthoc_continues
+from ddpm_lab.config.conditioning import keep_checkpoint_classes
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.hydra_callbacks import multirun_job_failed
 from ddpm_lab.config.resume import (
@@ -76,6 +77,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_train_config(cfg)
     if cfg.get("resume"):
         ckpt_path = resume_checkpoint(cfg.paths.output_dir)
+        keep_checkpoint_classes(cfg, ckpt_path)  # before any logger or data module: labels keep their meaning
         continue_loggers(cfg, checkpoint_step(ckpt_path))
         log.info("resuming from %s", ckpt_path)
     if cfg.get("seed") is not None:

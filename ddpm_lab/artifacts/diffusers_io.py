@@ -37,6 +37,10 @@ from ddpm_lab.models.unet import AttentionBlock, Downsample, ResBlock, Upsample
 BETA_SCHEDULES = {"linear": "linear", "quadratic": "scaled_linear", "sigmoid": "sigmoid", "cosine": "squaredcos_cap_v2"}
 # diffusers' squaredcos_cap_v2 is our cosine schedule with these parameters.
 DIFFUSERS_COSINE = {"s": 0.008, "max_beta": 0.999}
+# Our exports say in the U-Net's config.json (a private key, which diffusers ignores) whether the last of its
+# num_class_embeds rows is the null class of classifier-free guidance; another model's rows are all classes.
+NULL_CLASS_KEY = "_ddpm_lab_null_class"
+EXPORTED_BY = "python -m ddpm_lab.convert"  # in the model card of every folder we export
 
 
 def require_diffusers() -> None:
@@ -172,8 +176,12 @@ _UNSUPPORTED_IF = {  # UNet2DModel options ddpm_lab's U-Net has no counterpart f
 }
 
 
-def unet_kwargs_from_diffusers(config: dict[str, Any], where: str) -> dict[str, Any]:
-    """Our ``UNet`` keyword arguments for a ``UNet2DModel`` config; one ConfigError naming what has no counterpart."""
+def unet_kwargs_from_diffusers(config: dict[str, Any], where: str, null_row: bool = False) -> dict[str, Any]:
+    """Our ``UNet`` keyword arguments for a ``UNet2DModel`` config; one ConfigError naming what has no counterpart.
+
+    ``null_row``: the last of ``num_class_embeds`` rows is a null class (see :func:`has_null_row`); else every row
+    is a class and the model has no null class (``null_class=False``: no guidance, no unconditional samples).
+    """
     kind = config.get("_class_name", "UNet2DModel")
     if kind != "UNet2DModel":
         raise ConfigError(
@@ -215,7 +223,12 @@ def unet_kwargs_from_diffusers(config: dict[str, Any], where: str) -> dict[str, 
         if "num_classes" not in inspect.signature(UNet).parameters:
             unsupported.append(f"num_class_embeds={config['num_class_embeds']} (class conditioning)")
         else:  # ours holds num_classes + 1 rows, the last one the null class
-            kwargs["num_classes"] = int(config["num_class_embeds"]) - 1
+            rows = int(config["num_class_embeds"])
+            kwargs["num_classes"] = rows - 1 if null_row else rows
+            if not null_row:
+                kwargs["null_class"] = False
+            if kwargs["num_classes"] < 1:
+                unsupported.append(f"num_class_embeds={rows} (a null class and no class)")
     if unsupported:
         raise ConfigError(f"{where}: ddpm_lab's U-Net has no counterpart for {', '.join(unsupported)}")
     return {
@@ -281,8 +294,31 @@ def diffusers_unet_config(model: dict[str, Any]) -> dict[str, Any]:
     }
     num_classes = int(model.get("num_classes") or 0)
     if num_classes:  # class-conditional (ours: num_classes + 1 rows, the last the null class)
-        config["num_class_embeds"] = num_classes + 1
+        config["num_class_embeds"] = num_classes + int(bool(o["null_class"]))
     return config
+
+
+def has_null_row(config: dict[str, Any], folders: list[Path]) -> bool:
+    """Whether the last class row of a ``UNet2DModel`` config is a null class: what our export marked
+    (:data:`NULL_CLASS_KEY`), else whether a model card in ``folders`` says ddpm_lab exported it (exports from
+    before the mark); a model from anywhere else has classes only."""
+    marked = config.get(NULL_CLASS_KEY)
+    if isinstance(marked, bool):
+        return marked
+    for card in (folder / "README.md" for folder in folders):
+        if card.is_file() and card.stat().st_size < 1 << 20 and EXPORTED_BY in card.read_text(errors="replace"):
+            return True
+    return False
+
+
+def mark_null_class(unet_dir: Path, model: dict[str, Any]) -> None:
+    """Write :data:`NULL_CLASS_KEY` into an exported class-conditional U-Net's ``config.json``."""
+    if not int(model.get("num_classes") or 0):
+        return
+    path = unet_dir / "config.json"
+    config = json.loads(path.read_text())
+    config[NULL_CLASS_KEY] = bool(unet_options(model)["null_class"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- scheduler config
@@ -415,7 +451,9 @@ def read_diffusers(folder: str | os.PathLike, key: str = "from_diffusers") -> tu
     """
     require_diffusers()
     unet_dir, scheduler_dir = locate_components(Path(folder).expanduser(), key)
-    model = {"_target_": target_name(UNet), **unet_kwargs_from_diffusers(_json(unet_dir / "config.json"), key)}
+    unet_config = _json(unet_dir / "config.json")
+    null_row = has_null_row(unet_config, [Path(folder).expanduser(), unet_dir.parent])
+    model = {"_target_": target_name(UNet), **unet_kwargs_from_diffusers(unet_config, key, null_row)}
     raw_scheduler = _json(scheduler_dir / "scheduler_config.json")
     if raw_scheduler.get("_class_name", "DDPMScheduler") not in ("DDPMScheduler", "DDIMScheduler"):
         raise ConfigError(f"{key}={folder}: its scheduler is a {raw_scheduler['_class_name']}, not a DDPMScheduler")
@@ -462,7 +500,7 @@ def model_card(config: dict[str, Any], global_step: int, scheduler: dict[str, An
         'images = DDPMPipeline.from_pretrained("<this folder>")(batch_size=16).images',
         "```",
         "",
-        "Exported with `python -m ddpm_lab.convert ckpt=... to_diffusers=...`.",
+        f"Exported with `{EXPORTED_BY} ckpt=... to_diffusers=...`.",
         "",
     ]
     return "\n".join(lines)
@@ -497,6 +535,7 @@ def write_diffusers(
     tmp = temp_path(folder)
     try:
         pipeline.save_pretrained(tmp, safe_serialization=True)
+        mark_null_class(tmp / "unet", config["model"])
         (tmp / "README.md").write_text(model_card(config, global_step, scheduler_config, fid))
         if folder.exists():
             folder.rmdir()  # empty, checked above

@@ -24,7 +24,7 @@ from ddpm_lab.artifacts.allow_list import DATASET_TARGETS, HOW_TO_REGISTER, safe
 from ddpm_lab.artifacts.checkpoint import checkpoint_config, checkpoint_file, read_checkpoint
 from ddpm_lab.artifacts.posthoc_ema import STATE_KEY
 from ddpm_lab.config.build import build, build_components, build_module, model_node, name_key, stored_config
-from ddpm_lab.config.conditioning import condition_on_dataset
+from ddpm_lab.config.conditioning import condition_on_dataset, keep_checkpoint_classes
 from ddpm_lab.config.loggers import logger_row
 from ddpm_lab.config.run_folder import writable_folder
 from ddpm_lab.diffusion import Sampler
@@ -351,3 +351,4 @@ def check_train_config(cfg: DictConfig) -> None:
     writable_folder(cfg.paths.output_root)
     if cfg.get("ckpt_path") and not cfg.get("resume"):
         check_continued_checkpoint(cfg)
+        keep_checkpoint_classes(cfg, cfg.ckpt_path)  # fine-tuning: labels keep the meaning the weights learned

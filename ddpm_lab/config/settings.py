@@ -117,6 +117,8 @@ def evaluate_settings(cfg: DictConfig) -> EvaluateSettings:
     device = pick_device(str(cfg.device))
     guidance = parse_guidance(cfg.get("guidance"))
     rescale = check_number(cfg.guidance_rescale, "guidance_rescale", float, low=0, high=1)
+    if nll is not None:
+        refuse_sampling_options(cfg, guidance, rescale)
     counts = {key: cfg[key] for key in EVALUATE_COUNTS}
     scoring = ScoreSettings(device=device, seed=int(cfg.seed), guidance_rescale=rescale, **counts)
     return EvaluateSettings(
@@ -131,6 +133,23 @@ def evaluate_settings(cfg: DictConfig) -> EvaluateSettings:
         stats_dir=stats_folder(cfg.cache_dir, cfg.paths.get("cache_dir")),
         nll=nll,
     )
+
+
+def refuse_sampling_options(cfg: DictConfig, guidance: list[float] | None, rescale: float) -> None:
+    """``metrics=nll`` bounds the likelihood of the checkpoint's own model on real images: it samples nothing, so
+    options that only shape samples would be ignored; each is refused, naming it."""
+    given = {
+        "guidance": None if guidance is None else ",".join(f"{w:g}" for w in guidance),
+        "guidance_rescale": f"{rescale:g}" if rescale else None,
+        "sampler": str(cfg.sampler.get("_target_", "")).rsplit(".", 1)[-1] if cfg.get("sampler") is not None else None,
+        "n_real": cfg.get("n_real"),
+    }
+    for key, value in given.items():
+        if value is not None:
+            raise ConfigError(
+                f"{key}={value} does not apply to metrics=nll (the bound of the checkpoint's own, unguided model on "
+                "test images; its variance: nll.variance): leave it out, or use metrics=fid"
+            )
 
 
 # --------------------------------------------------------------------------------------------- visualize

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from ddpm_lab.artifacts.cache_dir import DECODED, cache_folder
+from ddpm_lab.artifacts.classes import check_class_names, label_map, natural_order
 from ddpm_lab.artifacts.images import to_model_range
 from ddpm_lab.data.augment import augment_dim, augment_images
 from ddpm_lab.data.decode import ON_ERROR, fit_images
@@ -55,6 +56,8 @@ class ImageDataModule(pl.LightningDataModule):
         download: fetch missing files in ``prepare_data`` (datasets that can be downloaded).
         on_device: keep the uint8 tensors on the training device (GPU), so batches are sliced there.
         seed: fixes the validation split and the shuffling order; ``None`` draws a fresh one (nondeterministic).
+        class_names: the label order, label k being ``class_names[k]`` (every class of the data must be listed);
+            ``None``: the dataset's fixed names, else its class folders in natural order (see :attr:`class_names`).
     """
 
     name = "images"
@@ -75,6 +78,7 @@ class ImageDataModule(pl.LightningDataModule):
         seed: int | None = 0,
         augment: float = 0.0,
         augment_rotate: bool = False,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         channels = check_choice(channels, "dataset.channels", (1, 3))
@@ -102,6 +106,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.val_size, self.split = batch_size, val_size, split
         self.flip, self.download, self.on_device, self.seed = flip, download, on_device, seed
+        self.given_class_names = check_class_names(class_names)
+        self._names: dict[bool | None, list[str] | None] | None = None  # each half's own names, read once
         self.train_images: torch.Tensor | None = None
 
     # -- what a dataset supplies -------------------------------------------------------------------
@@ -124,16 +130,36 @@ class ImageDataModule(pl.LightningDataModule):
         return f"Copy the {self.name} files into {self.root}"
 
     # -- shared --------------------------------------------------------------------------------------
-    @property
-    def class_names(self) -> list[str] | None:
-        """The names of the label indices 0, 1, ... (what ``conditioning=class`` conditions on); None: unlabeled.
-
-        Read without decoding any image (a folder listing at most), from the split's first half; a dataset that is
-        not on disk says so rather than answering "no labels"."""
+    def half_class_names(self, train: bool | None) -> list[str] | None:
+        """The names of the labels :meth:`load` returns for one half: the fixed :attr:`classes`, else those stored
+        with that half (read once, without decoding any image; a dataset not on disk says so)."""
         if self.classes is not None:
             return list(self.classes)
-        self.check_files()
-        return self.read_class_names(self.split_parts()[0])
+        if self._names is None:
+            self.check_files()
+            self._names = {train: self.read_class_names(train) for train in self.split_parts()}
+        return self._names[train] if train in self._names else self.read_class_names(train)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The one mapping of this data: label k is ``class_names[k]`` (what ``conditioning=class`` conditions on and
+        every checkpoint stores); None: unlabeled. ``dataset.class_names`` when given, else the halves' own names
+        when they agree (fixed names, a devkit's order, class folders in natural order), else the natural order of
+        all of them: a class missing from one half never shifts the others' labels (:meth:`load_split`)."""
+        halves = [self.half_class_names(train) for train in self.split_parts()]
+        found = [name for names in halves for name in names or []]
+        if self.given_class_names is not None:
+            unknown = [name for name in found if name not in self.given_class_names]
+            if unknown or not found:
+                has = f"a class {unknown[0]!r} that it does not list" if unknown else "no class labels"
+                raise DatasetError(
+                    f"dataset.class_names={self.given_class_names} but {self.name} under {self.root} has {has}: "
+                    "list every class folder in label order, or leave dataset.class_names out"
+                )
+            return list(self.given_class_names)
+        if not found:
+            return None
+        return halves[0] if all(names == halves[0] for names in halves) else natural_order(found)
 
     def split_parts(self) -> tuple[bool | None, ...]:
         """The halves ``dataset.split`` asks :meth:`load` for, in order."""
@@ -154,12 +180,23 @@ class ImageDataModule(pl.LightningDataModule):
             ) from e
 
     def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images of ``dataset.split`` at ``image_size`` and ``channels``, and their labels."""
-        parts = [self.load(train) for train in self.split_parts()]
-        images = [fit_images(part[0], self.image_size, self.channels) for part in parts]
+        """The images of ``dataset.split`` at ``image_size`` and ``channels``, and their labels in the order of
+        :attr:`class_names` (each half's labels mapped by name)."""
+        names = self.class_names
+        parts = [(self.load(train), train) for train in self.split_parts()]
+        images = [fit_images(part[0], self.image_size, self.channels) for part, _ in parts]
+        labels = [self.relabelled(part[1], self.half_class_names(train), names) for part, train in parts]
         if len(parts) == 1:  # no copy of a large dataset
-            return images[0], parts[0][1]
-        return torch.cat(images), torch.cat([part[1] for part in parts])
+            return images[0], labels[0]
+        return torch.cat(images), torch.cat(labels)
+
+    @staticmethod
+    def relabelled(labels: torch.Tensor, half: list[str] | None, names: list[str] | None) -> torch.Tensor:
+        """``labels`` (−1: none) of a half whose classes are ``half``, as indices into ``names``."""
+        if names is None or half is None or half == names:
+            return labels
+        table = label_map(half, names)
+        return torch.where(labels >= 0, table[labels.clamp(min=0)], labels)
 
     @property
     def world_size(self) -> int:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ddpm_lab.artifacts.images import to_uint8
 from ddpm_lab.diffusion import GaussianDiffusion, Sampler, generate_batches
+from ddpm_lab.metrics.class_mix import relabel
 from ddpm_lab.metrics.classifier import ClassifierFeatures
 from ddpm_lab.metrics.features import FeatureExtractor
 from ddpm_lab.metrics.scores import (
@@ -55,16 +56,19 @@ def score_images(
     settings: ScoreSettings,
     labels: torch.Tensor | None = None,
     class_names: Sequence[str] | None = None,
+    to_model: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """FID/KID(/IS) of uint8 samples (see :func:`~ddpm_lab.metrics.scores.scores`); with ``labels`` and a
-    classifier extractor (``features=classifier``) also their class accuracy."""
+    classifier extractor (``features=classifier``) also their class accuracy, its predictions (the dataset's
+    labels) turned into the model's by ``to_model`` (:func:`~ddpm_lab.metrics.class_mix.to_model_labels`)."""
     s = settings
     fake = extract_features(extractor, chunks(images, s.batch_size), s.device)
     result = scores(
         real, fake, kid_subsets=s.kid_subsets, kid_subset_size=s.kid_subset_size, is_splits=s.is_splits, seed=s.seed
     )
     if labels is not None and isinstance(extractor, ClassifierFeatures):
-        result.update(class_accuracy(extractor.predict(images), labels, class_names))
+        predicted = relabel(extractor.predict(images), to_model)
+        result.update(class_accuracy(predicted, labels, class_names))
     return result
 
 
@@ -78,6 +82,7 @@ def sample_and_score(
     labels: torch.Tensor | None = None,
     guidance: float | None = None,
     class_names: Sequence[str] | None = None,
+    to_model: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Draw ``settings.n`` uint8 samples (with ``labels``, guided with scale ``guidance``, None: 1) and score them.
 
@@ -87,7 +92,7 @@ def sample_and_score(
     images = generate_uint8(net, diffusion, sampler, settings, labels, 1.0 if guidance is None else guidance)
     row: dict[str, Any] = {"guidance": guidance} if guidance is not None else {}
     row["sampling_seconds"] = round(time.perf_counter() - started, 3)
-    row.update(score_images(real, images, extractor, settings, labels, class_names))
+    row.update(score_images(real, images, extractor, settings, labels, class_names, to_model))
     return images, row
 
 

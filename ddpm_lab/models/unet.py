@@ -5,7 +5,8 @@ Plain PyTorch. ``UNet(x_t, t) -> prediction`` with the same shape as ``x_t``; a 
 extra "null" class (index ``num_classes``, also what ``y=None`` means) for classifier-free guidance (Ho & Salimans,
 2022). A U-Net trained with non-leaky augmentation (``augment_dim > 0``, EDM) also takes
 ``augment_labels=`` (N, augment_dim): their linear embedding is added to the time embedding; none (sampling) is
-all zeros, which adds nothing.
+all zeros, which adds nothing. ``null_class=False`` (a model imported from diffusers without one) has the class
+rows alone.
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ class UNet(nn.Module):
         out_channels: defaults to ``in_channels``.
         num_classes: 0 (unconditional) or the number of classes of a class-conditional model; set from the
             dataset by ``conditioning=class``. Adds ``class_emb`` with ``num_classes + 1`` rows (the last: null).
+        null_class: whether ``class_emb`` has the null row (guidance and unconditional samples need it); False
+            only for models trained elsewhere without one.
         norm_eps: GroupNorm epsilon (Ho et al.'s models: 1e-6).
         time_freq_shift: s in the time embedding's frequencies max_period^(−i/(half−s)) (Ho et al.: 1).
         time_cos_first: time embedding as [cos, sin] instead of [sin, cos].
@@ -155,6 +158,7 @@ class UNet(nn.Module):
         time_cos_first: bool = False,
         downsample_padding: int = 1,
         augment_dim: int = 0,
+        null_class: bool = True,
     ) -> None:
         super().__init__()
         sizes = {
@@ -172,6 +176,7 @@ class UNet(nn.Module):
         out_channels = check_number(out_channels, "model.out_channels", int, low=1, optional=True)
         self.num_classes = check_number(num_classes, "model.num_classes", int, low=0)
         self.augment_dim = check_number(augment_dim, "model.augment_dim", int, low=0)
+        self.null_class = check_flag(null_class, "model.null_class")
         norm_eps = check_number(norm_eps, "model.norm_eps", float, low=0, low_open=True)
         self.time_freq_shift = check_number(time_freq_shift, "model.time_freq_shift", float, low=0)
         if self.time_freq_shift >= base_channels // 2:
@@ -185,7 +190,7 @@ class UNet(nn.Module):
         temb_dim = 4 * base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         if self.num_classes:  # only then: an unconditional U-Net keeps its modules and state_dict keys
-            self.class_emb = nn.Embedding(self.num_classes + 1, temb_dim)
+            self.class_emb = nn.Embedding(self.num_classes + int(self.null_class), temb_dim)
         if self.augment_dim:  # likewise: only a U-Net trained with augmentation has it
             self.augment_emb = nn.Linear(self.augment_dim, temb_dim, bias=False)
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
@@ -269,6 +274,8 @@ class UNet(nn.Module):
     def class_embedding(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         """The class embedding of labels ``y`` (None: the null class ``num_classes`` for every sample)."""
         if y is None:
+            if not self.null_class:
+                raise ValueError("this U-Net has no null class (null_class=False): pass the class labels y")
             y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         elif y.ndim == 0:
             y = y.expand(batch)

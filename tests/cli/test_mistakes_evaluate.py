@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ddpm_lab.evaluate import main
-from helpers import TINY_TRAIN, ours_checkpoint
+from helpers import TINY_TRAIN, conditional_checkpoint, ours_checkpoint, write_image_folder
 from mistakes import case, check_case, counts, run_in_process, run_subprocess, write_inputs
 
 BASE = (
@@ -88,6 +88,32 @@ CASES = [
         "features=classifier needs images of at least two labelled classes, but ImageFolderDataModule at "
         "{tmp}/one_image has 0",
     ),
+    # options that do not apply: refused, never ignored
+    case("inapplicable", ["metrics=nll", "guidance=2"], "guidance=2 does not apply to metrics=nll"),
+    case("inapplicable", ["metrics=nll", "guidance_rescale=0.3"], "guidance_rescale=0.3 does not apply to metrics"),
+    case("inapplicable", ["metrics=nll", "sampler=ddim"], "sampler=DDIMSampler does not apply to metrics=nll"),
+    case("inapplicable", ["metrics=nll", "n_real=10"], "n_real=10 does not apply to metrics=nll"),
+    case(
+        "inapplicable",
+        [*DATA, "guidance_rescale=0.3"],
+        "guidance_rescale=0.3 needs a class-conditional checkpoint, but {tmp}/good.ckpt is unconditional",
+    ),
+    case(
+        "inapplicable",
+        ["ckpt={tmp}/pets.ckpt", *DATA, "guidance_rescale=0.3"],
+        "guidance_rescale=0.3 rescales guided outputs, but guidance is 1 (none)",
+    ),
+    case(
+        "inapplicable",
+        ["ckpt={tmp}/no_null.ckpt", *DATA, "guidance=0,1"],
+        "guidance=0,1 for {tmp}/no_null.ckpt: this model has no null (unconditional) class",
+    ),
+    # classes are names: a dataset without the checkpoint's classes cannot score them
+    case(
+        "data",
+        ["ckpt={tmp}/pets.ckpt", *DATA],
+        "{tmp}/pets.ckpt was trained on class 'cat', which ImageFolderDataModule at {tmp}/images does not have",
+    ),
     # output folders that cannot be created
     case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
     case(
@@ -114,6 +140,10 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mistakes_evaluate")
     write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
     ours_checkpoint(root / "one_class.ckpt", [*TINY_TRAIN, "conditioning=class", "++model.num_classes=1"])
+    write_image_folder(root / "pets", n_per_class=1, size=8, classes=("cat", "dog"))
+    conditional_checkpoint(root / "pets.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'pets'}"])
+    no_null = ("conditioning=class", "++model.num_classes=2", "++model.null_class=false")  # as an import
+    ours_checkpoint(root / "no_null.ckpt", [*TINY_TRAIN, *no_null])
     for run in ("bare_run", *RUN_CONFIGS):  # a checkpoint inside a run folder, with no or a hostile config
         (root / run / "checkpoints").mkdir(parents=True)
         shutil.copy(root / "good.ckpt", root / run / "checkpoints" / "last.ckpt")
@@ -125,7 +155,17 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_table_is_varied():
     assert len(CASES) >= 25 and len(set(CASES)) == len(CASES)
-    assert set(counts(CASES)) == {"keys", "missing", "types", "ranges", "enumerations", "checkpoints", "data", "output"}
+    assert set(counts(CASES)) == {
+        "keys",
+        "missing",
+        "types",
+        "ranges",
+        "enumerations",
+        "checkpoints",
+        "data",
+        "output",
+        "inapplicable",
+    }
 
 
 def test_the_base_config_evaluates(tmp: Path):

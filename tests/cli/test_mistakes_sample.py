@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ddpm_lab.sample import main
-from helpers import TINY_TRAIN, conditional_checkpoint, ours_checkpoint
+from helpers import TINY_TRAIN, conditional_checkpoint, ours_checkpoint, write_image_folder
 from mistakes import case, check_case, counts, run_in_process, run_subprocess, write_inputs
 
 BASE = ("ckpt={tmp}/good.ckpt", "paths.output_root={tmp}/out", "n=2", "device=cpu")
@@ -78,6 +78,35 @@ CASES = [
     ),
     # output folders that cannot be created
     case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
+    # options that do not apply: refused, never ignored
+    case("inapplicable", "guidance_rescale=0.5", "guidance_rescale=0.5 needs a class-conditional checkpoint"),
+    case(
+        "inapplicable",
+        ["ckpt={tmp}/cond.ckpt", "class=a", "guidance_rescale=0.5"],
+        "guidance_rescale=0.5 rescales guided outputs, but guidance is 1 (none): add guidance=<w>",
+    ),
+    case("inapplicable", ["ckpt={tmp}/cond.ckpt", "guidance=1"], "guidance=1 needs classes to guide towards"),
+    case(
+        "inapplicable",
+        ["ckpt={tmp}/cond.ckpt", "guidance_rescale=0.5"],
+        "guidance_rescale=0.5 needs classes to guide towards",
+    ),
+    case(
+        "inapplicable",
+        ["ckpt={tmp}/no_null.ckpt", "class=1", "guidance=2"],
+        "guidance=2 for {tmp}/no_null.ckpt: this model has no null (unconditional) class",
+    ),
+    case(
+        "inapplicable",
+        "ckpt={tmp}/no_null.ckpt",
+        "unconditional samples of {tmp}/no_null.ckpt: this model has no null (unconditional) class",
+    ),
+    # classes are names: numbers name classes when every class is named by a number
+    case(
+        "ranges",
+        ["ckpt={tmp}/numbered.ckpt", "class=0"],
+        "class=0 is not one of the model's 3 classes, which are named by numbers (1, 2, 10)",
+    ),
 ]
 if not torch.cuda.is_available():
     CASES.append(case("enumerations", "device=cuda", "device=cuda but no CUDA GPU is visible"))
@@ -98,12 +127,25 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mistakes_sample")
     write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
     conditional_checkpoint(root / "cond.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'images'}"])
+    write_image_folder(root / "numbers", n_per_class=1, size=8, classes=("10", "2", "1"))
+    conditional_checkpoint(root / "numbered.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'numbers'}"])
+    no_null = ("conditioning=class", "++model.num_classes=3", "++model.null_class=false")  # as an import
+    ours_checkpoint(root / "no_null.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'images'}", *no_null])
     return root
 
 
 def test_the_table_is_varied():
     assert len(CASES) >= 25 and len(set(CASES)) == len(CASES)
-    assert set(counts(CASES)) == {"keys", "missing", "checkpoints", "types", "ranges", "enumerations", "output"}
+    assert set(counts(CASES)) == {
+        "keys",
+        "missing",
+        "checkpoints",
+        "types",
+        "ranges",
+        "enumerations",
+        "output",
+        "inapplicable",
+    }
 
 
 def test_the_base_config_samples_with_integral_floats(tmp: Path):
