@@ -36,7 +36,7 @@ from ddpm_lab.metrics.cache import real_features
 from ddpm_lab.metrics.class_mix import class_counts, class_mix
 from ddpm_lab.metrics.classifier import ClassifierFeatures
 from ddpm_lab.metrics.features import FeatureExtractor
-from ddpm_lab.metrics.nll import NLLSettings, model_bound
+from ddpm_lab.metrics.nll import NLLSettings, check_bounded, model_bound
 from ddpm_lab.metrics.sample_scores import per_class_lines, sample_and_score, score_line
 from ddpm_lab.metrics.scores import random_subset
 
@@ -68,7 +68,7 @@ def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
     outputs = ["results.json", *(grid_name(w) for w in scales or [None])] + ([GUIDANCE_PLOT] if scales else [])
     refuse_existing([out_dir / name for name in outputs])
     T = loaded.diffusion.num_timesteps
-    sampler = loaded.sampler if s.sampler is None else check_sampler(s.sampler, T)
+    sampler = loaded.sampler if s.sampler is None else check_sampler(s.sampler, T, process=loaded.diffusion)
     extractor: FeatureExtractor = build("features", s.features)
     dataset = compared_dataset(s.dataset, s.ckpt, s.cache_dir, loaded.config)
     labels = fit_to_training_split(s, loaded, extractor, dataset, scales is not None)
@@ -94,7 +94,7 @@ def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
         )
         figure = guidance_figure(rows, title=f"{Path(s.ckpt).name}, {extractor.name} features")
         save_figure(figure, out_dir / GUIDANCE_PLOT)
-    how = {"sampler": repr(sampler), "nfe": len(sampler.timesteps(T)), "features": extractor.name}  # nfe: per image
+    how = {"sampler": repr(sampler), "nfe": sampler.nfe(T), "features": extractor.name}  # nfe: per image
     result.update(provenance(s, loaded, dataset, how, {"real_stats": str(cache_path)}))
     if isinstance(extractor, ClassifierFeatures):
         result["classifier"] = extractor.report()
@@ -140,6 +140,7 @@ def evaluate_nll(s: EvaluateSettings, nll: NLLSettings, out_dir: Path) -> dict[s
     refuse_existing([out_dir / "results.json", out_dir / "bound_terms.png"])
     sc = s.scoring
     loaded = load_model(s.ckpt, device=sc.device, weights=s.weights)
+    check_bounded(loaded.diffusion, s.ckpt)
     dataset = {**compared_dataset(s.dataset, s.ckpt, s.cache_dir, loaded.config), "split": "test"}
     images = random_subset(images_of(dataset)()[0], nll.n, sc.seed)
     result, variance = model_bound(*loaded, images, nll, sc.batch_size, sc.seed, sc.device)  # the checkpoint's sampler

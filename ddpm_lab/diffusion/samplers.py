@@ -78,7 +78,10 @@ class Sampler(ABC):
 
     def denoised(self, diffusion: Process, x: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """x̂_0 from the network output, thresholded or clipped as configured."""
-        x0 = diffusion.predict_x0(x, t, output)
+        return self.threshold(diffusion.predict_x0(x, t, output))
+
+    def threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        """x̂_0 thresholded (``dynamic_threshold``) or clipped to [−1, 1] (``clip_denoised``) as configured."""
         if self.dynamic_threshold is not None:
             return dynamic_threshold(x0, self.dynamic_threshold)
         return x0.clamp(-1.0, 1.0) if self.clip_denoised else x0
@@ -87,11 +90,15 @@ class Sampler(ABC):
     def timesteps(self, num_timesteps: int) -> list[int]:
         """The timesteps the model is evaluated at, in the order visited (descending)."""
 
+    def nfe(self, num_timesteps: int) -> int:
+        """Network evaluations per image (per guidance half): one per visited timestep unless a sampler says more."""
+        return len(self.timesteps(num_timesteps))
+
     @abstractmethod
     def steps(
         self, diffusion: Process, model: Denoiser, x: torch.Tensor, generator: Generator | None
     ) -> Iterator[SampleStep]:
-        """Yield one :class:`SampleStep` per model evaluation, starting from x = x_T."""
+        """Yield one :class:`SampleStep` per visited timestep, starting from x = x_T."""
 
     @property
     def options(self) -> dict[str, object]:
