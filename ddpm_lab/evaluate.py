@@ -94,7 +94,8 @@ def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
         )
         figure = guidance_figure(rows, title=f"{Path(s.ckpt).name}, {extractor.name} features")
         save_figure(figure, out_dir / GUIDANCE_PLOT)
-    how = {"sampler": repr(sampler), "nfe": sampler.nfe(T), "features": extractor.name}  # nfe: per image
+    nfe = len(sampler.visited(loaded.diffusion))  # network evaluations per image (per guidance half)
+    how = {"sampler": repr(sampler), "nfe": nfe, "features": extractor.name}
     result.update(provenance(s, loaded, dataset, how, {"real_stats": str(cache_path)}))
     if isinstance(extractor, ClassifierFeatures):
         result["classifier"] = extractor.report()

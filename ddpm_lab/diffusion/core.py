@@ -145,6 +145,10 @@ class SigmaProcess(Protocol):
         """The noise level the network is really evaluated at for ``sigma`` (a discrete model's nearest σ_t)."""
         ...
 
+    def sigma_timestep(self, sigma: float) -> int:
+        """The timestep of the schedule whose σ_t is nearest ``sigma`` (what a step at σ is labelled)."""
+        ...
+
     def denoise(self, model: Callable[..., torch.Tensor], x: torch.Tensor, sigma: float) -> torch.Tensor:
         """D(x; σ) ≈ E[x_0 | x], from one call of ``model`` (the raw network, or a guidance wrapper of it)."""
         ...

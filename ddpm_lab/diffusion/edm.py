@@ -161,6 +161,10 @@ class EDMDiffusion(nn.Module):
         """σ itself: the network takes any noise level."""
         return float(sigma)
 
+    def sigma_timestep(self, sigma: float) -> int:
+        """The schedule's timestep whose σ_t is nearest ``sigma`` (the label of a step at σ)."""
+        return self.vp.sigma_timestep(sigma)
+
     # ------------------------------------------------------------------------------------- VP view
     @property
     def betas(self) -> torch.Tensor:
@@ -230,7 +234,7 @@ class EDMDiffusion(nn.Module):
         """Generate samples (see :meth:`GaussianDiffusion.sample`; EDM's Heun sampler by default)."""
         sampler, x_T = self.vp._start(shape, sampler or self.default_sampler(), generator, device, x_T)
         steps = self.sample_loop(model, sampler=sampler, generator=generator, x_T=x_T)
-        return run_chain(steps, x_T, keep, progress and len(sampler.timesteps(self.num_timesteps)))
+        return run_chain(steps, x_T, keep, progress and len(sampler.visited(self)))
 
 
 # Either process: what generate, the training module and load_model take and give.

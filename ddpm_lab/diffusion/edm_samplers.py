@@ -8,11 +8,12 @@ VP model each σ is first moved to the nearest σ_t = √((1 − ᾱ_t)/ᾱ_t) i
 and its state is x_t/√ᾱ_t, so every network call is exact.
 
 Every quantity of a step (the ODE slope, the ancestral mean) comes from the (clipped) D and x, never from the raw
-output (see :mod:`ddpm_lab.diffusion.samplers`). A :class:`SampleStep` carries the state in VP scale,
-x/√(1 + σ²) (the x_t a DDPM chain would hold there; pictures need no rescaling), and its ``t`` labels the step's
-place on the σ ramp in units of the process's T: step i of N is t = round((T − 1)·(1 − i/(N − 1))), so the
-strips' ``timesteps=[999, …, 0]`` pick steps as they do for DDPM chains (on a ``schedule=karras`` grid with the
-sampler's σ range and ρ, t is also the grid index of the step's σ).
+output (see :mod:`ddpm_lab.diffusion.samplers`). As every sampler, they yield one :class:`SampleStep` per network
+evaluation (Heun: two per level but the last), its ``t`` the timestep of the evaluated σ on the process's grid (a
+VP model's own t; for EDM the nearest level of its schedule) and its ``x`` the state in VP scale, x/√(1 + σ²) (the
+x_t a DDPM chain holds there: pictures need no rescaling). :meth:`SigmaSampler.visited` lists those t for a
+process; ``timesteps(T)`` estimates them from T alone, as places on the σ ramp (exact for ``schedule=karras`` with
+the sampler's own σ range and ρ, up to rounding).
 """
 
 from __future__ import annotations
@@ -68,10 +69,21 @@ class SigmaSampler(Sampler):
         ramp = karras_sigmas(self.num_steps, low, high, self.rho).tolist()
         return [process.round_sigma(s) for s in ramp] + [0.0]
 
+    def evaluated(self, sigmas: list[float], process: SigmaProcess | None = None) -> list[float]:
+        """The σ of each network evaluation of a chain over ``sigmas``: one per level (Heun overrides)."""
+        return sigmas[:-1]
+
+    def visited(self, process: SigmaProcess) -> list[int]:
+        """The timestep label of each network evaluation on ``process`` (what the chain's SampleSteps carry)."""
+        return [process.sigma_timestep(s) for s in self.evaluated(self.sigmas(process), process)]
+
     def timesteps(self, num_timesteps: int) -> list[int]:
-        """The label t of each step: its place on the σ ramp in units of T (module doc), descending."""
-        n = self.num_steps
-        return [round((num_timesteps - 1) * (1 - i / (n - 1))) if n > 1 else num_timesteps - 1 for i in range(n)]
+        """An estimate of :meth:`visited` from T alone: each evaluated σ at its place on the sampler's own ρ-ramp,
+        t = (T − 1)·(σ^(1/ρ) − σ_min^(1/ρ))/(σ_max^(1/ρ) − σ_min^(1/ρ)) rounded (level i of N: 1 − i/(N − 1))."""
+        low, high = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        sigmas = karras_sigmas(self.num_steps, self.sigma_min, self.sigma_max, self.rho).tolist() + [0.0]
+        places = [(s ** (1 / self.rho) - low) / (high - low) for s in self.evaluated(sigmas)]
+        return [round((num_timesteps - 1) * min(max(p, 0.0), 1.0)) for p in places]
 
     def _denoise(self, process: SigmaProcess, model: Denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
         return self.threshold(process.denoise(model, x, sigma))
@@ -81,12 +93,13 @@ class SigmaSampler(Sampler):
         self, diffusion: SigmaProcess, model: Denoiser, x: torch.Tensor, generator: Generator | None
     ) -> Iterator[SampleStep]:
         sigmas = self.sigmas(diffusion)
-        labels = self.timesteps(diffusion.num_timesteps)
         x = x * sigmas[0]  # x_T ~ N(0, I) scaled to σ_max: the prior N(0, σ_max² I)
         state: dict[str, object] = {}  # what a multistep sampler keeps between the steps of this chain
-        for i, label in enumerate(labels):
-            x, x0 = self.step(diffusion, model, x, sigmas[i], sigmas[i + 1], state, generator)
-            yield SampleStep(t=label, x=x / math.sqrt(1.0 + sigmas[i + 1] ** 2), x0_pred=x0)
+        for i in range(self.num_steps):
+            scale = 1.0 / math.sqrt(1.0 + sigmas[i + 1] ** 2)
+            for sigma, x_next, x0 in self.step(diffusion, model, x, sigmas[i], sigmas[i + 1], state, generator):
+                yield SampleStep(t=diffusion.sigma_timestep(sigma), x=x_next * scale, x0_pred=x0)
+            x = x_next
 
     def step(
         self,
@@ -97,8 +110,9 @@ class SigmaSampler(Sampler):
         sigma_next: float,
         state: dict[str, object],
         generator: Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x at ``sigma_next``, D(x; σ)) from x at ``sigma``; ``state`` is this chain's, kept between steps."""
+    ) -> Iterator[tuple[float, torch.Tensor, torch.Tensor]]:
+        """From x at ``sigma`` to ``sigma_next``: per network evaluation (σ evaluated at, x at ``sigma_next`` so
+        far, D); the last x is the step's result. ``state`` is this chain's, kept between steps."""
         raise NotImplementedError
 
 
@@ -136,23 +150,33 @@ class EDMHeunSampler(SigmaSampler):
         self.s_tmax = check_number(s_tmax, "sampler.s_tmax", float, low=0, optional=True)
         self.s_noise = check_number(s_noise, "sampler.s_noise", float, low=0)
 
-    def nfe(self, num_timesteps: int) -> int:
-        return 2 * self.num_steps - 1
-
-    def step(self, process, model, x, sigma, sigma_next, state, generator):
+    def churned(self, sigma: float, process: SigmaProcess | None) -> float:
+        """σ̂ = σ(1 + γ) (rounded to the process's levels), γ = min(S_churn/N, √2 − 1) inside [S_tmin, S_tmax]."""
         in_range = self.s_tmin <= sigma <= (math.inf if self.s_tmax is None else self.s_tmax)
         gamma = min(self.s_churn / self.num_steps, math.sqrt(2.0) - 1.0) if in_range else 0.0
-        sigma_hat = process.round_sigma(sigma * (1.0 + gamma)) if gamma > 0 else sigma
+        if gamma == 0 or sigma == 0:
+            return sigma
+        return process.round_sigma(sigma * (1.0 + gamma)) if process is not None else sigma * (1.0 + gamma)
+
+    def evaluated(self, sigmas, process=None):
+        levels = []
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            levels += [self.churned(sigma, process)] + ([sigma_next] if sigma_next > 0 else [])
+        return levels
+
+    def step(self, process, model, x, sigma, sigma_next, state, generator):
+        sigma_hat = max(self.churned(sigma, process), sigma)
         if sigma_hat > sigma:
             std = math.sqrt(sigma_hat**2 - sigma**2) * self.s_noise
             x = x + std * randn(x.shape, generator, x.device).to(x.dtype)
         x0 = self._denoise(process, model, x, sigma_hat)
         d = (x - x0) / sigma_hat
         x_next = x + (sigma_next - sigma_hat) * d
+        yield sigma_hat, x_next, x0
         if sigma_next > 0:
-            d_next = (x_next - self._denoise(process, model, x_next, sigma_next)) / sigma_next
-            x_next = x + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
-        return x_next, x0
+            x0_next = self._denoise(process, model, x_next, sigma_next)
+            d_next = (x_next - x0_next) / sigma_next
+            yield sigma_next, x + (sigma_next - sigma_hat) * 0.5 * (d + d_next), x0_next
 
 
 class EDMEulerSampler(SigmaSampler):
@@ -188,7 +212,7 @@ class EDMEulerSampler(SigmaSampler):
         x_next = x0 + (sigma_down / sigma) * (x - x0)  # = x + (σ_down − σ)·(x − D)/σ
         if sigma_up > 0:
             x_next = x_next + sigma_up * randn(x.shape, generator, x.device).to(x.dtype)
-        return x_next, x0
+        yield sigma, x_next, x0
 
 
 class EDMDPMSolverSampler(SigmaSampler):
@@ -220,7 +244,8 @@ class EDMDPMSolverSampler(SigmaSampler):
     def step(self, process, model, x, sigma, sigma_next, state, generator):
         x0 = self._denoise(process, model, x, sigma)
         if sigma_next == 0:
-            return x0, x0
+            yield sigma, x0, x0
+            return
         h = math.log(sigma / sigma_next)
         d = x0
         previous = state.get("previous")  # (D_{i−1}, h_{i−1}); h_{i−1} = 0 where rounding repeated a σ
@@ -229,7 +254,7 @@ class EDMDPMSolverSampler(SigmaSampler):
             d = x0 + (h / (2.0 * h_prev)) * (x0 - x0_prev)
         state["previous"] = (x0, h)
         ratio = sigma_next / sigma
-        return ratio * x + (1.0 - ratio) * d, x0
+        yield sigma, ratio * x + (1.0 - ratio) * d, x0
 
 
 SAMPLERS.update(edm_heun=EDMHeunSampler, edm_euler=EDMEulerSampler, edm_dpm_solver=EDMDPMSolverSampler)

@@ -409,7 +409,7 @@ class GaussianDiffusion(nn.Module):
         """
         sampler, x_T = self._start(shape, sampler, generator, device, x_T)
         steps = self.sample_loop(model, sampler=sampler, generator=generator, x_T=x_T)
-        return run_chain(steps, x_T, keep, progress and len(sampler.timesteps(self.num_timesteps)))
+        return run_chain(steps, x_T, keep, progress and len(sampler.visited(self)))
 
 
 def run_chain(

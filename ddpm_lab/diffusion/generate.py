@@ -98,7 +98,7 @@ def generate_batches(
     shape = tuple(shape) if shape is not None else image_shape(net)
     device = torch.device(device) if device is not None else _device_of(net)
     keep = {int(t) for t in keep}
-    steps = len(sampler.timesteps(diffusion.num_timesteps))
+    steps = len(sampler.visited(diffusion))
     bar = tqdm(total=math.ceil(n / batch_size) * steps, desc="sampling", unit="step", disable=not progress, leave=False)
     try:
         for start in range(0, n, batch_size):

@@ -90,15 +90,16 @@ class Sampler(ABC):
     def timesteps(self, num_timesteps: int) -> list[int]:
         """The timesteps the model is evaluated at, in the order visited (descending)."""
 
-    def nfe(self, num_timesteps: int) -> int:
-        """Network evaluations per image (per guidance half): one per visited timestep unless a sampler says more."""
-        return len(self.timesteps(num_timesteps))
+    def visited(self, process: Process) -> list[int]:
+        """The timestep of each network evaluation on ``process``, as the chain's SampleSteps carry them: its
+        :meth:`timesteps` (a σ-space sampler's depend on the process's noise levels)."""
+        return self.timesteps(process.num_timesteps)
 
     @abstractmethod
     def steps(
         self, diffusion: Process, model: Denoiser, x: torch.Tensor, generator: Generator | None
     ) -> Iterator[SampleStep]:
-        """Yield one :class:`SampleStep` per visited timestep, starting from x = x_T."""
+        """Yield one :class:`SampleStep` per model evaluation, starting from x = x_T."""
 
     @property
     def options(self) -> dict[str, object]:

@@ -287,7 +287,7 @@ class DiffusionStrips(EveryNSteps):
             log_image(trainer, "diffusion/x0_pred", strip_grid(preds), step)
 
         sampler = self.sampler or pl_module.sampler
-        keep = evenly_spaced(sampler.timesteps(T), self.frames - 1)
+        keep = evenly_spaced(sampler.visited(diffusion), self.frames - 1)
         with stop_sampling_on_sigterm():
             (batch,) = generate_batches(
                 net,

@@ -128,12 +128,22 @@ def test_vp_models_round_sigma_to_their_own_levels():
     assert math.isfinite(zero_snr.sigma_range()[1])  # σ_T = ∞ gives way to the largest finite level
 
 
-def test_sigma_samplers_labels_nfe_and_options():
+def test_sigma_samplers_labels_evaluations_and_options():
+    """One label per network evaluation (Heun: 2N − 1), the grid timestep of the evaluated σ; ``timesteps(T)``
+    estimates them from T alone, exactly (up to rounding) on a Karras grid with the sampler's range."""
+    edm = EDMDiffusion(make_betas("karras", timesteps=1000))
     heun = make_sampler("edm_heun", steps=18)
-    assert heun.nfe(1000) == 35 and make_sampler("edm_euler", steps=10).nfe(1000) == 10
-    labels = heun.timesteps(1000)
-    assert labels[0] == 999 and labels[-1] == 0 and len(set(labels)) == 18
+    visited = heun.visited(edm)
+    assert (
+        len(visited) == len(heun.timesteps(1000)) == 35 and len(make_sampler("edm_euler", steps=10).visited(edm)) == 10
+    )
+    assert visited[0] == 999 and visited[-1] == 0 and len(set(visited)) == 18
+    assert max(abs(a - b) for a, b in zip(visited, heun.timesteps(1000))) <= 1
     assert make_sampler("edm_dpm_solver", steps=1).timesteps(50) == [49]
+    churn = make_sampler("edm_heun", steps=4, s_churn=40.0, s_tmin=0.05, s_tmax=50.0)
+    levels = churn.sigmas(edm)
+    assert churn.evaluated(levels, edm)[0] == levels[0]  # σ_max = 80 is above s_tmax: no churn there
+    assert churn.evaluated(levels, edm)[2] == pytest.approx(levels[1] * math.sqrt(2))  # γ = min(40/4, √2 − 1)
     for name in ("edm_heun", "edm_euler", "edm_dpm_solver"):
         sampler = make_sampler(name)
         assert isinstance(sampler, SigmaSampler) and name in SAMPLERS
@@ -169,8 +179,9 @@ def test_keep_returns_states_in_vp_scale():
     x_T = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(5))
     sampler = make_sampler("edm_heun", steps=18, clip_denoised=False)
     x, kept = edm.sample(lambda x, c: torch.zeros_like(x), x_T=x_T, sampler=sampler, keep="all")
-    assert sorted(kept, reverse=True) == sampler.timesteps(100)
-    for t, sigma in zip(sampler.timesteps(100), sampler.sigmas(edm)):
+    assert set(kept) == set(sampler.visited(edm))
+    for sigma in sampler.sigmas(edm)[:-1]:
+        t = edm.sigma_timestep(sigma)  # the last state kept under t is the one entering level σ
         expected = math.sqrt((0.25 + sigma**2) / (1 + sigma**2))
         assert abs(float(kept[t].std()) / expected - 1) < 0.1, (t, sigma)
     assert abs(float(x.std()) / 0.5 - 1) < 0.1
