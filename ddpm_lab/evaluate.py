@@ -37,7 +37,7 @@ from ddpm_lab.metrics.cache import real_features
 from ddpm_lab.metrics.class_mix import class_counts, class_mix, relabel, to_model_labels
 from ddpm_lab.metrics.classifier import ClassifierFeatures
 from ddpm_lab.metrics.features import FeatureExtractor
-from ddpm_lab.metrics.nll import NLLSettings, model_bound
+from ddpm_lab.metrics.nll import NLLSettings, check_bounded, model_bound
 from ddpm_lab.metrics.sample_scores import per_class_lines, sample_and_score, score_line
 from ddpm_lab.metrics.scores import random_subset
 
@@ -70,7 +70,7 @@ def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
     outputs = ["results.json", *(grid_name(w) for w in scales or [None])] + ([GUIDANCE_PLOT] if scales else [])
     refuse_existing([out_dir / name for name in outputs])
     T = loaded.diffusion.num_timesteps
-    sampler = loaded.sampler if s.sampler is None else check_sampler(s.sampler, T)
+    sampler = loaded.sampler if s.sampler is None else check_sampler(s.sampler, T, process=loaded.diffusion)
     extractor: FeatureExtractor = build("features", s.features)
     dataset = compared_dataset(s.dataset, s.ckpt, s.cache_dir, loaded.config)
     labels, to_model = fit_to_training_split(s, loaded, extractor, dataset, scales is not None)
@@ -96,7 +96,8 @@ def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
         )
         figure = guidance_figure(rows, title=f"{Path(s.ckpt).name}, {extractor.name} features")
         save_figure(figure, out_dir / GUIDANCE_PLOT)
-    how = {"sampler": repr(sampler), "nfe": len(sampler.timesteps(T)), "features": extractor.name}  # nfe: per image
+    nfe = len(sampler.visited(loaded.diffusion))  # network evaluations per image (per guidance half)
+    how = {"sampler": repr(sampler), "nfe": nfe, "features": extractor.name}
     result.update(provenance(s, loaded, dataset, how, {"real_stats": str(cache_path)}))
     if isinstance(extractor, ClassifierFeatures):
         result["classifier"] = extractor.report()
@@ -145,6 +146,7 @@ def evaluate_nll(s: EvaluateSettings, nll: NLLSettings, out_dir: Path) -> dict[s
     refuse_existing([out_dir / "results.json", out_dir / "bound_terms.png"])
     sc = s.scoring
     loaded = load_model(s.ckpt, device=sc.device, weights=s.weights)
+    check_bounded(loaded.diffusion, s.ckpt)
     dataset = {**compared_dataset(s.dataset, s.ckpt, s.cache_dir, loaded.config), "split": "test"}
     images = random_subset(images_of(dataset)()[0], nll.n, sc.seed)
     result, variance = model_bound(*loaded, images, nll, sc.batch_size, sc.seed, sc.device)  # the checkpoint's sampler

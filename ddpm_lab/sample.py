@@ -47,10 +47,10 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     refuse_existing(list(outputs.values()))
     model = load_model(s.ckpt, device=s.device, weights=s.weights)
     T = model.diffusion.num_timesteps
-    sampler = model.sampler if s.sampler is None else check_sampler(s.sampler, T)
+    sampler = model.sampler if s.sampler is None else check_sampler(s.sampler, T, process=model.diffusion)
     classes, labels = class_labels(s.classes, s.per_class, s.guidance, s.n, model, s.guidance_rescale)
     guidance = 1.0 if s.guidance is None else float(s.guidance)
-    visited = sampler.timesteps(T)
+    visited = sampler.visited(model.diffusion)
     log.info("%s at step %d, %s on %s, sampler %r", model.path, model.global_step, model.diffusion, s.device, sampler)
     if classes is not None:
         log.info("classes %s, guidance w=%g", ", ".join(model.class_titles[c] for c in classes), guidance)

@@ -1,4 +1,5 @@
-"""Interop with diffusers: a ``UNet2DModel`` + ``DDPMScheduler`` folder to a ddpm_lab checkpoint, and back.
+"""Interop with diffusers: a ``UNet2DModel`` + ``DDPMScheduler`` folder to a ddpm_lab checkpoint, and back; EDM models
+as a ``UNet2DModel`` + EDM scheduler folder (see :mod:`ddpm_lab.artifacts.diffusers_edm`).
 
 Ho et al.'s published DDPM weights (google/ddpm-cifar10-32, -celebahq-256, -church-256, -bedroom-256, ...) are
 distributed in diffusers' ``save_pretrained`` layout. :func:`read_diffusers` turns such a folder into the
@@ -25,6 +26,13 @@ from torch import nn
 
 from ddpm_lab.artifacts.allow_list import build_model, target_name
 from ddpm_lab.artifacts.atomic import temp_path
+from ddpm_lab.artifacts.diffusers_edm import (
+    EDM_PIPELINE,
+    EDM_SCHEDULERS,
+    edm_scheduler_config,
+    edm_sections,
+    is_edm,
+)
 from ddpm_lab.diffusion import DDPMSampler, GaussianDiffusion, make_betas
 from ddpm_lab.diffusion.diffusers_sampler import PREDICTION_TYPES
 from ddpm_lab.diffusion.samplers import VARIANCES
@@ -423,8 +431,8 @@ def locate_components(folder: Path, key: str = "from_diffusers") -> tuple[Path, 
         kind = components.get(unet[0], [None, "no U-Net"])[1]
         if kind != "UNet2DModel":
             raise ConfigError(
-                f"{key}={folder} is a {index.get('_class_name')} with a {kind}: only DDPM pipelines "
-                "(UNet2DModel + DDPMScheduler) convert"
+                f"{key}={folder} is a {index.get('_class_name')} with a {kind}: only pipelines of a UNet2DModel "
+                "(with a DDPMScheduler, or an EDM scheduler) convert"
             )
         scheduler = [k for k, v in components.items() if str(v[1]).endswith("Scheduler")] or ["scheduler"]
         pick = lambda name, marker: folder / name if (folder / name / marker).is_file() else folder
@@ -455,12 +463,20 @@ def read_diffusers(folder: str | os.PathLike, key: str = "from_diffusers") -> tu
     null_row = has_null_row(unet_config, [Path(folder).expanduser(), unet_dir.parent])
     model = {"_target_": target_name(UNet), **unet_kwargs_from_diffusers(unet_config, key, null_row)}
     raw_scheduler = _json(scheduler_dir / "scheduler_config.json")
-    if raw_scheduler.get("_class_name", "DDPMScheduler") not in ("DDPMScheduler", "DDIMScheduler"):
-        raise ConfigError(f"{key}={folder}: its scheduler is a {raw_scheduler['_class_name']}, not a DDPMScheduler")
-    from diffusers import DDPMScheduler, UNet2DModel  # only now: importing diffusers takes seconds
+    kind = raw_scheduler.get("_class_name", "DDPMScheduler")
+    if kind not in ("DDPMScheduler", "DDIMScheduler", *EDM_SCHEDULERS):
+        raise ConfigError(
+            f"{key}={folder}: its scheduler is a {kind}, not a DDPMScheduler (or {' or '.join(EDM_SCHEDULERS)})"
+        )
+    import diffusers  # only now: importing diffusers takes seconds
+    from diffusers import UNet2DModel
 
-    scheduler = dict(DDPMScheduler.from_config(raw_scheduler).config)
-    sections = {"model": model, **schedule_sections(scheduler, key)}
+    if kind in EDM_SCHEDULERS:  # an EDM model: its σ range, σ_data and sampler
+        scheduler = dict(getattr(diffusers, kind).from_config(raw_scheduler).config)
+        sections = {"model": model, **edm_sections(kind, scheduler, key)}
+    else:
+        scheduler = dict(diffusers.DDPMScheduler.from_config(raw_scheduler).config)
+        sections = {"model": model, **schedule_sections(scheduler, key)}
     try:
         with torch.device("meta"):
             net = build_model(sections)
@@ -471,33 +487,55 @@ def read_diffusers(folder: str | os.PathLike, key: str = "from_diffusers") -> tu
 
 
 # ------------------------------------------------------------------------------------------------------ export
-def model_card(config: dict[str, Any], global_step: int, scheduler: dict[str, Any], fid: float | None) -> str:
+def model_card(
+    config: dict[str, Any], global_step: int, scheduler: dict[str, Any], fid: float | None, scheduler_name: str = ""
+) -> str:
     """README.md of an exported folder: what the model is and how it was trained."""
     dataset = config.get("dataset") or {}
     model = unet_options(config["model"])
     schedule = config["schedule"]
     name = str(dataset.get("name") or "unknown").removesuffix("DataModule")
+    if scheduler_name in EDM_SCHEDULERS:
+        kind, process = (
+            "EDM",
+            [
+                f"- EDM (Karras et al., 2022): σ_data={scheduler['sigma_data']}, σ in [{scheduler['sigma_min']}, "
+                f"{scheduler['sigma_max']}] on the ρ={scheduler['rho']} Karras ramp; scheduler: {scheduler_name}",
+            ],
+        )
+        usage = [
+            "from diffusers import DiffusionPipeline  # a ConsistencyModelPipeline: EDM's loop with the EDM scheduler",
+            'images = DiffusionPipeline.from_pretrained("<this folder>")(batch_size=16, num_inference_steps=25).images',
+        ]
+    else:
+        kind = "DDPM"
+        process = [
+            f"- schedule: {schedule.get('name')} ({scheduler['beta_schedule']}), T={scheduler['num_train_timesteps']}"
+            + (", zero terminal SNR" if scheduler["rescale_betas_zero_snr"] else ""),
+            f"- prediction: {scheduler['prediction_type']}, variance: {scheduler['variance_type']}",
+        ]
+        usage = [
+            "from diffusers import DDPMPipeline",
+            'images = DDPMPipeline.from_pretrained("<this folder>")(batch_size=16).images',
+        ]
     lines = [
         "---",
         "library_name: diffusers",
         "pipeline_tag: unconditional-image-generation",
-        "tags: [ddpm, ddpm_lab]",
+        f"tags: [{kind.lower()}, ddpm_lab]",
         "---",
-        f"# DDPM trained with ddpm_lab on {name}",
+        f"# {kind} trained with ddpm_lab on {name}",
         "",
         f"- dataset: {name}, {dataset.get('image_size', model['image_size'])} px, "
         f"{dataset.get('channels', model['in_channels'])} channel(s)",
         f"- training steps: {global_step}",
-        f"- schedule: {schedule.get('name')} ({scheduler['beta_schedule']}), T={scheduler['num_train_timesteps']}"
-        + (", zero terminal SNR" if scheduler["rescale_betas_zero_snr"] else ""),
-        f"- prediction: {scheduler['prediction_type']}, variance: {scheduler['variance_type']}",
+        *process,
         f"- U-Net: {model['base_channels']} base channels x {list(model['channel_mults'])}, "
         f"{model['num_res_blocks']} blocks per level, attention at {list(model['attention_resolutions'])} px",
         f"- FID: {fid if fid is not None else 'not measured'}",
         "",
         "```python",
-        "from diffusers import DDPMPipeline",
-        'images = DDPMPipeline.from_pretrained("<this folder>")(batch_size=16).images',
+        *usage,
         "```",
         "",
         f"Exported with `{EXPORTED_BY} ckpt=... to_diffusers=...`.",
@@ -513,30 +551,36 @@ def write_diffusers(
     global_step: int,
     fid: float | None = None,
 ) -> Path:
-    """Write a ``DDPMPipeline`` folder (unet/, scheduler/, model_index.json, README.md), complete or not at all.
+    """Write a pipeline folder (unet/, scheduler/, model_index.json, README.md), complete or not at all: a
+    ``DDPMPipeline``, or for an EDM model a ``ConsistencyModelPipeline`` with its EDM scheduler.
 
-    Built and saved by diffusers itself (so ``DDPMPipeline.from_pretrained`` reads it), in a hidden sibling
+    Built and saved by diffusers itself (so ``DiffusionPipeline.from_pretrained`` reads it), in a hidden sibling
     folder renamed into place at the end. ``folder`` must not exist or be empty.
     """
     require_diffusers()
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    import diffusers
 
     folder = Path(folder).expanduser()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise OutputExistsError(f"to_diffusers={folder} already exists and is not empty: pass a new folder")
     unet_config = diffusers_unet_config(config["model"])
-    scheduler_config = diffusers_scheduler_config(config)
+    if is_edm(config):
+        scheduler_name, scheduler_config = edm_scheduler_config(config)
+        pipeline_class = getattr(diffusers, EDM_PIPELINE)
+    else:
+        scheduler_name, scheduler_config = "DDPMScheduler", diffusers_scheduler_config(config)
+        pipeline_class = diffusers.DDPMPipeline
     with torch.device("meta"):
         net = build_model(config)
     theirs = to_diffusers_state(net, state)
-    unet = UNet2DModel(**unet_config)
+    unet = diffusers.UNet2DModel(**unet_config)
     unet.load_state_dict(theirs, strict=True)
-    pipeline = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(**scheduler_config))
+    pipeline = pipeline_class(unet=unet, scheduler=getattr(diffusers, scheduler_name)(**scheduler_config))
     tmp = temp_path(folder)
     try:
         pipeline.save_pretrained(tmp, safe_serialization=True)
         mark_null_class(tmp / "unet", config["model"])
-        (tmp / "README.md").write_text(model_card(config, global_step, scheduler_config, fid))
+        (tmp / "README.md").write_text(model_card(config, global_step, scheduler_config, fid, scheduler_name))
         if folder.exists():
             folder.rmdir()  # empty, checked above
         os.replace(tmp, folder)

@@ -16,7 +16,7 @@ from torch import nn
 from ddpm_lab.artifacts.allow_list import build_model, build_stored
 from ddpm_lab.artifacts.checkpoint import checkpoint_config, read_checkpoint
 from ddpm_lab.artifacts.classes import resolve_class
-from ddpm_lab.diffusion import GaussianDiffusion, Sampler
+from ddpm_lab.diffusion import DiffusionProcess, Sampler
 from ddpm_lab.diffusion.guidance import num_classes_of
 from ddpm_lab.errors import CheckpointError, UnsafeConfigError, check_choice, first_line
 
@@ -33,7 +33,7 @@ class LoadedModel:
     """
 
     net: nn.Module
-    diffusion: GaussianDiffusion
+    diffusion: DiffusionProcess
     sampler: Sampler
     config: dict[str, Any]
     global_step: int

@@ -17,7 +17,7 @@ from ddpm_lab.artifacts.allow_list import SECTIONS
 from ddpm_lab.artifacts.checkpoint import make_stored_config
 from ddpm_lab.config.location import config_dir
 from ddpm_lab.data.augment import augment_dim
-from ddpm_lab.diffusion import GaussianDiffusion, Sampler
+from ddpm_lab.diffusion import DiffusionProcess, Sampler
 from ddpm_lab.errors import ConfigError, UserError, check_flag, check_number, first_line
 from ddpm_lab.training import DiffusionModule
 
@@ -116,7 +116,7 @@ def model_node(cfg: DictConfig) -> DictConfig:
 
 def build_components(
     cfg: DictConfig, device: str | torch.device | None = None, warn: bool = True
-) -> tuple[Any, GaussianDiffusion, Sampler]:
+) -> tuple[Any, DiffusionProcess, Sampler]:
     """(net, diffusion, sampler) from a composed config.
 
     ``device="meta"`` sizes the network without memory (for checks); ``warn`` is the schedule's small-T warning.
@@ -129,7 +129,7 @@ def build_components(
     return net, diffusion, sampler
 
 
-def build_module(cfg: DictConfig, net: Any, diffusion: GaussianDiffusion, sampler: Sampler) -> DiffusionModule:
+def build_module(cfg: DictConfig, net: Any, diffusion: DiffusionProcess, sampler: Sampler) -> DiffusionModule:
     """The LightningModule of a training config, around already built components."""
     try:
         return DiffusionModule(

@@ -27,7 +27,7 @@ from ddpm_lab.config.build import build, build_components, build_module, model_n
 from ddpm_lab.config.conditioning import condition_on_dataset, keep_checkpoint_classes
 from ddpm_lab.config.loggers import logger_row
 from ddpm_lab.config.run_folder import writable_folder
-from ddpm_lab.diffusion import Sampler
+from ddpm_lab.diffusion import DiffusionProcess, Sampler, SigmaSampler
 from ddpm_lab.errors import ConfigError, UnsafeConfigError, check_flag, check_number, first_line
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,15 @@ def check_integer(cfg: DictConfig, key: str, **limits: Any) -> None:
         OmegaConf.update(cfg, key, value)
 
 
-def check_sampler(node: DictConfig, num_timesteps: int, key: str = "sampler") -> Sampler:
-    """A sampler config that builds and whose steps fit the schedule's T, built; warns about short ``fixed_large``
-    chains."""
+def check_sampler(
+    node: DictConfig, num_timesteps: int, key: str = "sampler", process: DiffusionProcess | None = None
+) -> Sampler:
+    """A sampler config that builds and whose steps fit the schedule's T (and, given the ``process``, whose σ range
+    meets its noise levels), built; warns about short ``fixed_large`` chains."""
     check_number(node.get("steps"), f"{key}.steps", int, low=1, high=num_timesteps, optional=True)
     sampler = build(key, node)
+    if process is not None:
+        check_sampler_fits(sampler, process, key)
     try:
         visited = sampler.timesteps(num_timesteps)
     except ValueError as e:
@@ -111,6 +115,16 @@ def check_sampler(node: DictConfig, num_timesteps: int, key: str = "sampler") ->
             key,
         )
     return sampler
+
+
+def check_sampler_fits(sampler: Sampler, process: DiffusionProcess, key: str = "sampler") -> None:
+    """A σ-space sampler's σ range meets the noise levels of the process it will sample (e.g. not
+    ``sampler.sigma_min=100`` for a model trained up to σ = 80)."""
+    if isinstance(sampler, SigmaSampler):
+        try:
+            sampler.sigmas(process)
+        except ConfigError as e:
+            raise ConfigError(name_key(first_line(e), key)) from e
 
 
 def callback_samplers(cfg: DictConfig) -> dict[str, DictConfig]:
@@ -343,6 +357,9 @@ def check_train_config(cfg: DictConfig) -> None:
     build("dataset", cfg.dataset)
     condition_on_dataset(cfg)
     net, diffusion, sampler = build_components(cfg, device="meta", warn=False)  # constructors check their values
+    check_sampler_fits(sampler, diffusion)
+    for key, node in callback_samplers(cfg).items():
+        check_sampler_fits(build(key, node), diffusion, key)
     check_number(_get(cfg, "optimizer.lr"), "optimizer.lr", float, low=0, low_open=True)  # torch's message names no key
     build_module(cfg, net, diffusion, sampler)
     check_storable(cfg)

@@ -84,7 +84,10 @@ class Sampler(ABC):
 
     def denoised(self, diffusion: Process, x: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """x̂_0 from the network output, thresholded or clipped as configured."""
-        x0 = diffusion.predict_x0(x, t, output)
+        return self.threshold(diffusion.predict_x0(x, t, output))
+
+    def threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        """x̂_0 thresholded (``dynamic_threshold``) or clipped to [−1, 1] (``clip_denoised``) as configured."""
         if self.dynamic_threshold is not None:
             return dynamic_threshold(x0, self.dynamic_threshold)
         return x0.clamp(-1.0, 1.0) if self.clip_denoised else x0
@@ -97,6 +100,11 @@ class Sampler(ABC):
     @abstractmethod
     def timesteps(self, num_timesteps: int) -> list[int]:
         """The timesteps the model is evaluated at, in the order visited (descending)."""
+
+    def visited(self, process: Process) -> list[int]:
+        """The timestep of each network evaluation on ``process``, as the chain's SampleSteps carry them: its
+        :meth:`timesteps` (a σ-space sampler's depend on the process's noise levels)."""
+        return self.timesteps(process.num_timesteps)
 
     @abstractmethod
     def steps(

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ddpm_lab.artifacts.images import to_uint8
-from ddpm_lab.diffusion import GaussianDiffusion, Sampler, generate_batches
+from ddpm_lab.diffusion import DiffusionProcess, Sampler, generate_batches
 from ddpm_lab.metrics.class_mix import relabel
 from ddpm_lab.metrics.classifier import ClassifierFeatures
 from ddpm_lab.metrics.features import FeatureExtractor
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def generate_uint8(
     net: nn.Module,
-    diffusion: GaussianDiffusion,
+    diffusion: DiffusionProcess,
     sampler: Sampler,
     settings: ScoreSettings,
     labels: torch.Tensor | None = None,
@@ -74,7 +74,7 @@ def score_images(
 
 def sample_and_score(
     net: nn.Module,
-    diffusion: GaussianDiffusion,
+    diffusion: DiffusionProcess,
     sampler: Sampler,
     real: FeatureSet,
     extractor: FeatureExtractor,

@@ -280,16 +280,14 @@ class DiffusionStrips(EveryNSteps):
             if not self._forward_logged:
                 log_image(trainer, "diffusion/forward", strip_grid(x_ts), step)
                 self._forward_logged = True
-            preds = []
+            preds, x0_model = [], diffusion.x0_model(net)
             for t, x_t in zip(ts, x_ts):
                 tt = torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)
-                preds.append(
-                    diffusion.predict_x0(x_t, tt, diffusion.split_output(net(x_t, tt))[0].float()).clamp(-1, 1)
-                )
+                preds.append(x0_model(x_t, tt).float().clamp(-1, 1))
             log_image(trainer, "diffusion/x0_pred", strip_grid(preds), step)
 
         sampler = self.sampler or pl_module.sampler
-        keep = evenly_spaced(sampler.timesteps(T), self.frames - 1)
+        keep = evenly_spaced(sampler.visited(diffusion), self.frames - 1)
         with stop_sampling_on_sigterm():
             (batch,) = generate_batches(
                 net,

@@ -1,4 +1,11 @@
-"""The LightningModule: wraps a denoiser network and a GaussianDiffusion for training and validation."""
+"""The LightningModule: wraps a denoiser network and a diffusion process for training and validation.
+
+The module never branches on the process. What it uses of one (``GaussianDiffusion`` and ``EDMDiffusion`` both
+provide it) is the training protocol: ``training_timesteps(batch, device) -> (t, weights)``, ``loss(model, x0, t=t,
+noise=..., reduction=..., weights=weights)``, ``sample_timesteps(batch, device, generator)`` (the fixed draws of
+``val/loss``) and ``noise_quarter(t)`` (``train/loss_q0..q3``), where t is whatever the process's loss takes: integer
+timesteps for DDPM, noise levels σ for EDM. ``val/bpd`` is DDPM's bound only.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +20,9 @@ from torch import nn
 
 from ddpm_lab.artifacts.checkpoint import write_entry
 from ddpm_lab.artifacts.figures import bound_terms_figure
-from ddpm_lab.diffusion import BoundTerms, Denoiser, GaussianDiffusion, Sampler, variational_bound
+from ddpm_lab.diffusion import BoundTerms, Denoiser, DiffusionProcess, GaussianDiffusion, Sampler, variational_bound
 from ddpm_lab.diffusion.guidance import num_classes_of
-from ddpm_lab.errors import check_number
+from ddpm_lab.errors import ConfigError, check_number
 from ddpm_lab.training.ema import find_ema
 from ddpm_lab.training.lr_schedules import ConstantLR
 from ddpm_lab.training.media import image_loggers, log_figure
@@ -70,7 +77,7 @@ class DiffusionModule(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        diffusion: GaussianDiffusion,
+        diffusion: DiffusionProcess,
         sampler: Sampler,
         optimizer: OptimizerFactory,
         warmup_steps: int = 0,
@@ -89,6 +96,11 @@ class DiffusionModule(pl.LightningModule):
         self.lr_factor = (lr_schedule or ConstantLR)(warmup_steps=warmup_steps)  # built now: bad values fail early
         self.val_bpd_every = check_number(val_bpd_every, "val_bpd_every", int, low=0)
         self.val_bpd_stride = check_number(val_bpd_stride, "val_bpd_stride", int, low=1)
+        if self.val_bpd_every and not isinstance(diffusion, GaussianDiffusion):
+            raise ConfigError(
+                f"val_bpd_every={self.val_bpd_every} needs DDPM's variational bound, which "
+                f"{type(diffusion).__name__} has none of: set val_bpd_every=0 (or train with diffusion=gaussian)"
+            )
         self._validations = 0
         self._bound: BoundTerms | None = None
         self.net = net
@@ -178,8 +190,9 @@ class DiffusionModule(pl.LightningModule):
         return self._trainer is not None and (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0
 
     def _log_loss_quarters(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
-        """``train/loss_q0..q3``: the batch loss split by t in [0, T/4), …, [3T/4, T) (improved-diffusion)."""
-        quarter = (t * 4) // self.diffusion.num_timesteps
+        """``train/loss_q0..q3``: the batch loss split by the quarter of the training noise levels t falls in
+        (DDPM: t in [0, T/4), …, [3T/4, T), as improved-diffusion; EDM: quartiles of ln σ)."""
+        quarter = self.diffusion.noise_quarter(t)
         for q in range(4):
             mask = quarter == q
             if bool(mask.any()):

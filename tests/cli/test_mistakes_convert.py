@@ -58,6 +58,11 @@ CASES = [
     case("checkpoints", ["ckpt={tmp}/hostile.ckpt", "to_diffusers={tmp}/n"], "{tmp}/hostile.ckpt"),
     case("checkpoints", [*EXPORT, "weights=ema"], "holds no EMA weights"),
     case("checkpoints", ["ckpt={tmp}/odd.ckpt", "to_diffusers={tmp}/n"], "cannot express this U-Net: model.groups"),
+    case(
+        "checkpoints",
+        ["ckpt={tmp}/edm_linear.ckpt", "to_diffusers={tmp}/n"],
+        "diffusers' EDM schedulers put σ on the Karras ramp only, but this EDM model was trained with schedule=linear",
+    ),
     # nothing is overwritten
     case("output", ["from_diffusers={tmp}/pipe", "out={tmp}/good.ckpt"], "out={tmp}/good.ckpt already exists"),
     case("output", ["ckpt={tmp}/good.ckpt", "to_diffusers={tmp}/images"], "already exists and is not empty"),
@@ -68,6 +73,8 @@ CASES = [
 def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mistakes_convert")
     write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
+    edm_linear = [*TINY_TRAIN, f"dataset.root={root / 'images'}", "diffusion=edm", "schedule=linear"]
+    ours_checkpoint(root / "edm_linear.ckpt", edm_linear)
     ours_checkpoint(root / "odd.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'images'}", "model.base_channels=6"])
     torch.manual_seed(0)
     unet = UNet2DModel(

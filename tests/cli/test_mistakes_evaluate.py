@@ -57,6 +57,11 @@ CASES = [
     case("enumerations", [*DATA, "dataset.split=val"], "dataset.split must be one of ('train', 'test', 'all')"),
     # checkpoints, run configs and weights files: missing, broken, hostile
     case("checkpoints", "ckpt={tmp}/random.ckpt", "cannot read checkpoint {tmp}/random.ckpt"),
+    case(
+        "checkpoints",
+        [*DATA, "ckpt={tmp}/edm.ckpt", "metrics=nll"],
+        "metrics=nll bounds DDPM's likelihood, but {tmp}/edm.ckpt is an EDM model",
+    ),
     case("checkpoints", "ckpt={tmp}/hostile.ckpt", "cannot read checkpoint {tmp}/hostile.ckpt safely"),
     case("checkpoints", "ckpt={tmp}/bare_run/checkpoints/last.ckpt", "{tmp}/bare_run/.hydra/config.yaml"),
     case("checkpoints", "ckpt={tmp}/target_run/checkpoints/last.ckpt", "refusing to build _target_='os.system'"),
@@ -139,6 +144,7 @@ RUN_CONFIGS = {
 def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mistakes_evaluate")
     write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
+    ours_checkpoint(root / "edm.ckpt", [*TINY_TRAIN, "diffusion=edm"])
     ours_checkpoint(root / "one_class.ckpt", [*TINY_TRAIN, "conditioning=class", "++model.num_classes=1"])
     write_image_folder(root / "pets", n_per_class=1, size=8, classes=("cat", "dog"))
     conditional_checkpoint(root / "pets.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'pets'}"])

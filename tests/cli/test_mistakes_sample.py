@@ -57,6 +57,12 @@ CASES = [
     case("ranges", "timesteps=[]", "timesteps is an empty list"),
     case("ranges", ["sampler=ddim", "sampler.steps=80"], "sampler.steps must be in [1, 50], got 80"),
     case("ranges", ["sampler=ddim", "sampler.eta=2"], "sampler.eta must be in [0, 1], got 2.0"),
+    case(
+        "ranges",
+        ["ckpt={tmp}/edm.ckpt", "sampler=edm_heun", "sampler.sigma_min=100", "sampler.sigma_max=200"],
+        "sampler.sigma_min=100 and sampler.sigma_max=200 leave nothing of the model's noise levels [0.002, 80]",
+    ),
+    case("ranges", ["sampler=edm_heun", "sampler.rho=0"], "sampler.rho must be > 0"),
     # enumerations
     case("enumerations", "weights=best", "weights must be one of ('auto', 'ema', 'raw'), got 'best'"),
     case("enumerations", "device=tpu", "device=tpu is not a device"),
@@ -131,6 +137,7 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     conditional_checkpoint(root / "numbered.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'numbers'}"])
     no_null = ("conditioning=class", "++model.num_classes=3", "++model.null_class=false")  # as an import
     ours_checkpoint(root / "no_null.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'images'}", *no_null])
+    ours_checkpoint(root / "edm.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'images'}", "diffusion=edm"])
     return root
 
 

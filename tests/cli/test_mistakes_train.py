@@ -72,6 +72,23 @@ CASES = [
     case(
         "ranges", ["conditioning=class", "conditioning.p_uncond=1"], "conditioning.p_uncond must be in [0, 1), got 1.0"
     ),
+    # EDM: values, and what it has no counterpart for
+    case("ranges", ["diffusion=edm", "diffusion.sigma_data=0"], "diffusion.sigma_data must be > 0"),
+    case("ranges", ["diffusion=edm", "schedule.sigma_min=100"], "schedule.sigma_min=100 must be below"),
+    case("ranges", ["sampler=edm_heun", "sampler.sigma_max=0.001"], "sampler.sigma_min=0.002 must be below"),
+    case("ranges", ["sampler=edm_euler", "sampler.eta=2"], "sampler.eta must be in [0, 1]"),
+    case(
+        "ranges",
+        ["sampler=edm_dpm_solver", "sampler.sigma_min=200", "sampler.sigma_max=300"],
+        "sampler.sigma_min=200 and sampler.sigma_max=300 leave nothing of the model's noise levels",
+    ),
+    case("keys", ["diffusion=edm", "diffusion.prediction=v"], "diffusion.prediction is not a setting of train.yaml"),
+    case("enumerations", ["diffusion=edm", "val_bpd_every=1"], "val_bpd_every=1 needs DDPM's variational bound"),
+    case(
+        "enumerations",
+        ["diffusion=edm", "schedule.zero_terminal_snr=true"],
+        "diffusion=edm needs a finite σ_max, but schedule.zero_terminal_snr=true",
+    ),
     # required values
     case("missing", "dataset.root=???", "dataset.root is required but not set: add dataset.root=<folder"),
     case("missing", "paths.output_root=null", "paths.output_root must be a folder, got None"),
