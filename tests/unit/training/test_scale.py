@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,25 +68,57 @@ def test_bf16_mixed_trains_finite_on_cpu_with_ema_sampling(image_folder, tmp_pat
     assert any(not torch.equal(ema_net[k], raw_net[k]) for k in ema_net)
 
 
+def all_tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
+    if torch.is_tensor(obj):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    return {k: v for key, value in items for k, v in all_tensors(value, f"{prefix}/{key}").items()}
+
+
 @pytest.mark.slow
-def test_ddp_sim_trains_checkpoints_and_keeps_ema_identical(image_folder, tmp_path, monkeypatch):
+def test_ddp_sim_trains_checkpoints_keeps_ema_identical_and_resumes_to_the_bit(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
-    run_cli(
-        "ddpm_lab.train", *SHORT, "trainer=ddp_sim", f"dataset.root={image_folder}", PROBE, cwd=tmp_path, timeout=400
+    steps = (
+        "trainer.max_steps=4",
+        "callbacks.model_checkpoint.save_top_k=-1",
+        "model.dropout=0.1",
+        "dataset.flip=true",
     )
+    run_cli(
+        "ddpm_lab.train", *SHORT, *steps, "trainer=ddp_sim", f"dataset.root={image_folder}", PROBE, cwd=tmp_path,
+        timeout=400,
+    )  # fmt: skip
     (run,) = (tmp_path / "outputs" / "train").iterdir()
     ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert ckpt["global_step"] == 2
+    assert ckpt["global_step"] == 4
     # What one process would hold: the module built from the stored config, key for key and shape for shape.
     net, diffusion, sampler = build_stored(ckpt["ddpm_lab"]["config"])
     single = DiffusionModule(net, diffusion, sampler, optimizer=torch.optim.AdamW).state_dict()
     for state in (ckpt["state_dict"], ckpt["current_model_state"]):
         assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in single.items()}
-    assert ckpt["rng_states"]["cpu"].shape[0] == 2  # every rank's RNG state, for an exact resume
+    ranks = ckpt["resume_state"]["ranks"]["rng_cpu"]
+    assert ranks.shape[0] == 2 and not torch.equal(ranks[0], ranks[1])  # every rank's own stream, for an exact resume
+    assert len(ckpt["resume_state"]["loaders"]) == 2  # and every rank's loader position
 
     probes = [torch.load(run / f"ema_probe_rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert all(torch.equal(probes[0]["ema"][k], probes[1]["ema"][k]) for k in probes[0]["ema"])
     assert len(list((run / "tensorboard").glob("events.*"))) == 1  # logged from rank zero only
+
+    # Killed after step 2's checkpoint (as by kill -9): resume= ends where the run never stopped ended.
+    killed = tmp_path / "killed"
+    shutil.copytree(run, killed)
+    for name in ("last.ckpt", "step_0000004.ckpt"):
+        (killed / "checkpoints" / name).unlink()
+    overrides = killed / ".hydra" / "overrides.yaml"  # resume= refuses +key overrides: drop the test-only probe
+    overrides.write_text("".join(line for line in overrides.read_text().splitlines(True) if "probe" not in line))
+    run_cli("ddpm_lab.train", f"resume='{killed}'", cwd=tmp_path, timeout=400)
+    never_stopped = all_tensors(ckpt)
+    resumed = all_tensors(read_checkpoint(killed / "checkpoints" / "last.ckpt"))
+    never_stopped, resumed = (
+        {k: v for k, v in t.items() if "ModelCheckpoint" not in k} for t in (never_stopped, resumed)
+    )
+    assert resumed.keys() == never_stopped.keys()
+    assert [k for k in resumed if not torch.equal(resumed[k], never_stopped[k])] == []
 
 
 @pytest.mark.slow
