@@ -134,4 +134,6 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_it_to_the_bit(image_fol
     resumed, never_stopped = last_tensors(run), last_tensors(tiny_run)
     assert resumed.keys() == never_stopped.keys() and len(resumed) > 100
     assert [k for k in resumed if not torch.equal(resumed[k], never_stopped[k])] == []
-    assert logged_losses(run) == logged_losses(tiny_run)  # every step's train/loss, to the bit
+    # Every step's train/loss, to the bit. Step 6 is left out: at the end RunSummary adds the final metric to the
+    # HPARAMS tab, train/loss here since this run does not validate (tiny_run's is val/loss).
+    assert {s: v for s, v in logged_losses(run).items() if s < 6} == logged_losses(tiny_run)

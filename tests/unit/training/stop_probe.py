@@ -13,14 +13,18 @@ import torch
 
 class StopAt(pl.Callback):
     """Stop once ``batches`` training batches have run in this process (``how``: ``sigterm`` or ``sigint`` sent to
-    this process, ``should_stop`` as ``max_time`` does, ``validation``: SIGTERM during the first validation batch
-    after that point). Writes ``<run>/losses.pt``: ``<global step>/<batch index>`` -> train/loss and
-    ``val/<global step>`` -> val/loss."""
+    this process, ``should_stop`` as ``max_time`` does), or during the last of them (``sigterm_in_step``: SIGTERM
+    at its start, so it arrives mid-step and cuts what samples at the step's end). Writes ``<run>/losses.pt``:
+    ``<global step>/<batch index>`` -> train/loss and ``val/<global step>`` -> val/loss."""
 
     def __init__(self, how: str = "sigterm", batches: int = 0) -> None:
         self.how, self.batches = how, batches
         self.seen = 0
         self.losses: dict[str, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.how == "sigterm_in_step" and self.seen + 1 == self.batches:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses[f"{trainer.global_step}/{batch_idx}"] = float(outputs["loss"])
@@ -37,11 +41,6 @@ class StopAt(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self.losses[f"val/{trainer.global_step}"] = float(trainer.callback_metrics["val/loss"])
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.how == "validation" and self.seen >= self.batches > 0 and not trainer.sanity_checking:
-            self.how = "done"
-            os.kill(os.getpid(), signal.SIGTERM)
 
     def _save(self, trainer) -> None:
         torch.save(self.losses, Path(trainer.default_root_dir) / "losses.pt")
