@@ -13,6 +13,11 @@ here, in ``checkpoint["resume_state"]``, gathered from every rank (each DDP rank
   rewritten as begun with no batch done, so the resumed run runs all of it again (and saves the periodic
   checkpoint that waited for it), as the run never stopped did.
 
+A new train loader plugs in by having ``state_dict()`` (what it has served, as of the end of the batch the step ran
+on) and ``load_state_dict(state)`` (the next ``iter()`` goes on from there); nothing here names a loader class.
+It should also have ``__len__``: Lightning reads a loader without a length one batch ahead (to find the epoch's
+end), so its state would count a batch no step has used yet.
+
 A resume with another world size, batch size or accumulation continues (loader positions are converted by the
 loader, fresh random streams where ranks do not match) and warns once that it is not bit-exact. Checkpoints written
 before this module held only ``rng_states`` (the generator states); they still resume.
