@@ -33,6 +33,8 @@ CASES = [
     case("types", "optimizer.lr=fast", "optimizer.lr must be a number"),
     case("types", "dataset.flip=maybe", "dataset.flip must be true or false"),
     case("types", "compile=yes", "compile must be true or false"),
+    case("types", "deterministic=sometimes", "deterministic must be true or false"),
+    case("types", ["deterministic=true", "seed=null"], "deterministic=true needs a seed"),
     # ranges: negative sizes, intervals of 0, betas outside [0, 1)
     case(
         "ranges", "callbacks.model_checkpoint.every_n_train_steps=0", "callbacks.model_checkpoint.every_n_train_steps"
