@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--stop-at", type=int, default=17, help="SIGTERM once this step is done")
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every launch")
     parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temp folder)")
+    parser.add_argument("--compare-only", action="store_true", help="compare the runs already in --work")
     parser.add_argument("overrides", nargs="*", help="extra overrides, after --")
     opts = parser.parse_args()
     work = opts.work or Path(tempfile.mkdtemp(prefix="resume_check_"))
@@ -130,16 +131,27 @@ def main() -> None:
         *opts.overrides,
     ]
     straight, stopped = work / "straight", work / "stopped"
+    if opts.compare_only:  # the three launches are done: compare their checkpoints again
+        compare(straight, stopped, -1)
     print(f"code {opts.code}, runs in {work}, {opts.threads} threads", flush=True)
     finish(launch(opts.code, opts.threads, [*common, f"hydra.run.dir={straight}"], work), "the straight run")
     stop_at(launch(opts.code, opts.threads, [*common, f"hydra.run.dir={stopped}"], work), opts.stop_at)
     step = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     finish(launch(opts.code, opts.threads, [f"resume={stopped}"], work), "the resumed run")
 
-    a = tensors(torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True))
-    b = tensors(torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=True))
+    compare(straight, stopped, step)
+
+
+def compare(straight: Path, stopped: Path, step: int) -> None:
+    # ModelCheckpoint's own entries name the files it kept (another folder per run): left out.
+    a, b = (
+        {k: v for k, v in tensors(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)).items()
+         if "ModelCheckpoint" not in k}
+        for run in (straight, stopped)
+    )  # fmt: skip
     diff = max_difference(a, b)
-    print(f"stopped by SIGTERM at step {step}, resumed to the end")
+    if step >= 0:
+        print(f"stopped by SIGTERM at step {step}, resumed to the end")
     print(f"last.ckpt: {len(a)} tensors, max abs difference {diff:.3g}")
     la, lb = logged_losses(straight), logged_losses(stopped)
     common_steps = sorted(la.keys() & lb.keys())
