@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -68,15 +67,8 @@ def test_bf16_mixed_trains_finite_on_cpu_with_ema_sampling(image_folder, tmp_pat
     assert any(not torch.equal(ema_net[k], raw_net[k]) for k in ema_net)
 
 
-def all_tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
-    if torch.is_tensor(obj):
-        return {prefix: obj}
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    return {k: v for key, value in items for k, v in all_tensors(value, f"{prefix}/{key}").items()}
-
-
 @pytest.mark.slow
-def test_ddp_sim_trains_checkpoints_keeps_ema_identical_and_resumes_to_the_bit(image_folder, tmp_path, monkeypatch):
+def test_ddp_sim_trains_checkpoints_and_keeps_ema_identical(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
     steps = (
         "trainer.max_steps=4",
@@ -103,22 +95,6 @@ def test_ddp_sim_trains_checkpoints_keeps_ema_identical_and_resumes_to_the_bit(i
     probes = [torch.load(run / f"ema_probe_rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert all(torch.equal(probes[0]["ema"][k], probes[1]["ema"][k]) for k in probes[0]["ema"])
     assert len(list((run / "tensorboard").glob("events.*"))) == 1  # logged from rank zero only
-
-    # Killed after step 2's checkpoint (as by kill -9): resume= ends where the run never stopped ended.
-    killed = tmp_path / "killed"
-    shutil.copytree(run, killed)
-    for name in ("last.ckpt", "step_0000004.ckpt"):
-        (killed / "checkpoints" / name).unlink()
-    overrides = killed / ".hydra" / "overrides.yaml"  # resume= refuses +key overrides: drop the test-only probe
-    overrides.write_text("".join(line for line in overrides.read_text().splitlines(True) if "probe" not in line))
-    run_cli("ddpm_lab.train", f"resume='{killed}'", cwd=tmp_path, timeout=400)
-    never_stopped = all_tensors(ckpt)
-    resumed = all_tensors(read_checkpoint(killed / "checkpoints" / "last.ckpt"))
-    never_stopped, resumed = (
-        {k: v for k, v in t.items() if "ModelCheckpoint" not in k} for t in (never_stopped, resumed)
-    )
-    assert resumed.keys() == never_stopped.keys()
-    assert [k for k in resumed if not torch.equal(resumed[k], never_stopped[k])] == []
 
 
 @pytest.mark.slow
