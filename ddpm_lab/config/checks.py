@@ -228,9 +228,12 @@ def check_trainer_values(cfg: DictConfig) -> None:
                 f"got {interval!r}"
             ) from e
     check_number(_get(cfg, "trainer.gradient_clip_val"), "trainer.gradient_clip_val", float, low=0, optional=True)
+    check_flag(cfg.get("deterministic", False), "deterministic")
     for key in ("trainer.deterministic", "trainer.benchmark", "trainer.enable_model_summary"):
         if _get(cfg, key) is not None:
             check_flag(_get(cfg, key), key)
+    if _get(cfg, "trainer.deterministic") and cfg.get("seed") is None:
+        raise ConfigError("deterministic=true needs a seed (seed: null draws a fresh one each run): set seed=<integer>")
     if _get(cfg, "callbacks.model_checkpoint") is not None:
         check_integer(cfg, "callbacks.model_checkpoint.every_n_train_steps", low=1, optional=True)
         check_integer(cfg, "callbacks.model_checkpoint.save_top_k", low=-1)

@@ -130,7 +130,12 @@ class EveryNSteps(pl.Callback):
     ) -> None:
         step = trainer.global_step
         if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
-            self.run(trainer, pl_module)
+            try:
+                self.run(trainer, pl_module)
+            except SIGTERMException:
+                # The cut sampling is dropped; Lightning stops once this batch's other hooks (EMA, checkpoint,
+                # its logged loss) have run, so the checkpoint and a resume from it miss nothing of the step.
+                pass
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step != self._last_step:

@@ -22,10 +22,13 @@ from ddpm_lab.artifacts.checkpoint import write_entry
 from ddpm_lab.artifacts.figures import bound_terms_figure
 from ddpm_lab.diffusion import BoundTerms, Denoiser, DiffusionProcess, GaussianDiffusion, Sampler, variational_bound
 from ddpm_lab.diffusion.guidance import num_classes_of
+from ddpm_lab.diffusion.importance import LossHistory
 from ddpm_lab.errors import ConfigError, check_number
 from ddpm_lab.training.ema import find_ema
 from ddpm_lab.training.lr_schedules import ConstantLR
 from ddpm_lab.training.media import image_loggers, log_figure
+from ddpm_lab.training.preemption import find_guard
+from ddpm_lab.training.resume_state import restore_resume_state, save_resume_state
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 LRScheduleFactory = Callable[..., Callable[[int], float]]  # (warmup_steps=N) -> (optimizer step -> lr factor)
@@ -185,6 +188,11 @@ class DiffusionModule(pl.LightningModule):
             self._log_loss_quarters(per_sample.detach(), t)
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        guard = find_guard(self._trainer)  # the last hook of a batch, after every callback's (max_time's Timer too)
+        if guard is not None:
+            guard.end_of_batch(self.trainer)  # stops at optimizer-step boundaries, last.ckpt at the final step
+
     def _logs_this_step(self) -> bool:
         """Whether Lightning writes this step's logs (``log_every_n_steps``): extra diagnostics only then."""
         return self._trainer is not None and (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0
@@ -225,10 +233,19 @@ class DiffusionModule(pl.LightningModule):
         return loss
 
     def _bpd_due(self) -> bool:
-        """Whether this validation computes ``val/bpd``: every ``val_bpd_every``-th one, not the sanity check."""
-        return (
-            self.val_bpd_every > 0 and not self.trainer.sanity_checking and self._validations % self.val_bpd_every == 0
-        )
+        """Whether this validation computes ``val/bpd``: every ``val_bpd_every``-th one, not the sanity check.
+
+        Counted from the training batches done (Lightning validates every ``val_check_batch`` of them), so the
+        schedule is a function of the step: a resumed run keeps it, and the extra validation Lightning runs when
+        training stops early (max_time) does not shift it. Time-based validation counts validations instead."""
+        if self.val_bpd_every <= 0 or self.trainer.sanity_checking:
+            return False
+        every = self.trainer.val_check_batch
+        if isinstance(every, int) and every > 0:
+            index = (self.trainer.fit_loop.total_batch_idx + 1) // every - 1
+        else:
+            index = self._validations
+        return index % self.val_bpd_every == 0
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -303,26 +320,15 @@ class DiffusionModule(pl.LightningModule):
             # Raising here keeps the last good checkpoint on disk instead of overwriting it with NaNs.
             raise NonFiniteLossError(f"the weights are non-finite {self._where(self.trainer.global_step)}")
         write_entry(checkpoint, self.config)
-        checkpoint["rng_states"] = self._gather_rng_states()
+        save_resume_state(self, checkpoint, self._loss_history)
+
+    @property
+    def _loss_history(self) -> LossHistory | None:
+        """The importance sampler's loss history (a step's t depends on it), when the diffusion keeps one."""
+        return getattr(self.diffusion, "loss_history", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "current_model_state" in checkpoint and find_ema(self._trainer) is None:
             # An EMA checkpoint keeps the average in state_dict; without EMA, continue from the raw weights.
             checkpoint["state_dict"] = checkpoint["current_model_state"]
-        self._restore_rng_states(checkpoint.get("rng_states"))
-
-    def _gather_rng_states(self) -> dict[str, torch.Tensor]:
-        """The torch RNG states (CPU and this rank's GPU) of every rank, as (world_size, n) uint8 tensors."""
-        states = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            states["cuda"] = torch.cuda.get_rng_state(self.device)
-        if self.trainer.world_size == 1:
-            return {k: v[None] for k, v in states.items()}
-        return {k: self.all_gather(v.to(self.device)).cpu() for k, v in states.items()}
-
-    def _restore_rng_states(self, states: dict[str, torch.Tensor] | None) -> None:
-        if not states or len(states["cpu"]) != self.trainer.world_size:
-            return  # none saved, or another number of ranks: keep this run's seeding
-        torch.set_rng_state(states["cpu"][self.global_rank])
-        if "cuda" in states and self.device.type == "cuda":
-            torch.cuda.set_rng_state(states["cuda"][self.global_rank], self.device)
+        restore_resume_state(self, checkpoint, self._loss_history)

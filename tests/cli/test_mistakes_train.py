@@ -35,6 +35,8 @@ CASES = [
     case("types", "compile=yes", "compile must be true or false"),
     case("types", "dataset.augment=often", "dataset.augment must be a number"),
     case("types", "dataset.augment_rotate=maybe", "dataset.augment_rotate must be true or false"),
+    case("types", "deterministic=sometimes", "deterministic must be true or false"),
+    case("types", ["deterministic=true", "seed=null"], "deterministic=true needs a seed"),
     # ranges: negative sizes, intervals of 0, betas outside [0, 1)
     case(
         "ranges", "callbacks.model_checkpoint.every_n_train_steps=0", "callbacks.model_checkpoint.every_n_train_steps"

@@ -165,6 +165,9 @@ def test_a_pipeline_that_is_not_a_ddpm_is_refused_before_its_weights_come(tmp_pa
         '{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}'
     )
     (remote / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 1024)
-    with pytest.raises(ConfigError, match="is a StableDiffusionPipeline with a UNet2DConditionModel: only pipelines of a UNet2DModel"):
+    with pytest.raises(
+        ConfigError,
+        match="is a StableDiffusionPipeline with a UNet2DConditionModel: only pipelines of a UNet2DModel",
+    ):
         resolve_diffusers(REPO, cache_dir=tmp_path / "cache")
     assert calls == [CONFIG_FILES] and fetched(tmp_path) == ["model_index.json"]
