@@ -305,6 +305,8 @@ class DiffusionModule(pl.LightningModule):
     def _restore_rng_states(self, states: dict[str, torch.Tensor] | None) -> None:
         if not states or len(states["cpu"]) != self.trainer.world_size:
             return  # none saved, or another number of ranks: keep this run's seeding
-        torch.set_rng_state(states["cpu"][self.global_rank])
+        # clone: a row of the (world, n) tensor is a view at an offset, which set_rng_state reads wrongly (a
+        # segmentation fault on every rank but 0 with torch 2.14)
+        torch.set_rng_state(states["cpu"][self.global_rank].clone())
         if "cuda" in states and self.device.type == "cuda":
-            torch.cuda.set_rng_state(states["cuda"][self.global_rank], self.device)
+            torch.cuda.set_rng_state(states["cuda"][self.global_rank].clone(), self.device)
