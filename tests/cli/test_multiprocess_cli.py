@@ -1,7 +1,7 @@
-"""Several processes on one CPU machine (gloo): ``sample``/``evaluate devices=2`` write the files and scores of one
-device, bit for bit; a failure after the processes started is one line, exit status 2, nothing left behind; two
-processes started by hand as two nodes train, checkpoint, stop and resume, with the FID callback's sharded value
-equal to what one process computes."""
+"""Several processes on one CPU machine (gloo): ``evaluate devices=2`` (Lightning's launcher starts the second) and
+``sample num_nodes=2`` (two processes started by hand as two nodes) write the files and scores of one device, bit
+for bit; a failure after the processes started is one line, exit status 2, nothing left behind; two nodes train,
+checkpoint, stop and resume, with the FID callback's sharded value equal to what one process computes."""
 
 from __future__ import annotations
 
@@ -29,6 +29,34 @@ EVALUATE += ("bootstrap=4", "dataset=image_folder", "dataset.image_size=8", "dev
 
 def quoted(path: Path) -> str:
     return f"'{path}'"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(module: str, overrides: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:
+    """``python -m <module>`` started twice, as a user starts it on two machines: NODE_RANK 0 and 1, rank 0's
+    address and port (each process starts at once: quicker than ``devices=2``, whose second process starts late)."""
+    env = {**cli_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    env["PYTHONPATH"] += os.pathsep + str(Path(__file__).parent)  # fid_probe
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", module, *overrides],
+            cwd=cwd,
+            env={**env, "NODE_RANK": str(node)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=400) for p in procs]
+    failed = {node: err[-3000:] for node, (p, (_, err)) in enumerate(zip(procs, outputs)) if p.returncode}
+    assert not failed, failed
+    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +105,15 @@ def test_evaluate_on_two_processes_equals_one_bit_for_bit(checkpoints, image_fol
 
 
 @pytest.mark.slow
-def test_sample_on_two_processes_writes_the_files_of_one(checkpoints, tmp_path, cfg_sample):
-    """A conditional checkpoint, 3 images of each of its 2 classes, guided: the labels are shared out too."""
-    common = (f"ckpt={quoted(checkpoints['conditional'])}", "per_class=3", "guidance=2", "batch_size=4")
-    common += ("sampler=ddim", "sampler.steps=3", "device=cpu", "gif_frames=3")
-    proc = run_cli("ddpm_lab.sample", *common, "devices=2", "paths.output_root=out", cwd=tmp_path)
-    printed = [line for line in proc.stdout.splitlines() if line.startswith(str(tmp_path))]
+def test_sample_on_two_nodes_writes_the_files_of_one(checkpoints, tmp_path, cfg_sample):
+    """Two processes started by hand as two nodes (``num_nodes=2``); a conditional checkpoint, 3 images of each of
+    its 2 classes, guided: the labels are shared out too."""
+    common = [f"ckpt={quoted(checkpoints['conditional'])}", "per_class=3", "guidance=2", "batch_size=4"]
+    common += ["sampler=ddim", "sampler.steps=3", "device=cpu", "gif_frames=3"]
+    zero, one_ = two_nodes("ddpm_lab.sample", [*common, "num_nodes=2", "paths.output_root=out"], tmp_path)
+    printed = [line for line in zero.stdout.splitlines() + one_.stdout.splitlines() if line.startswith(str(tmp_path))]
     assert len(printed) == 5  # the five outputs, printed once (by rank 0)
-    (two,) = (tmp_path / "out" / "sample").iterdir()
+    (two,) = {p.parent for p in (tmp_path / "out" / "sample").glob("*/grid.png")}  # rank 0's run folder
     one = tmp_path / "one"
     sample(cfg_sample(*common, f"paths.output_dir={one}"))
     for name in ("grid.png", "progression.png", "reverse.gif"):
@@ -123,33 +152,6 @@ def test_a_failure_after_the_processes_started_is_one_line_and_leaves_nothing(ch
     assert after == set(before), after - set(before)  # no run folder, no train_ddp_process_1.log
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def two_nodes(overrides: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:
-    """The same command started twice, as a user starts it on two machines: NODE_RANK 0 and 1, rank 0's address."""
-    env = {**cli_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
-    env["PYTHONPATH"] += os.pathsep + str(Path(__file__).parent)  # fid_probe
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "ddpm_lab.train", *overrides],
-            cwd=cwd,
-            env={**env, "NODE_RANK": str(node)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for node in (0, 1)
-    ]
-    outputs = [p.communicate(timeout=400) for p in procs]
-    failed = {node: err[-3000:] for node, (p, (_, err)) in enumerate(zip(procs, outputs)) if p.returncode}
-    assert not failed, failed
-    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
-
-
 @pytest.mark.slow
 def test_two_nodes_train_checkpoint_and_resume_with_a_sharded_fid(image_folder, tmp_path):
     fid = ("callbacks=fid", "features@callbacks.fid.features=tiny", "callbacks.fid.every_n_steps=2")
@@ -166,7 +168,7 @@ def test_two_nodes_train_checkpoint_and_resume_with_a_sharded_fid(image_folder, 
         "callbacks.sample_grid=null",
         *fid,
     ]
-    two_nodes(overrides, tmp_path)
+    two_nodes("ddpm_lab.train", overrides, tmp_path)
     (run,) = {p.parent for p in (tmp_path / "outputs" / "train").glob("*/checkpoints")}  # rank 0's run folder
     first = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert first["global_step"] == 2
@@ -174,7 +176,7 @@ def test_two_nodes_train_checkpoint_and_resume_with_a_sharded_fid(image_folder, 
 
     # resume on both nodes; the probe (typed now: a resume replays no added keys) records the sharded FID at step 4
     probe = "+callbacks.fid_probe._target_=fid_probe.FIDProbe"
-    two_nodes([f"resume={quoted(run)}", "trainer.max_steps=4", probe], tmp_path)
+    two_nodes("ddpm_lab.train", [f"resume={quoted(run)}", "trainer.max_steps=4", probe], tmp_path)
     last = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 4  # rank 1 restored its own state too (a row of the saved states)
     weights = [first["state_dict"], last["state_dict"]]
