@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temporary folder)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="ddpm_lab-devices-"))
+    out.mkdir(parents=True, exist_ok=True)
     ckpt = untrained_checkpoint(out / "untrained.ckpt", args.data, args.size, args.model)
     times: dict[int, list[float]] = {1: [], 2: []}
     results: dict[int, list[dict]] = {1: [], 2: []}
