@@ -8,8 +8,10 @@ also be published reference :class:`Statistics` (mu, sigma) instead of features.
 
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +163,27 @@ class _Given(nn.Module):
         return features
 
 
+SCORING_THREADS = 8  # at most: FID's covariances and eigendecompositions gain little from more
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on (a cluster's cpuset, not the whole machine, where the OS says)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextmanager
+def scoring_threads() -> Iterator[None]:
+    """Score with the same number of CPU threads whatever the number of processes: BLAS/LAPACK and torch's
+    reductions add in an order that depends on it, and Lightning gives each of W processes 1/W of the cores, so
+    rank 0's FID would otherwise differ from one device's in its last digits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(SCORING_THREADS, _cores()))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def scores(
     real: FeatureSet | Statistics,
     fake: FeatureSet,
@@ -171,11 +194,25 @@ def scores(
     bootstrap: int = 0,
 ) -> dict[str, Any]:
     """FID (and its spread over ``bootstrap`` resamples of ``fake``, when ≥ 2), KID (mean ± std over random subsets)
-    and, when ``fake`` has logits, the Inception Score.
+    and, when ``fake`` has logits, the Inception Score, on a fixed number of threads (:func:`scoring_threads`).
 
     ``real``: the real images' features, or reference :class:`Statistics` (mu, sigma only: then KID, which needs
     features, is None). The sample counts go into the result: scores from different counts are not comparable.
     """
+    with scoring_threads():
+        return _scores(real, fake, kid_subsets, kid_subset_size, is_splits, seed, bootstrap)
+
+
+def _scores(
+    real: FeatureSet | Statistics,
+    fake: FeatureSet,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    is_splits: int = 10,
+    seed: int = 0,
+    bootstrap: int = 0,
+) -> dict[str, Any]:
+    """:func:`scores` on the threads it set."""
     reference = isinstance(real, Statistics)
     n_real = real.n if reference else len(real)
     if len(fake) < 2 or (not reference and len(real) < 2):

@@ -156,3 +156,22 @@ def test_reference_statistics_give_the_same_fid_and_no_kid(extractor):
     assert from_stats["kid_mean"] is None and from_stats["n_real"] is None and from_stats["fid_std"] > 0
     line = format_scores(from_stats, "tiny")
     assert "KID" not in line and "vs reference statistics" in line
+
+
+def test_scores_do_not_depend_on_the_callers_thread_count():
+    """Lightning gives each of W processes 1/W of the cores: rank 0 must score as one process does (sums and
+    eigendecompositions add in an order that depends on the thread count; on this machine FID moved in its 14th
+    digit between 1 and 2 threads before scoring fixed it)."""
+    g = torch.Generator().manual_seed(0)
+    real = FeatureSet(torch.randn(200, 64, generator=g, dtype=torch.float64))
+    fake = FeatureSet(torch.randn(200, 64, generator=g, dtype=torch.float64) * 1.1)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(scores(real, fake, kid_subsets=5, bootstrap=3))
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    assert results[0] == results[1]
