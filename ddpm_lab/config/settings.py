@@ -16,8 +16,9 @@ from ddpm_lab.artifacts.checkpoint import checkpoint_file
 from ddpm_lab.artifacts.diffusers_io import require_diffusers
 from ddpm_lab.artifacts.trained_model import WEIGHTS
 from ddpm_lab.config.build import build
-from ddpm_lab.config.checks import check_common, check_integer, check_required, pick_device
+from ddpm_lab.config.checks import check_common, check_integer, check_required
 from ddpm_lab.config.guidance import parse_guidance
+from ddpm_lab.config.processes import Processes, processes_settings
 from ddpm_lab.config.real_images import stats_folder
 from ddpm_lab.diffusion.samplers import VARIANCES
 from ddpm_lab.errors import ConfigError, check_choice, check_flag, check_list, check_number
@@ -35,7 +36,7 @@ class SampleSettings:
 
     ckpt: str
     weights: str
-    device: torch.device
+    processes: Processes  # device, devices, num_nodes
     n: int
     batch_size: int
     seed: int
@@ -50,6 +51,11 @@ class SampleSettings:
     guidance: float | None  # as given (None: 1)
     guidance_rescale: float
 
+    @property
+    def device(self) -> torch.device:
+        """Where one process samples (``device=``)."""
+        return self.processes.device
+
 
 def sample_settings(cfg: DictConfig) -> SampleSettings:
     """The settings of ``sample`` itself, before the checkpoint is even read."""
@@ -58,7 +64,7 @@ def sample_settings(cfg: DictConfig) -> SampleSettings:
         check_integer(cfg, key, low=1)  # stored back as an int: n=64.0 works
     timesteps = check_list(cfg.timesteps, "timesteps", int, low=0, example="[999,500,0]")
     weights = check_choice(cfg.weights, "weights", WEIGHTS)
-    device = pick_device(str(cfg.device))
+    processes = processes_settings(cfg)
     check_integer(cfg, "per_class", low=1, optional=True)
     check_number(cfg.get("guidance"), "guidance", float, optional=True)
     rescale = check_number(cfg.get("guidance_rescale", 0.0), "guidance_rescale", float, 0, 1)
@@ -67,7 +73,7 @@ def sample_settings(cfg: DictConfig) -> SampleSettings:
         **{key: cfg[key] for key in SAMPLE_COUNTS},
         ckpt=str(cfg.get("ckpt", "")),
         weights=weights,
-        device=device,
+        processes=processes,
         seed=int(cfg.seed),
         sampler=cfg.get("sampler"),
         timesteps=tuple(timesteps),
@@ -81,7 +87,15 @@ def sample_settings(cfg: DictConfig) -> SampleSettings:
 # ---------------------------------------------------------------------------------------------- evaluate
 EVALUATE_METRICS = ("fid", "nll")
 # each integer setting and its lowest value
-EVALUATE_COUNTS = {"n": 2, "n_real": 2, "batch_size": 1, "kid_subsets": 1, "kid_subset_size": 2, "is_splits": 1}
+EVALUATE_COUNTS = {
+    "n": 2,
+    "n_real": 2,
+    "batch_size": 1,
+    "kid_subsets": 1,
+    "kid_subset_size": 2,
+    "is_splits": 1,
+    "bootstrap": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,10 @@ class EvaluateSettings:
 
     ckpt: str
     weights: str
-    scoring: ScoreSettings  # device, n, seed, batch size, KID/IS settings, guidance rescale
+    scoring: ScoreSettings  # device, n, seed, batch size, KID/IS settings, guidance rescale, bootstrap
+    processes: Processes  # device, devices, num_nodes
+    floor: bool  # also the real-vs-real floor at n
+    reference_stats: str | None  # published mu/sigma (.npz) instead of the real images' features
     guidance: tuple[float, ...] | None
     sampler: DictConfig | None  # None: the checkpoint's own
     features: DictConfig
@@ -114,17 +131,25 @@ def evaluate_settings(cfg: DictConfig) -> EvaluateSettings:
         if cfg.nll.variance is not None:
             check_choice(cfg.nll.variance, "nll.variance", VARIANCES)
         nll = NLLSettings(cfg.nll.n, cfg.nll.stride, cfg.nll.clip_denoised, cfg.nll.variance)
-    device = pick_device(str(cfg.device))
+    processes = processes_settings(cfg)
+    if nll is not None and processes.world > 1:
+        raise ConfigError("metrics=nll runs in one process: set devices=1 num_nodes=1 (or metrics=fid)")
     guidance = parse_guidance(cfg.get("guidance"))
     rescale = check_number(cfg.guidance_rescale, "guidance_rescale", float, low=0, high=1)
     if nll is not None:
         refuse_sampling_options(cfg, guidance, rescale)
+    if cfg.bootstrap == 1:
+        raise ConfigError("bootstrap=1 gives no spread: set bootstrap=0 (none) or a number of resamples >= 2")
+    reference = _reference_stats(cfg, nll is not None)
     counts = {key: cfg[key] for key in EVALUATE_COUNTS}
-    scoring = ScoreSettings(device=device, seed=int(cfg.seed), guidance_rescale=rescale, **counts)
+    scoring = ScoreSettings(device=processes.device, seed=int(cfg.seed), guidance_rescale=rescale, **counts)
     return EvaluateSettings(
         ckpt=str(cfg.ckpt),
         weights=weights,
         scoring=scoring,
+        processes=processes,
+        floor=check_flag(cfg.floor, "floor"),
+        reference_stats=reference,
         guidance=None if guidance is None else tuple(guidance),
         sampler=cfg.get("sampler"),
         features=cfg.features,
@@ -150,6 +175,23 @@ def refuse_sampling_options(cfg: DictConfig, guidance: list[float] | None, resca
                 f"{key}={value} does not apply to metrics=nll (the bound of the checkpoint's own, unguided model on "
                 "test images; its variance: nll.variance): leave it out, or use metrics=fid"
             )
+
+
+def _reference_stats(cfg: DictConfig, nll: bool) -> str | None:
+    """``reference_stats``: a file name, read by ``metrics=fid`` alone and replacing the real images (so no
+    ``n_real``); the file itself is checked when the extractor is built."""
+    path = cfg.get("reference_stats")
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"reference_stats must be the path of an .npz of mu and sigma, got {path!r}")
+    if nll:
+        raise ConfigError("reference_stats= is read by metrics=fid only: leave it out with metrics=nll")
+    if cfg.get("n_real") is not None:
+        raise ConfigError(
+            "n_real= picks real images, but reference_stats= replaces them with published statistics: leave one out"
+        )
+    return path
 
 
 # --------------------------------------------------------------------------------------------- visualize

@@ -76,10 +76,12 @@ def sample_images(
     batch_size: int,
     labels: torch.Tensor | None = None,
     guidance: float = 1.0,
+    indices: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """``n`` samples in [−1, 1] (CPU) of the module's sampling weights (EMA when on), in eval mode, from ``seed``
     as ``ddpm_lab.diffusion.generate`` defines it; ``sampler`` overrides the module's own. ``labels`` and
-    ``guidance``: classes and classifier-free guidance scale of a class-conditional network.
+    ``guidance``: classes and classifier-free guidance scale of a class-conditional network; ``indices``: which
+    images of the seed's sequence (default ``0 … n−1``), e.g. one rank's share.
 
     Stops between two reverse steps with ``SIGTERMException`` when SIGTERM arrives during training."""
     net = pl_module.sampling_net
@@ -95,6 +97,7 @@ def sample_images(
             should_stop=sigterm_received(pl_module._trainer),
             labels=labels,
             guidance=guidance,
+            indices=indices,
         )
 
 

@@ -191,9 +191,11 @@ def restore_resume_state(
         )
     same_ranks = "rng_cpu" in ranks and len(ranks["rng_cpu"]) == trainer.world_size
     if same_ranks:  # otherwise this launch's seeding stays (other ranks, other streams)
-        torch.set_rng_state(ranks["rng_cpu"][rank])
+        # clone: row r > 0 of the (world, n) tensor is a view at an offset, which set_rng_state reads wrongly (a
+        # segmentation fault on every rank but 0 with torch 2.14)
+        torch.set_rng_state(ranks["rng_cpu"][rank].clone())
         if "rng_cuda" in ranks and module.device.type == "cuda":
-            torch.cuda.set_rng_state(ranks["rng_cuda"][rank], module.device)
+            torch.cuda.set_rng_state(ranks["rng_cuda"][rank].clone(), module.device)
     if loss_history is not None and "loss_history" in ranks:
         saved = len(ranks["loss_history"])
         history, counts = ranks["loss_history"][rank % saved], ranks["loss_counts"][rank % saved]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ddpm_lab.evaluate import main
@@ -47,6 +48,15 @@ CASES = [
     case("ranges", "n_real=1", "n_real must be >= 2, got 1"),
     case("ranges", "kid_subsets=0", "kid_subsets must be >= 1, got 0"),
     case("ranges", "batch_size=0", "batch_size must be >= 1, got 0"),
+    case("ranges", "bootstrap=1", "bootstrap=1 gives no spread: set bootstrap=0 (none) or a number of resamples >= 2"),
+    case("ranges", "bootstrap=-1", "bootstrap must be >= 0, got -1"),
+    # processes (devices=, num_nodes=)
+    case("types", "devices=abc", "devices must be an integer, got 'abc'"),
+    case("ranges", "devices=0", "devices must be >= 1, got 0"),
+    case("ranges", "num_nodes=0", "num_nodes must be >= 1, got 0"),
+    case("ranges", "devices=4096", "devices=4096 but this machine has"),
+    case("enumerations", ["metrics=nll", "devices=2"], "metrics=nll runs in one process: set devices=1 num_nodes=1"),
+    case("enumerations", "floor=maybe", "floor must be true or false, got 'maybe'"),
     case("ranges", "features.num_features=0", "features.num_features must be >= 2, got 0"),
     case("ranges", ["sampler=ddim", "sampler.steps=0"], "sampler.steps must be in [1, 50], got 0"),
     # enumerations
@@ -119,6 +129,21 @@ CASES = [
         ["ckpt={tmp}/pets.ckpt", *DATA],
         "{tmp}/pets.ckpt was trained on class 'cat', which ImageFolderDataModule at {tmp}/images does not have",
     ),
+    # published reference statistics (reference_stats=)
+    case("data", "reference_stats={tmp}/missing.npz", "reference_stats={tmp}/missing.npz: no such file"),
+    case("data", "reference_stats={tmp}/a_file", "reference_stats={tmp}/a_file is not a readable .npz file"),
+    case(  # statistics of another feature layer than the extractor's
+        "data",
+        "reference_stats={tmp}/ref8.npz",
+        "reference_stats={tmp}/ref8.npz: 'mu' has shape (8,), but features=tiny64w32s0 needs (64,)",
+    ),
+    case("data", ["reference_stats={tmp}/ref8.npz", "n_real=10"], "n_real= picks real images, but reference_stats="),
+    case(
+        "data",
+        ["metrics=nll", "reference_stats={tmp}/ref8.npz"],
+        "reference_stats= is read by metrics=fid only: leave it out with metrics=nll",
+    ),
+    case("types", "reference_stats=''", "reference_stats must be the path of an .npz of mu and sigma, got ''"),
     # output folders that cannot be created
     case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
     case(
@@ -150,6 +175,7 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     conditional_checkpoint(root / "pets.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'pets'}"])
     no_null = ("conditioning=class", "++model.num_classes=2", "++model.null_class=false")  # as an import
     ours_checkpoint(root / "no_null.ckpt", [*TINY_TRAIN, *no_null])
+    np.savez(root / "ref8.npz", mu=np.zeros(8), sigma=np.eye(8))  # statistics of 8 features
     for run in ("bare_run", *RUN_CONFIGS):  # a checkpoint inside a run folder, with no or a hostile config
         (root / run / "checkpoints").mkdir(parents=True)
         shutil.copy(root / "good.ckpt", root / run / "checkpoints" / "last.ckpt")

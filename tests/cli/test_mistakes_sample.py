@@ -51,6 +51,11 @@ CASES = [
     case("types", "timesteps=[abc]", "timesteps must be a list of integers >= 0, got ['abc']"),
     # ranges
     case("ranges", "n=0", "n must be >= 1, got 0"),
+    # processes (devices=, num_nodes=)
+    case("types", "devices=abc", "devices must be an integer, got 'abc'"),
+    case("ranges", "devices=0", "devices must be >= 1, got 0"),
+    case("ranges", "num_nodes=0", "num_nodes must be >= 1, got 0"),
+    case("ranges", "devices=4096", "devices=4096 but this machine has"),
     case("ranges", "batch_size=-1", "batch_size must be >= 1, got -1"),
     case("ranges", "gif_frames=0", "gif_frames must be >= 1, got 0"),
     case("ranges", "timesteps=[-1]", "timesteps must be a list of integers >= 0, got [-1]"),
