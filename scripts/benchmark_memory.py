@@ -1,12 +1,14 @@
-"""Host memory per rank of a DDP run: peak RSS, and how much of it is the process's own (anonymous) memory versus
+"""Host memory per rank of training: peak RSS, and how much of it is the process's own (anonymous) memory versus
 pages of files it maps (shared with the other ranks through the page cache), and PSS (shared pages split between
 the processes that map them). Polls every rank of ``python -m ddpm_lab.train`` from /proc (Linux).
 
-    python scripts/benchmark_memory.py [--code CHECKOUT] [--data /work/shared/data/cifar10-subset] [--runs 2]
+    python scripts/benchmark_memory.py [--code CHECKOUT] [--data /work/shared/data/cifar10-subset] [--image-size 32]
 
-``--code``: the checkout whose ddpm_lab runs (default: this one); point it at an export of another commit to
-compare (``git archive main | tar -x -C /tmp/main``). Run 1 decodes into a fresh cache folder; run 2 reads the cache
-the first one wrote. Every run trains ``trainer=ddp_sim`` (two CPU processes) for ``--steps`` steps of unet_tiny.
+Runs, for one process (``trainer=cpu``) and two (``trainer=ddp_sim``): the decoded cache off
+(``dataset.cache_min_files=null``: every process decodes into its own memory), then on with a fresh cache folder
+(the first process decodes, the others wait and map the file), then on again (every process maps the file the run
+before wrote). ``--code``: the checkout whose ddpm_lab runs (default: this one); point it at an export of another
+commit to compare (``git archive main | tar -x -C /tmp/main``). Every run trains ``--steps`` steps of unet_tiny.
 """
 
 from __future__ import annotations
@@ -62,7 +64,15 @@ def ranks(root: int) -> list[int]:
 
 
 def run(
-    code: Path, data: Path, cache: Path, out: Path, steps: int, size: int, extra: list[str]
+    code: Path,
+    data: Path,
+    cache: Path | None,
+    out: Path,
+    steps: int,
+    size: int,
+    batch: int,
+    trainer: str,
+    extra: list[str],
 ) -> dict[int, dict[str, int]]:
     """Train once; the peak of each field per rank, by rank order (pid order: rank 0 starts first)."""
     command = [
@@ -70,18 +80,22 @@ def run(
         "-m",
         "ddpm_lab.train",
         "debug=default",
-        "trainer=ddp_sim",
+        f"trainer={trainer}",
         "dataset=image_folder",
         f"dataset.root={data}",
         f"dataset.image_size={size}",
         "dataset.channels=3",
-        "dataset.batch_size=16",
+        f"dataset.batch_size={batch}",
         f"trainer.max_steps={steps}",
         f"trainer.val_check_interval={steps}",
         "callbacks.sample_grid=null",
         "callbacks.progress_bar=null",
+        "callbacks.diffusion_strips=null",
+        "callbacks.run_summary=null",
+        "callbacks.model_checkpoint=null",
         f"paths.output_root={out}",
-        f"paths.cache_dir={cache}",
+        f"paths.cache_dir={out / 'unused' if cache is None else cache}",
+        f"dataset.cache_min_files={'null' if cache is None else 0}",
         *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
@@ -96,7 +110,8 @@ def run(
         time.sleep(0.05)
     if proc.returncode != 0:
         raise SystemExit(f"training exited {proc.returncode}:\n{proc.stderr.read()[-3000:]}")
-    return {rank: peaks[pid] for rank, pid in enumerate(sorted(peaks))}
+    seen = sorted(pid for pid, peak in peaks.items() if peak)  # not a process that was gone before it was read
+    return {rank: peaks[pid] for rank, pid in enumerate(seen)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,22 +120,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data/cifar10-subset"))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=32, help="decoded size (128: 16x the bytes of 32 px)")
-    parser.add_argument("--runs", type=int, default=2, help="run 1 decodes into a fresh cache, later runs read it")
+    parser.add_argument("--batch", type=int, default=8, help="global batch (small: activations hide the data)")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     parser.add_argument("overrides", nargs="*", help="more training overrides")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="ddpm-mem-") as tmp:
-        cache = Path(tmp) / "cache"
-        print(f"code: {args.code}\ndata: {args.data} at {args.image_size} px\n")
-        print("| run | rank | peak RSS (MB) | peak anonymous (MB) | peak file-backed (MB) | peak PSS (MB) |")
-        print("|---|---|---|---|---|---|")
-        for i in range(args.runs):
-            out = Path(tmp) / f"run{i}"
-            out.mkdir()
-            peaks = run(args.code, args.data, cache, out, args.steps, args.image_size, args.overrides)
-            for rank, peak in peaks.items():
-                mb = {k: peak.get(k, 0) / 1024 for k in (*FIELDS, "Pss")}
-                cells = " | ".join(f"{mb[k]:.0f}" for k in (*FIELDS, "Pss"))
-                print(f"| {i + 1} ({'decodes' if i == 0 else 'cached'}) | {rank} | {cells} |", flush=True)
+    print(f"code: {args.code}\ndata: {args.data} at {args.image_size} px, batch {args.batch}, {args.steps} steps\n")
+    columns = ("processes", "decoded cache", "rank", *(f"peak {k} (MB)" for k in ("RSS", "anonymous", "file", "PSS")))
+    print("| " + " | ".join(columns) + " |")
+    print("|---|---|---|---|---|---|---|")
+    for processes in args.processes:
+        trainer = "cpu" if processes == 1 else "ddp_sim"
+        with tempfile.TemporaryDirectory(prefix="ddpm-mem-") as tmp:
+            cache = Path(tmp) / "cache"
+            for i, (label, folder) in enumerate(
+                (("off", None), ("on, decodes", cache), ("on, already decoded", cache))
+            ):
+                out = Path(tmp) / f"run{i}"
+                out.mkdir()
+                peaks = run(
+                    args.code, args.data, folder, out, args.steps, args.image_size, args.batch, trainer, args.overrides
+                )
+                for rank, peak in peaks.items():
+                    cells = " | ".join(f"{peak.get(k, 0) / 1024:.0f}" for k in (*FIELDS, "Pss"))
+                    print(f"| {processes} | {label} | {rank} | {cells} |", flush=True)
     return 0
 
 

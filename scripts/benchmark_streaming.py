@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     handler = Average()
-    logging.getLogger("ddpm_lab.training.throughput").addHandler(handler)
+    throughput = logging.getLogger("ddpm_lab.training.throughput")
+    throughput.addHandler(handler)
+    throughput.setLevel(logging.INFO)  # no logging is configured in-process: its INFO line would be dropped
     size = (f"dataset.image_size={args.image_size}", "dataset.channels=3")
     rates: dict[str, dict[str, list[float]]] = {}
     with (
