@@ -33,6 +33,7 @@ LAYERS: list[set[str]] = [
         "ddpm_lab.visualize",
         "ddpm_lab.convert",
         "ddpm_lab.ema",
+        "ddpm_lab.shards",
     },  # entry points
 ]
 # Third-party frameworks and the lowest layer allowed to import them.

@@ -34,6 +34,7 @@ DATASET_TARGETS = frozenset(
         "ddpm_lab.data.StanfordCarsDataModule",
         "ddpm_lab.data.ImageFolderDataModule",
         "ddpm_lab.data.DigitsDataModule",
+        "ddpm_lab.data.StreamingDataModule",
     }
 )
 # How to make a new target of each stored section (and a dataset) one that checkpoints may name.

@@ -1,10 +1,12 @@
 """What each command reads from its config, parsed once: ``<command>_settings(cfg)`` checks every setting of
-``sample``, ``evaluate``, ``visualize`` and ``convert`` (one line naming the key, before any file is read) and
-returns one frozen settings object; the entry point then reads only that object (and Hydra's output folder).
+``sample``, ``evaluate``, ``visualize``, ``convert`` and ``shards`` (one line naming the key, before any file is
+read) and returns one frozen settings object; the entry point then reads only that object (and Hydra's output
+folder).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from ddpm_lab.config.checks import check_common, check_integer, check_required
 from ddpm_lab.config.guidance import parse_guidance
 from ddpm_lab.config.processes import Processes, processes_settings
 from ddpm_lab.config.real_images import stats_folder
+from ddpm_lab.data.shards import check_output, import_litdata
 from ddpm_lab.diffusion.samplers import VARIANCES
 from ddpm_lab.errors import ConfigError, check_choice, check_flag, check_list, check_number
 from ddpm_lab.metrics.nll import NLLSettings
@@ -319,3 +322,35 @@ def ema_settings(cfg: DictConfig) -> EmaSettings:
     sigma_rels = check_sigma_rels(cfg.get("sigma_rel"), "sigma_rel")
     out = _optional_path(cfg, "out")
     return EmaSettings(str(ckpt), sigma_rels, _optional_path(cfg, "snapshots"), out)
+
+
+# ------------------------------------------------------------------------------------------------ shards
+CHUNK_BYTES = re.compile(r"^\d+(\.\d+)?\s*[KMGT]?B$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ShardsSettings:
+    """Everything ``shards`` reads from its config besides the dataset, parsed once by :func:`shards_settings`."""
+
+    out: str  # the folder (or object-store URL) to write
+    chunk_bytes: str | int  # litdata's chunk size: bytes, or "64MB"
+    workers: int  # writer processes
+
+
+def shards_settings(cfg: DictConfig) -> ShardsSettings:
+    """The output and writer settings, checked (and litdata found) before the dataset is read."""
+    out = cfg.get("out")
+    if out is None or not (isinstance(out, str) and out.strip()):
+        shown = "is not set" if out is None else f"must be a folder, got {out!r}"
+        raise ConfigError(f"out= {shown}: pass out=<new folder> (or an s3://, gs://, ... URL) for the shards")
+    check_integer(cfg, "workers", low=1)
+    chunk = cfg.get("chunk_bytes")
+    if isinstance(chunk, bool) or not (
+        (isinstance(chunk, int) and chunk > 0) or (isinstance(chunk, str) and CHUNK_BYTES.match(chunk))
+    ):
+        raise ConfigError(f"chunk_bytes={chunk!r} is not a size: pass bytes (67108864) or e.g. 64MB")
+    if str(cfg.dataset.get("_target_", "")).endswith(".StreamingDataModule"):
+        raise ConfigError("dataset=streaming is shards already: pass the dataset they are written from")
+    import_litdata()  # one line when it is missing
+    check_output(out)
+    return ShardsSettings(out=out, chunk_bytes=chunk, workers=int(cfg.workers))

@@ -1,8 +1,10 @@
-"""What every ``dataset`` option shares: checking its settings, picking the split, holding out validation images,
-serving uint8 batches that become [−1, 1] floats on the device, and naming the classes.
+"""What every ``dataset`` option shares: checking its settings, picking the split, keeping it in the shared decoded
+cache, holding out validation images, serving uint8 batches that become [−1, 1] floats on the device, and naming the
+classes.
 
-A dataset (one module in ``data/datasets/``) subclasses :class:`ImageDataModule` and supplies ``load`` and, where it
-has them, its class names; datasets of image files subclass :class:`DecodedImageDataModule`.
+A dataset (one module in ``data/datasets/``) subclasses :class:`ImageDataModule` and supplies ``load``, the files it
+reads (``source_files``, what its decoded cache is keyed on) and, where it has them, its class names; datasets of
+image files subclass :class:`DecodedImageDataModule`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from ddpm_lab.artifacts.cache_dir import DECODED, cache_folder
 from ddpm_lab.artifacts.classes import check_class_names, label_map, natural_order
 from ddpm_lab.artifacts.images import to_model_range
 from ddpm_lab.data.augment import augment_dim, augment_images
-from ddpm_lab.data.decode import ON_ERROR, fit_images
-from ddpm_lab.data.decoded_cache import load_files
+from ddpm_lab.data.decode import ON_ERROR, decode_labelled, fit_images, report_bad_files
+from ddpm_lab.data.decoded_cache import Decoded, cache_key, cache_path, shared_cache
 from ddpm_lab.data.loader import InMemoryLoader
+from ddpm_lab.data.rows import Rows
 from ddpm_lab.errors import ConfigError, DatasetError, check_choice, check_flag, check_number
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,12 @@ class ImageDataModule(pl.LightningDataModule):
         seed: fixes the validation split and the shuffling order; ``None`` draws a fresh one (nondeterministic).
         class_names: the label order, label k being ``class_names[k]`` (every class of the data must be listed);
             ``None``: the dataset's fixed names, else its class folders in natural order (see :attr:`class_names`).
+        cache_min_files: a split read from at least this many files is kept decoded in one file under
+            ``<cache_dir>/decoded/`` (keyed on the files' contents, size and channels), which every process of the
+            machine memory-maps: decoded once, one copy in RAM however many ranks; null: never (each process
+            reads the files into its own memory).
+        cache_dir: our cache folder (``paths.cache_dir``); null: ``$XDG_CACHE_HOME/ddpm_lab`` or
+            ``~/.cache/ddpm_lab``. Never the dataset's own folder.
     """
 
     name = "images"
@@ -79,6 +88,8 @@ class ImageDataModule(pl.LightningDataModule):
         augment: float = 0.0,
         augment_rotate: bool = False,
         class_names: Sequence[str] | None = None,
+        cache_min_files: int | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         channels = check_choice(channels, "dataset.channels", (1, 3))
@@ -98,6 +109,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.augment = check_number(augment, "dataset.augment", float, 0, 1)
         self.augment_rotate = augment_rotate
         seed = check_number(seed, "dataset.seed", int, optional=True)
+        check_number(cache_min_files, "dataset.cache_min_files", int, low=0, optional=True)
+        if cache_dir is not None and not isinstance(cache_dir, (str, Path)):
+            raise ConfigError(f"dataset.cache_dir={cache_dir!r} is not a folder: set paths.cache_dir=<folder>")
         if seed is None:  # seed: null (the run's documented nondeterministic mode)
             seed = random.SystemRandom().randrange(2**31)
         if root is None or str(root) == "":
@@ -108,7 +122,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.flip, self.download, self.on_device, self.seed = flip, download, on_device, seed
         self.given_class_names = check_class_names(class_names)
         self._names: dict[bool | None, list[str] | None] | None = None  # each half's own names, read once
-        self.train_images: torch.Tensor | None = None
+        self.train_images: Rows | None = None
+        self.cache_min_files, self.cache_dir = cache_min_files, cache_folder(cache_dir)
 
     # -- what a dataset supplies -------------------------------------------------------------------
     def load(self, train: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +134,14 @@ class ImageDataModule(pl.LightningDataModule):
     def read_class_names(self, train: bool | None) -> list[str] | None:
         """The class names stored with the data (for datasets without fixed :attr:`classes`); None: unlabeled."""
         return None
+
+    def source_files(self, train: bool | None) -> tuple[list[Path], list[int] | None] | None:
+        """The files one half is read from, and each file's label when a file is one image: what the decoded cache
+        is keyed on (their contents). None: this dataset is never cached."""
+        return None
+
+    def report_unreadable(self, bad: Sequence[str], kept: int) -> None:
+        """Apply ``dataset.on_error`` to the unreadable files a cached split recorded (datasets of image files)."""
 
     def check_files(self) -> None:
         """Raise a DatasetError, before any work, when the split's files are not there (by default ``load`` does)."""
@@ -179,9 +202,10 @@ class ImageDataModule(pl.LightningDataModule):
                 f"{self.how_to_get()} and set dataset.download=false"
             ) from e
 
-    def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_split(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The images of ``dataset.split`` at ``image_size`` and ``channels``, and their labels in the order of
-        :attr:`class_names` (each half's labels mapped by name)."""
+        :attr:`class_names` (each half's labels mapped by name), read from the dataset's files into this process's
+        memory."""
         names = self.class_names
         parts = [(self.load(train), train) for train in self.split_parts()]
         images = [fit_images(part[0], self.image_size, self.channels) for part, _ in parts]
@@ -197,6 +221,40 @@ class ImageDataModule(pl.LightningDataModule):
             return labels
         table = label_map(half, names)
         return torch.where(labels >= 0, table[labels.clamp(min=0)], labels)
+
+    def decode_split(self) -> Decoded:
+        """:meth:`read_split`, with the files it could not decode (kept with the cache, reported by later runs)."""
+        self.unreadable: list[str] = []
+        images, labels = self.read_split()
+        return Decoded(images, labels, list(self.unreadable))
+
+    def cache_file(self) -> tuple[Path, str] | None:
+        """The decoded cache file of this split and its key, or None when the split is not cached."""
+        if self.cache_min_files is None:
+            return None
+        sources = [self.source_files(train) for train in self.split_parts()]
+        if any(source is None for source in sources):
+            return None
+        files = [file for source in sources for file in source[0]]
+        if len(files) < self.cache_min_files:
+            return None
+        labels = None if any(source[1] is None for source in sources) else [i for s in sources for i in s[1]]
+        description = {"dataset": self.name, "split": self.split, "image_size": self.image_size, "ch": self.channels}
+        description["class_names"] = self.class_names  # the cached labels are indices into them
+        key = cache_key(description, files, labels, Path(self.root))
+        name = f"{self.name}-{Path(self.root).name}"
+        return cache_path(cache_folder(self.cache_dir, DECODED), name, self.image_size, self.channels, key), key
+
+    def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images of ``dataset.split`` at ``image_size`` and ``channels``, and their labels: memory-mapped from
+        the shared decoded cache when the split is cached (decoded by the first process that needs it), else read."""
+        cached = self.cache_file()
+        if cached is None:
+            return self.read_split()
+        decoded, fresh = shared_cache(*cached, self.image_size, self.channels, self.decode_split)
+        if not fresh:  # decoding reported them as it went
+            self.report_unreadable(decoded.bad, len(decoded.images))
+        return decoded.images, decoded.labels
 
     @property
     def world_size(self) -> int:
@@ -229,12 +287,12 @@ class ImageDataModule(pl.LightningDataModule):
         if n - n_val < 1:
             raise DatasetError(f"{self.name} under {self.root} has {n} image(s): too few to train on")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))  # same split on every rank
-        self.val_images, self.val_labels = images[perm[:n_val]], labels[perm[:n_val]]
-        self.train_images, self.train_labels = images[perm[n_val:]], labels[perm[n_val:]]
         if self.on_device and self.trainer is not None:  # slice batches where they are used: no copies per step
             device = self.trainer.strategy.root_device
-            for attr in ("train_images", "train_labels", "val_images", "val_labels"):
-                setattr(self, attr, getattr(self, attr).to(device))
+            images, labels = images.to(device), labels.to(device)
+        # Index, never copy: a memory-mapped split stays one copy in RAM for every process of the machine.
+        self.val_images, self.val_labels = Rows(images, perm[:n_val]), labels[perm[:n_val].to(labels.device)]
+        self.train_images, self.train_labels = Rows(images, perm[n_val:]), labels[perm[n_val:].to(labels.device)]
         log.info("%s: %d train / %d val images of %s", self.name, n - n_val, n_val, tuple(images.shape[1:]))
 
     def train_dataloader(self) -> InMemoryLoader:
@@ -289,40 +347,34 @@ class ImageDataModule(pl.LightningDataModule):
 
 
 class DecodedImageDataModule(ImageDataModule):
-    """Base for datasets of image files: decoded once on a thread pool, then optionally kept in a decoded cache.
+    """Base for datasets of image files: decoded once on a thread pool, then kept in the shared decoded cache.
 
     Nothing is downloaded: ``prepare_data`` only checks that the files are there.
 
     Args:
         on_error: unreadable files are ``skip``-ped with a warning naming them, or ``raise`` stops the run.
-        cache_min_files: a split of at least this many files gets a decoded uint8 cache under
-            ``<cache_dir>/decoded/`` (keyed on the files' contents, size and channels); null: never.
-        cache_dir: our cache folder (``paths.cache_dir``); null: ``$XDG_CACHE_HOME/ddpm_lab`` or
-            ``~/.cache/ddpm_lab``. Never the dataset's own folder.
+        cache_min_files: a split of at least this many files is kept decoded under ``<cache_dir>/decoded/``
+            (see :class:`ImageDataModule`); null: never.
     """
 
-    def __init__(
-        self, on_error: str = "skip", cache_min_files: int | None = 5000, cache_dir: str | None = None, **kwargs
-    ) -> None:
+    def __init__(self, on_error: str = "skip", cache_min_files: int | None = 5000, **kwargs) -> None:
         check_choice(on_error, "dataset.on_error", ON_ERROR)
-        check_number(cache_min_files, "dataset.cache_min_files", int, low=0, optional=True)
-        if cache_dir is not None and not isinstance(cache_dir, (str, Path)):
-            raise ConfigError(f"dataset.cache_dir={cache_dir!r} is not a folder: set paths.cache_dir=<folder>")
         kwargs.setdefault("download", False)
-        super().__init__(**kwargs)
-        self.on_error, self.cache_min_files = on_error, cache_min_files
-        self.cache_dir = cache_folder(cache_dir)
+        super().__init__(cache_min_files=cache_min_files, **kwargs)
+        self.on_error = on_error
 
     def prepare_data(self) -> None:
         self.check_files()
 
     def decode(self, files: Sequence[Path], labels: Sequence[int], where: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        """``files`` (labelled ``labels``, found under ``where``) decoded at this module's size and channels,
-        through the decoded cache when ``cache_min_files`` allows."""
-        cache = None if self.cache_min_files is None else cache_folder(self.cache_dir, DECODED)
-        return load_files(
-            files, labels, self.image_size, self.channels, self.on_error, where, cache, self.cache_min_files or 0
-        )
+        """``files`` (labelled ``labels``, found under ``where``) decoded at this module's size and channels; the
+        unreadable ones are reported (``dataset.on_error``) and recorded for the decoded cache."""
+        images, targets, bad = decode_labelled(files, labels, self.image_size, self.channels, self.on_error, where)
+        getattr(self, "unreadable", []).extend(bad)
+        return images, targets
+
+    def report_unreadable(self, bad: Sequence[str], kept: int) -> None:
+        report_bad_files(bad, Path(self.root), self.on_error, kept)
 
 
 def first_images(datamodule: pl.LightningDataModule, n: int) -> torch.Tensor | None:

@@ -175,7 +175,11 @@ def decode_labelled(
     files: Sequence[Path], labels: Sequence[int], image_size: int, channels: int, on_error: str, where: Path
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """:func:`decode_files` with ``dataset.on_error`` applied: (K, C, S, S) images, the labels of the files that
-    decoded, and the unreadable ones (see :func:`report_bad_files`)."""
+    decoded, and the unreadable ones (see :func:`report_bad_files`). No files at all is a DatasetError."""
+    if not files:
+        raise DatasetError(
+            f"{where} holds no images ({', '.join(IMAGE_EXTENSIONS)}): point dataset.root at a folder that does"
+        )
     images, kept, bad = decode_files(files, image_size, channels)
     report_bad_files(bad, where, on_error, len(kept))
     targets = torch.as_tensor(labels, dtype=torch.long)[torch.as_tensor(kept, dtype=torch.long)]

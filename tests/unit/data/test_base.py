@@ -49,7 +49,7 @@ def test_flip_only_while_training_and_range(tmp_path: Path) -> None:
     ramp = torch.arange(16, dtype=torch.uint8).mul(17).repeat(16, 1)  # 0 .. 255 left to right
     Image.fromarray(ramp.numpy()).save(tmp_path / "a" / "ramp.png")
     dm = folder_module(tmp_path, channels=1, flip=True, batch_size=1)
-    batch = (dm.train_images.expand(64, -1, -1, -1).clone(), torch.zeros(64, dtype=torch.long))
+    batch = (dm.train_images[:].expand(64, -1, -1, -1).clone(), torch.zeros(64, dtype=torch.long))
     dm.trainer = fake_trainer(training=False)
     plain, _ = dm.on_after_batch_transfer(batch, 0)
     assert plain.min() == -1 and plain.max() == 1 and (plain[:, 0, 0, 0] == -1).all()
