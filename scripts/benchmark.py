@@ -5,8 +5,13 @@
       loop vs diffusers' UNet2DModel (32/64/128 channels, one block per level, attention at 7x7) in that loop
       vs diffusers' UNet2DModel with ddpm_lab's own architecture (diffusers_same);
       images/s, images per CPU-second and GFLOP/s (FLOPs counted by ddpm_lab.models.flops), the four loops
-      interleaved over --rounds (median). Then (c) sampling images/s per sampler and step count. About 6 min.
+      interleaved over --rounds (median). Then (c) sampling images/s per sampler and step count, then the
+      framework-cost rows (below). About 7 min.
         OMP_NUM_THREADS=2 python scripts/benchmark.py --threads 2 --output cpu.md
+  --suite framework: what Lightning and ddpm_lab's callbacks add to every training step, with a network so small
+      that compute is negligible (unet_tiny, 8x8x1, batch 4): ms per step of ``ddpm_lab.train.train`` minus ms per
+      step of the bare loop (same net, AdamW, clipping, EMA lerp). Target <= 1 ms on one thread:
+        OMP_NUM_THREADS=1 python scripts/benchmark.py --suite framework --threads 1
   --suite gpu: (b) the training step of unet_ddpm_cifar10 at batch 128 on a CUDA GPU, 32-true / bf16-mixed /
       16-mixed x eager / torch.compile (images/s, MFU, peak memory), and bf16 vs float32 sampling;
       JSON + Markdown into the --output folder. scripts/gpu_check.sh runs it.
@@ -71,12 +76,20 @@ def write_images(root: Path, n: int, size: int, channels: int = 3) -> Path:
     return root
 
 
-def compose_cfg(args: argparse.Namespace, data_root: Path, out_dir: Path):
-    """The real train config, composed with Hydra's compose API, trimmed to the training loop itself."""
+def compose_cfg(args: argparse.Namespace, data_root: Path, out_dir: Path, as_users_run: bool = False):
+    """The real train config, composed with Hydra's compose API, trimmed to the training loop itself.
+
+    ``as_users_run``: keep the progress bar and the checkpoint callback (the framework-cost suite: they run
+    their checks every step); the sample grid and diffusion strips (every 1000 steps) stay off either way."""
     from hydra import compose, initialize_config_dir
 
     from ddpm_lab.config import config_dir
 
+    trimmed = (
+        ["callbacks.diffusion_strips=null"]
+        if as_users_run
+        else ["+trainer.enable_progress_bar=false", "callbacks.model_checkpoint=null", "callbacks.progress_bar=null"]
+    )
     overrides = [
         f"model={args.model}",
         "dataset=image_folder",
@@ -90,10 +103,8 @@ def compose_cfg(args: argparse.Namespace, data_root: Path, out_dir: Path):
         f"trainer.precision={args.precision}",
         f"trainer.max_steps={args.warmup + args.steps}",
         "trainer.enable_model_summary=false",
-        "+trainer.enable_progress_bar=false",
         "callbacks.sample_grid=null",
-        "callbacks.model_checkpoint=null",
-        "callbacks.progress_bar=null",
+        *trimmed,
         f"paths.output_dir={out_dir}",
         f"paths.output_root={out_dir}",
         *args.override,
@@ -242,6 +253,70 @@ def train_diffusers(cfg, args, images, same_layout: bool = False) -> dict[str, f
         return F.mse_loss(net(scheduler.add_noise(x0, noise, t), t).sample.float(), noise)
 
     return bare_loop(args, images, step, list(net.parameters()), optimizer, float(cfg.trainer.gradient_clip_val))
+
+
+# ----------------------------------------------------------------------------------------------- framework cost
+FRAMEWORK = {"model": "unet_tiny", "image_size": 8, "channels": 1, "batch": 4}  # compute negligible: host work shows
+
+
+def framework_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The issue's setting for the framework's cost per step: unet_tiny, 8x8x1, batch 4, ``--framework-steps``."""
+    steps = args.framework_steps
+    return argparse.Namespace(**(vars(args) | FRAMEWORK | {"steps": steps, "warmup": 20, "device": "cpu"}))
+
+
+def framework_cost(args: argparse.Namespace) -> dict[str, Any]:
+    """ms per step of ``ddpm_lab.train.train`` (default callbacks, TensorBoard, progress bar, checkpoint callback;
+    no sample grid or strips in the window) and of the bare loop (same net, AdamW, clipping, EMA lerp), ``--rounds``
+    interleaved; the difference of the medians is what the framework adds to every step."""
+    fargs = framework_args(args)
+    runs: dict[str, list[dict[str, float]]] = {"ddpm_lab": [], "bare": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data_root = write_images(tmp / "data", (fargs.warmup + fargs.steps + 1) * fargs.batch, 8, 1)
+        from ddpm_lab.data.datasets.image_folder import load_image_folder
+
+        images = load_image_folder(data_root, fargs.image_size, fargs.channels)[0]
+        for r in range(args.rounds):
+            for name in runs:
+                cfg = compose_cfg(fargs, data_root, tmp / f"f{r}{name}", as_users_run=True)
+                seconds = train_ddpm_lab(cfg, fargs) if name == "ddpm_lab" else train_bare(cfg, fargs, images)
+                runs[name].append({k: 1000 * v / fargs.steps for k, v in seconds.items()})
+                print(f"framework round {r}: {name} {runs[name][-1]} ms/step", file=sys.stderr, flush=True)
+    med = {k: {m: statistics.median(r[m] for r in rs) for m in ("wall", "cpu")} for k, rs in runs.items()}
+    return {"runs": runs, "median": med, "added": {m: med["ddpm_lab"][m] - med["bare"][m] for m in ("wall", "cpu")}}
+
+
+def framework_report(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    med, added = result["median"], result["added"]
+    lines = [
+        f"Framework cost per step (unet_tiny, 8x8x1, batch 4, {torch.get_num_threads()} torch thread(s), "
+        f"{args.framework_steps} timed steps after 20, {args.rounds} interleaved rounds, median):",
+        "",
+        "| loop | ms per step (wall) | ms per step (process CPU) | runs (wall ms) |",
+        "|---|---|---|---|",
+    ]
+    for k in ("ddpm_lab", "bare"):
+        runs = ", ".join(format(r["wall"], ".2f") for r in result["runs"][k])
+        lines.append(f"| {k} | {med[k]['wall']:.2f} | {med[k]['cpu']:.2f} | {runs} |")
+    lines += [
+        "",
+        f"- Framework cost per step (Lightning run minus bare loop): **{added['wall']:.2f} ms** wall, "
+        f"{added['cpu']:.2f} ms CPU (target <= 1 ms).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def framework_suite(args: argparse.Namespace) -> None:
+    """``--suite framework``: the framework-cost rows alone (about 1 min on one idle core)."""
+    import logging
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("ddpm_lab").setLevel(logging.WARNING)
+    text = f"Machine: {machine(args)}\n\n{framework_report(args, framework_cost(args))}"
+    print(text)
+    if args.output:
+        args.output.write_text(text)
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -715,6 +790,8 @@ def cpu_suite(args) -> None:
         f"{torch.get_num_threads()} torch threads, precision {args.precision}, sampling batch {args.sample_batch}"
     )
     text = f"Machine: {machine(args)}\n\nSettings: {settings}\n\n{report(args, train, flops, sampling, memory)}\n"
+    if args.framework_steps:
+        text += "\n" + framework_report(args, framework_cost(args))
     print(text)
     if args.output:
         args.output.write_text(text)
@@ -732,7 +809,7 @@ def steps_for(args, batch: int) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", default="cpu", choices=("cpu", "gpu"), help="what to measure (see above)")
+    p.add_argument("--suite", default="cpu", choices=("cpu", "gpu", "framework"), help="what to measure (see above)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="gpu suite: cuda (cpu: a smoke test)")
     p.add_argument("--model", default="unet_small", help="a configs/model option")
     p.add_argument("--image-size", type=int, default=28)
@@ -752,6 +829,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads (also set OMP_NUM_THREADS to the same)")
     p.add_argument("--precision", default="32-true", help="cpu: Lightning precision (32-true | bf16-mixed)")
     p.add_argument("--sample-batch", type=int, default=32, help="images per sampling batch (0: no sampling)")
+    p.add_argument(
+        "--framework-steps",
+        type=int,
+        default=500,
+        help="cpu/framework: timed steps of the framework-cost rows (unet_tiny, 8 px, batch 4); 0: skip them",
+    )
     p.add_argument("--memory", action="store_true", help="cpu: also peak memory, in a subprocess per row (slower)")
     p.add_argument(
         "--override",
@@ -775,6 +858,9 @@ def main() -> None:
     torch.manual_seed(0)
     if args.suite == "gpu":
         gpu_suite(args)
+        return
+    if args.suite == "framework":
+        framework_suite(args)
         return
     if args.measure:  # a memory subprocess: one measurement, one JSON line
         print(json.dumps(measure_peak(args.device, lambda: run_one(args, args.measure, args.data_root, args.out_dir))))
