@@ -20,6 +20,7 @@ SCRIPT = REPO_ROOT / "scripts" / "gpu_check.sh"
 def benchmark_module():
     spec = importlib.util.spec_from_file_location("benchmark_script", REPO_ROOT / "scripts" / "benchmark.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its Hydra configs name its callbacks by module path
     spec.loader.exec_module(module)
     return module
 
