@@ -640,7 +640,8 @@ def fid_suite(args) -> None:
         *(f"| {r['precision']} | {r['images_per_s']:.1f} | {r['fid']:.2f} |" for r in rows),
         "",
         f"- FID difference bf16 - float32: **{rows[1]['fid'] - rows[0]['fid']:+.2f}**; FID between the two sample "
-        f"sets (same noise): {between:.2f}; bf16 images/s {rows[1]['images_per_s'] / rows[0]['images_per_s']:.2f}x.",
+        f"sets (same noise): {max(between, 0.0):.2f}; bf16 images/s "
+        f"{rows[1]['images_per_s'] / rows[0]['images_per_s']:.2f}x.",
     ]
     text = f"Machine: {machine(args)}\n\n" + "\n".join(lines) + "\n"
     print(text)

@@ -104,9 +104,11 @@ lightning() {
         "hydra.run.dir=$dir" "$@")
 }
 
-bare() { # the bare step's rows at BATCH; results saved after each row, so a timeout keeps what was measured
+# bare PART BATCH CAP: the bare step's rows at BATCH. A row other than bf16 + compile default starts only within
+# CAP - 50 s (one more compilation must fit); results are saved after each row, so a timeout keeps what was measured.
+bare() {
     part "$1 bare step, batch $2" "$3" "bare_$2.log" "$PY" scripts/benchmark.py "${BENCH[@]}" --batch "$2" \
-        --budget 20 --output "$RUN/bare_$2"
+        --budget $((($3 - 50) * SCALE)) --output "$RUN/bare_$2"
     cp "$RUN/bare_$2/gpu_benchmark.md" "$OUT/bare_$2.md" 2> /dev/null
     cp "$RUN/bare_$2/gpu_benchmark.json" "$OUT/bare_$2.json" 2> /dev/null
 }
