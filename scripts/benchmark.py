@@ -865,8 +865,10 @@ def cpu_suite(args) -> None:
         f"{torch.get_num_threads()} torch threads, precision {args.precision}, sampling batch {args.sample_batch}"
     )
     text = f"Machine: {machine(args)}\n\nSettings: {settings}\n\n{report(args, train, flops, sampling, memory)}\n"
-    if args.framework_steps:
+    if args.framework_steps:  # the setting is one thread
+        torch.set_num_threads(1)
         text += "\n" + framework_report(args, framework_cost(args))
+        torch.set_num_threads(args.threads)
     print(text)
     if args.output:
         args.output.write_text(text)
