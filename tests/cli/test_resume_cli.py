@@ -3,6 +3,7 @@ SIGTERM saves a checkpoint at the step it arrived."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
@@ -137,3 +138,37 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_it_to_the_bit(image_fol
     # Every step's train/loss, to the bit. Step 6 is left out: at the end RunSummary adds the final metric to the
     # HPARAMS tab, train/loss here since this run does not validate (tiny_run's is val/loss).
     assert {s: v for s, v in logged_losses(run).items() if s < 6} == logged_losses(tiny_run)
+
+
+@pytest.mark.slow
+def test_ddp_sim_resumed_after_a_periodic_checkpoint_is_the_run_never_stopped(image_folder, tmp_path):
+    """Two ranks (trainer=ddp_sim), dropout and flips drawing on each: a run killed after its step-2 checkpoint (its
+    later files removed, as ``kill -9`` leaves it) and resumed ends with the bits of the same run never stopped:
+    every rank got its own random streams and loader position back (rank 1's from its row of the saved states)."""
+    overrides = [
+        *TINY_TRAIN,
+        f"dataset.root={image_folder}",
+        "trainer=ddp_sim",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "callbacks.model_checkpoint.save_top_k=-1",
+        "callbacks.sample_grid=null",
+        "model.dropout=0.1",
+        "dataset.flip=true",
+    ]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_cli("ddpm_lab.train", *overrides, f"hydra.run.dir='{straight}'", cwd=tmp_path)
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == [
+        "last.ckpt",
+        "step_0000002.ckpt",
+        "step_0000004.ckpt",
+    ]
+    shutil.copytree(straight, killed)
+    for name in ("last.ckpt", "step_0000004.ckpt"):
+        (killed / "checkpoints" / name).unlink()
+    run_cli("ddpm_lab.train", f"resume='{killed}'", cwd=tmp_path)
+    resumed, never_stopped = last_tensors(killed), last_tensors(straight)
+    assert read_checkpoint(killed / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert resumed.keys() == never_stopped.keys() and len(resumed) > 100
+    assert [k for k in resumed if not torch.equal(resumed[k], never_stopped[k])] == []
