@@ -89,6 +89,8 @@ def test_bad_settings_are_refused_before_loading(cfg_sample) -> None:
         "seed": 0,
         "timesteps": [10, 0],
         "device": "cpu",
+        "devices": 1,
+        "num_nodes": 1,
         "paths": {"output_root": "outputs"},
     }
     check(OmegaConf.create(base))
