@@ -14,8 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm_lab.config.run_folder import claim_fresh_run_folder, remember_log_size
-from ddpm_lab.errors import EXIT_USER_ERROR, UserError, exit_with, one_line
+from ddpm_lab.config.run_folder import claim_fresh_run_folder, remember_log_size, undo_setup
+from ddpm_lab.errors import EXIT_USER_ERROR, RunFolderError, UserError, exit_with, one_line, os_reason
 
 _failed_jobs: list[str] = []
 
@@ -40,6 +40,7 @@ class RunFolders(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra turns a callback's exceptions into warnings and goes on: every failure here must exit instead.
+        run = "(not resolved)"
         try:
             HydraConfig.instance().set_config(config)  # as run_job does next: ${hydra:job.override_dirname}
             run = str(config.hydra.run.dir)  # resume=: resume_run_dir checks and locks the run as this resolves
@@ -48,7 +49,11 @@ class RunFolders(Callback):
             else:  # a failed resume takes back the lines it logged
                 remember_log_size(run, str(config.hydra.job.name))
         except UserError as e:
+            undo_setup()
             exit_with(e)
+        except OSError as e:  # a name too long, a full disk, no permission: the user's to fix, so one line, status 2
+            undo_setup()
+            exit_with(RunFolderError(f"cannot set up the run folder {run}: {os_reason(e)}"))
         except Exception as e:
             raise SystemExit(f"error: cannot set up the run folder: {one_line(e)}") from e
 

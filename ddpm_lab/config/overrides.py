@@ -9,7 +9,9 @@ config, so both go through here before anything is composed, resolved or instant
   ``_args_`` or other ``_x_`` keys, no group moved to a key of another name, no sweeps, no interpolations or
   resolvers (``${...}``) anywhere in the value.
 - :func:`check_known` then requires each key to exist in the config those overrides compose (group choices
-  applied), and each group choice to name an existing option.
+  applied), and each group choice to name an existing option (each one of a list: ``logger=[tensorboard,csv]``).
+- :func:`check_places` refuses a replayed key that says where the run writes (checkpoint folder and file names,
+  loggers' folders, caches, ``hydra.*``) unless the user types that key now.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ from ddpm_lab.errors import UnsafeConfigError, first_line
 
 # Hydra's record of a run is a few KB; anything near this is not one.
 MAX_YAML_BYTES = 1 << 20
+# Keys that say where a run writes: a checkpoint callback's folder and file names, a logger's folders, caches,
+# Hydra's own folders (``hydra.*`` never appears in an honest overrides.yaml: Hydra records those elsewhere). A run
+# folder's record may not move them (a shared folder could aim them at another run's checkpoints); typed on the
+# command line they are the user's own choice. ``paths.output_root`` (where a fresh run's folder goes; a resumed
+# run stays in its own) and ``paths.data_dir`` (where data is read) are replayed.
+PLACE_LEAVES = frozenset(
+    {"dirpath", "filename", "save_dir", "default_root_dir", "cache_dir", "tracking_uri", "log_dir", "artifact_location"}
+)
+LOGGER_PLACES = frozenset({"name", "version", "sub_dir", "prefix", "run_id", "id", "dir"})  # under logger.<name>.
+READ_PATHS = frozenset({"output_root", "data_dir"})
 
 
 def read_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> Any:
@@ -112,6 +124,46 @@ def check_override_form(override: str, where: Path) -> Override:
     return parsed
 
 
+def _flat_keys(key: str, value: Any) -> list[str]:
+    """The dotted keys an override sets: ``a.b={c: 1, d: {e: 2}}`` sets ``a.b.c`` and ``a.b.d.e``."""
+    if isinstance(value, Mapping) and value:
+        return [k for sub, item in value.items() for k in _flat_keys(f"{key}.{sub}", item)]
+    return [key]
+
+
+def override_keys(override: str) -> list[str]:
+    """The dotted keys a (well-formed) override sets; its plain key when it does not parse."""
+    try:
+        parsed = OverridesParser.create().parse_overrides([override])[0]
+    except Exception:  # not ours to judge here: the form check or Hydra reports it
+        return [override.split("=", 1)[0].lstrip("+~")]
+    return _flat_keys(parsed.key_or_group.replace("/", "."), parsed.value())
+
+
+def is_place(key: str) -> bool:
+    """Whether the dotted ``key`` says where a run writes (see :data:`PLACE_LEAVES`)."""
+    parts = key.split(".")
+    if parts[0] == "hydra":
+        return True
+    if parts[0] == "paths":
+        return len(parts) > 1 and parts[1] not in READ_PATHS
+    return parts[-1] in PLACE_LEAVES or (parts[0] == "logger" and len(parts) > 2 and parts[-1] in LOGGER_PLACES)
+
+
+def check_places(overrides: Sequence[str], sources: Mapping[str, Path], typed: Sequence[str] = ()) -> None:
+    """Refuse a replayed override that would move where the run writes (:func:`is_place`), unless the same key is
+    typed now (``typed``: the command line's overrides, applied after the replayed ones)."""
+    chosen = {key for override in typed for key in override_keys(override)}
+    for override in overrides:
+        for key in override_keys(override):
+            if is_place(key) and key not in chosen:
+                raise UnsafeConfigError(
+                    f"{sources[override]}: refusing to replay {override!r}: {key} says where the run writes "
+                    "(checkpoints, logs, caches), which a run folder's record may not change; "
+                    f"type {key}=<value> on the command line to choose it yourself"
+                )
+
+
 def _has_key(cfg: DictConfig, dotted: str) -> bool:
     node: Any = cfg
     for part in dotted.split("."):
@@ -137,11 +189,12 @@ def check_known(overrides: Sequence[str], sources: Mapping[str, Path], config_na
             keys.append((override, name))
             continue
         value = parsed.value()
-        if value is not None and value not in options:
-            raise UnsafeConfigError(
-                f"{sources[override]}: refusing to replay {override!r}: {name} has no option {value!r} "
-                f"(options: {', '.join(options)})"
-            )
+        for choice in value if isinstance(value, list) else [value]:  # logger=[tensorboard,csv]: each an option
+            if choice is not None and choice not in options:
+                raise UnsafeConfigError(
+                    f"{sources[override]}: refusing to replay {override!r}: {name} has no option {choice!r} "
+                    f"(options: {', '.join(options)})"
+                )
         groups.append(override)
         if parsed.package is not None:  # the key it fills must exist, as for key=value
             keys.append((override, parsed.package))

@@ -13,8 +13,15 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ddpm_lab.config.checks import check_output_root
-from ddpm_lab.config.run_folder import CHECKPOINTS, RESUME_PREFIX, lock_run_folder, make_folders
-from ddpm_lab.errors import ResumeError, RunFolderBusyError, UserError, exit_with
+from ddpm_lab.config.run_folder import (
+    CHECKPOINTS,
+    RESUME_PREFIX,
+    check_plain_run_folder,
+    lock_run_folder,
+    make_folders,
+    undo_setup,
+)
+from ddpm_lab.errors import ResumeError, RunFolderBusyError, RunFolderError, UserError, exit_with, os_reason
 from ddpm_lab.training import auto_warmup
 
 
@@ -75,6 +82,7 @@ def resume_run_dir(resume: str | None, fresh: str) -> str:
         raise ResumeError(
             f"resume={resume}: no checkpoint in {run / CHECKPOINTS} (the run stopped before its first one)"
         )
+    check_plain_run_folder(run)
     try:
         lock_run_folder(run)
     except RunFolderBusyError as e:
@@ -104,7 +112,8 @@ def resume_output_subdir(resume: str | None) -> str:
 
 
 def exit_on_user_error(resolver: Callable[..., Any]) -> Callable[..., Any]:
-    """A resolver that reports a UserError as one line and exit status 2.
+    """A resolver that reports a UserError, or an OS error of the run folder it sets up (a name too long, a full
+    disk, no permission), as one line and exit status 2.
 
     Hydra resolves ``hydra.run.dir`` outside the task function and would print an exception it fails to format.
     """
@@ -114,7 +123,11 @@ def exit_on_user_error(resolver: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return resolver(*args)
         except UserError as e:
+            undo_setup()
             exit_with(e)
+        except OSError as e:
+            undo_setup()
+            exit_with(RunFolderError(f"cannot set up the run folder: {os_reason(e)}"))
 
     return wrapped
 

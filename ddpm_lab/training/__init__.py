@@ -1,6 +1,6 @@
 """Training with PyTorch Lightning: the LightningModule, EMA, callbacks (sample grids, strips, run summary,
-FID, preemption, start-up summary), learning-rate schedules, logging to any logger and atomic checkpoint IO.
-Imports neither Hydra nor OmegaConf."""
+FID, preemption, start-up summary, checkpoint retention), learning-rate schedules, logging to any logger and atomic
+checkpoint IO. Imports neither Hydra nor OmegaConf."""
 
 from ddpm_lab.training.callbacks import DiffusionStrips, RunSummary, SampleGrid
 from ddpm_lab.training.checkpoint_io import AtomicCheckpointIO
@@ -10,6 +10,7 @@ from ddpm_lab.training.loggers import MLFlowFileLogger
 from ddpm_lab.training.lr_schedules import ConstantLR, CosineLR, LinearLR, auto_warmup
 from ddpm_lab.training.module import DiffusionModule, NonFiniteLossError
 from ddpm_lab.training.preemption import PreemptionGuard
+from ddpm_lab.training.retention import RunCheckpoint
 from ddpm_lab.training.summary import StartupSummary
 from ddpm_lab.training.throughput import Throughput
 
@@ -25,6 +26,7 @@ __all__ = [
     "MLFlowFileLogger",
     "NonFiniteLossError",
     "PreemptionGuard",
+    "RunCheckpoint",
     "RunSummary",
     "SampleGrid",
     "StartupSummary",
