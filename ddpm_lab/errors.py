@@ -51,6 +51,10 @@ class RunFolderBusyError(UserError, RuntimeError):
     """A run folder is in use by another live process (its ``.lock``)."""
 
 
+class ReportError(UserError, RuntimeError):
+    """A report that cannot be rewritten without losing what it holds (e.g. a sweep's ``sweep.md``)."""
+
+
 class RunFolderError(UserError, OSError):
     """A run folder (or a file in it) cannot be used safely: a symbolic link or hard link where a plain file must be,
     a name too long, a full disk, no permission. The message names the path and how to fix it."""

@@ -17,11 +17,20 @@ from ddpm_lab.config.run_folder import (
     CHECKPOINTS,
     RESUME_PREFIX,
     check_plain_run_folder,
+    claim_fresh_run_folder,
     lock_run_folder,
     make_folders,
     undo_setup,
 )
-from ddpm_lab.errors import ResumeError, RunFolderBusyError, RunFolderError, UserError, exit_with, os_reason
+from ddpm_lab.errors import (
+    OutputExistsError,
+    ResumeError,
+    RunFolderBusyError,
+    RunFolderError,
+    UserError,
+    exit_with,
+    os_reason,
+)
 from ddpm_lab.training import auto_warmup
 
 
@@ -63,6 +72,24 @@ def fresh_run_dir(output_root: str | None, below: str) -> str:
     would make a ``None/`` folder). Checked as Hydra resolves ``hydra.run.dir``, before anything is created;
     :class:`~ddpm_lab.config.hydra_callbacks.RunFolders` then claims the folder."""
     return f"{check_output_root(output_root)}/{below}"
+
+
+@functools.cache  # claimed once per job, however often Hydra resolves it
+def fresh_job_dir(sweep_dir: str, subdir: str) -> str:
+    """Resolver for ``hydra.sweep.subdir``: a multirun job's folder ``<sweep dir>/<subdir>``, claimed (created and
+    locked, only when it holds nothing) as Hydra resolves it for the job, before Hydra writes into it. When another
+    sweep into the same ``hydra.sweep.dir`` has that name, the job gets ``<subdir>-2`` (``-3``, ...): two sweeps
+    never share, nor overwrite, a job's folder."""
+    for k in range(1, 100):
+        name = subdir if k == 1 else f"{subdir}-{k}"
+        try:
+            claim_fresh_run_folder(Path(sweep_dir) / name, job="multirun job")
+        except OutputExistsError:
+            continue
+        return name
+    raise OutputExistsError(
+        f"{Path(sweep_dir) / subdir}: 99 folders of that name exist; choose another hydra.sweep.dir"
+    )
 
 
 @functools.cache  # checked and locked once per process, however often Hydra resolves it
@@ -140,6 +167,7 @@ RESOLVERS = {
     "run_uid": run_uid,
     "auto_warmup": default_warmup,
     "fresh_run_dir": exit_on_user_error(fresh_run_dir),
+    "fresh_job_dir": exit_on_user_error(fresh_job_dir),
 }
 
 

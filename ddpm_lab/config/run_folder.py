@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +135,27 @@ def lock_run_folder(folder: str | os.PathLike) -> None:
     raise RunFolderBusyError(f"{folder}: could not take its lock {path}; try again")
 
 
+@contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Hold the lock file ``path`` (opened as :func:`open_lock_file` does), waiting while another process holds
+    it; removed again on exit. For short critical sections, e.g. rewriting a sweep folder's report."""
+    while True:
+        fd = open_lock_file(path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.lstat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:  # its previous holder removed it while we waited
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held: a waiter sees another inode and opens the new file
+        os.close(fd)
+
+
 def _owner(fd: int) -> tuple[str, str] | None:
     """The ``(pid, host)`` a lock file names, read from its descriptor; None when it names none."""
     words = os.pread(fd, 200, 0).decode(errors="replace").split()
@@ -203,9 +225,10 @@ def claim_fresh_run_folder(path: str | os.PathLike, job: str = "train") -> None:
 
 def _exists(path: Path, job: str) -> OutputExistsError:
     resume = f"continue that run with resume={path}, or " if job == "train" else ""
+    keys = "hydra.sweep.dir" if job == "multirun job" else "hydra.run.dir / paths.output_root"
     return OutputExistsError(
         f"{path} already holds files (a run, or something else): nothing was written; "
-        f"{resume}choose another folder (hydra.run.dir / paths.output_root)"
+        f"{resume}choose another folder ({keys})"
     )
 
 
