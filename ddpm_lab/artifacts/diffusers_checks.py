@@ -100,7 +100,12 @@ def _names(config: dict[str, Any], key: str, where: Path, length: int) -> None:
 
 def check_unet_config(config: dict[str, Any], where: Path) -> None:
     """Every field of a ``UNet2DModel`` ``config.json`` that ddpm_lab reads: types and ranges (ConfigError naming
-    the file and field), before anything is built from it."""
+    the file and field), before anything is built from it. Another class than ``UNet2DModel`` and a missing
+    ``sample_size`` are left to ``unet_kwargs_from_diffusers``, which names them with every other unsupported option.
+    """
+    _kind(config, "_class_name", where, str, "a name")
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        return
     for key in ("_class_name", "time_embedding_type", "act_fn", "mid_block_type", "downsample_type", "upsample_type"):
         _kind(config, key, where, str, "a name")
     _kind(config, "resnet_time_scale_shift", where, str, "a name")
@@ -138,6 +143,8 @@ def check_unet_config(config: dict[str, Any], where: Path) -> None:
         raise ConfigError(f"{where}: dropout=1 must be below 1")
     _number(config, "norm_eps", where, 0, 1, open_low=True)
     size = config.get("sample_size")
+    if size is None:
+        return
     sizes = size if isinstance(size, list) else [size]
     if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= MAX_IMAGE_SIZE for s in sizes):
         raise ConfigError(f"{where}: sample_size={_shown(size)} must be an integer in [1, {MAX_IMAGE_SIZE}]")
