@@ -128,8 +128,13 @@ def lock_run_folder(folder: str | os.PathLike) -> None:
         stale = _owner(fd)
         if stale:
             log.warning("taking over the lock of %s left by %s, which is no longer running", folder, _described(stale))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock goes again (while still flock-ed, nobody else holds it)
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            raise
         _launch.locks[folder] = fd
         return
     raise RunFolderBusyError(f"{folder}: could not take its lock {path}; try again")
@@ -197,9 +202,14 @@ def unlock_run_folder(folder: str | os.PathLike) -> None:
 
 
 @atexit.register
-def _unlock_all() -> None:
+def release_launch() -> None:
+    """What this process's exit does: release every lock it holds and forget what it created (a caller that runs
+    several launches in one process, e.g. a test calling ``main()`` again, starts each afresh)."""
     for folder in list(_launch.locks):
         unlock_run_folder(folder)
+    _launch.folders.clear()
+    _launch.log_sizes.clear()
+    _launch.claimed.clear()
 
 
 def claim_fresh_run_folder(path: str | os.PathLike, job: str = "train") -> None:
@@ -244,7 +254,7 @@ def writable_folder(path: str | os.PathLike) -> Path:
             existing = existing.parent
     except OSError as e:  # a name too long, a loop of links, ...
         raise ConfigError(
-            f"cannot create the output folder {path}: {os_reason(e)}; choose another paths.output_root"
+            f"cannot create the output folder {path}: {e.strerror or e}; choose another paths.output_root"
         ) from None
     if not existing.is_dir():
         raise ConfigError(

@@ -156,6 +156,6 @@ def test_generate_stops_between_reverse_steps_when_asked():
 def test_non_finite_samples_are_refused_never_returned_as_images():
     """A network whose outputs go NaN (finite weights, e.g. 0 x inf inside) would give black images, exit status 0."""
     diffusion = GaussianDiffusion(make_betas("linear", timesteps=10, warn=False))
-    broken = lambda x, t: torch.full_like(x, float("nan"))  # noqa: E731
+    broken = lambda x, t: torch.full_like(x, float("nan"))
     with pytest.raises(ConfigError, match=r"sampling with DDPMSampler.* gave non-finite values .* from image 0 on"):
         generate(broken, diffusion, 2, seed=0, shape=(1, 4, 4))
