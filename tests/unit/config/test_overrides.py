@@ -105,6 +105,10 @@ def test_read_yaml_refuses_huge_files_and_aliases(tmp_path: Path):
     [
         ("callbacks.model_checkpoint.dirpath=/other_run/checkpoints", "callbacks.model_checkpoint.dirpath"),
         ("callbacks.model_checkpoint.filename=../../other_run/checkpoints/last", "callbacks.model_checkpoint.filename"),
+        ("callbacks.model_checkpoint.filename=/other_run/checkpoints/last", "callbacks.model_checkpoint.filename"),
+        ("callbacks.model_checkpoint.filename=~/last", "callbacks.model_checkpoint.filename"),
+        ("logger.tensorboard.name=a/../../b", "logger.tensorboard.name"),
+        ("logger.wandb.dir=/elsewhere", "logger.wandb.dir"),
         ("callbacks.best_fid.dirpath=/elsewhere", "callbacks.best_fid.dirpath"),
         ("callbacks.model_checkpoint={dirpath: /elsewhere, save_top_k: 1}", "callbacks.model_checkpoint.dirpath"),
         ("logger.tensorboard.save_dir=/elsewhere", "logger.tensorboard.save_dir"),
@@ -121,7 +125,7 @@ def test_read_yaml_refuses_huge_files_and_aliases(tmp_path: Path):
     ],
 )
 def test_a_replayed_override_may_not_move_where_the_run_writes(override: str, key: str):
-    with pytest.raises(UnsafeConfigError, match=f"refusing to replay .*: {key} says where the run writes") as e:
+    with pytest.raises(UnsafeConfigError, match=f"refusing to replay .*: {key} (says where|leaves the folder)") as e:
         check_places([override], {override: WHERE}, typed=["trainer.max_steps=20"])
     assert str(WHERE) in str(e.value) and f"type {key}=<value> on the command line" in str(e.value)
     if not key.startswith("hydra"):  # typed now, it is the user's own choice (and replaces the replayed value)
@@ -132,6 +136,9 @@ def test_what_an_honest_first_launch_records_replays():
     honest = ["dataset=image_folder", "dataset.root=/data/x", "paths.data_dir=/data", "paths.output_root=/runs"]
     honest += ["logger=[tensorboard,csv]", "logger.wandb.project=p", "schedule.name=cosine", "trainer.max_steps=9"]
     honest += ["callbacks.model_checkpoint.save_top_k=2", "callbacks.model_checkpoint.every_n_train_steps=3"]
+    # names inside the run's own folders: what a first launch may choose, kept inside them
+    honest += ["callbacks.model_checkpoint.filename=epoch_{epoch:03d}", "logger.tensorboard.name=tb"]
+    honest += ["logger.csv.version=3", "logger.wandb.name=my run", "callbacks.best_fid.filename=best/fid"]
     check_places(honest, dict.fromkeys(honest, WHERE))
 
 
