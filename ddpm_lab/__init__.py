@@ -5,6 +5,7 @@ The math, the networks and the checkpoint format are plain PyTorch and import no
     import torch, ddpm_lab
     betas = ddpm_lab.make_betas("cosine", timesteps=1000)             # float64 tensor of β_t
     diffusion = ddpm_lab.GaussianDiffusion(betas, prediction="eps")    # "eps" | "x0" | "v"
+    # or EDM (Karras et al., 2022): ddpm_lab.EDMDiffusion(ddpm_lab.make_betas("karras"), sigma_data=0.5)
     sampler = ddpm_lab.make_sampler("ddim", steps=50, eta=0.0)         # as configs/sampler/ddim.yaml
     net = ddpm_lab.UNet(in_channels=1, image_size=28, base_channels=32, channel_mults=(1, 2, 2),
                         attention_resolutions=(7,))
@@ -20,6 +21,7 @@ from ddpm_lab.diffusion import (
     DDIMSampler,
     DDPMSampler,
     DPMSolverSampler,
+    EDMDiffusion,
     GaussianDiffusion,
     Sampler,
     SampleStep,
@@ -34,6 +36,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "GaussianDiffusion",
+    "EDMDiffusion",
     "SampleStep",
     "Sampler",
     "DDPMSampler",

@@ -1,5 +1,6 @@
-"""Interop with diffusers: ``python -m ddpm_lab.convert from_diffusers=DIR out=FILE.ckpt`` or
-``python -m ddpm_lab.convert ckpt=FILE.ckpt to_diffusers=DIR``.
+"""Interop with diffusers: ``python -m ddpm_lab.convert from_diffusers=DIR out=FILE.ckpt`` (``DIR``: a folder, or a
+Hugging Face Hub id such as ``google/ddpm-cifar10-32``) or ``python -m ddpm_lab.convert ckpt=FILE.ckpt
+to_diffusers=DIR``.
 
 ``convert(cfg)`` does the work (see :mod:`ddpm_lab.artifacts.diffusers_io`); ``main`` is only the Hydra wrapper.
 """
@@ -17,6 +18,7 @@ from ddpm_lab.artifacts.allow_list import build_stored
 from ddpm_lab.artifacts.atomic import atomic_write
 from ddpm_lab.artifacts.checkpoint import checkpoint_file, make_stored_config, weights_checkpoint
 from ddpm_lab.artifacts.diffusers_io import read_diffusers, write_diffusers
+from ddpm_lab.artifacts.hub import resolve_diffusers
 from ddpm_lab.artifacts.trained_model import load_model
 from ddpm_lab.config import config_dir
 from ddpm_lab.config.entry import entry_point
@@ -26,20 +28,21 @@ from ddpm_lab.errors import OutputExistsError, user_errors
 log = logging.getLogger(__name__)
 
 
-def import_diffusers(folder: str, out: str) -> Path:
-    """Write the ddpm_lab checkpoint of a diffusers DDPM folder to ``out`` (which must not exist, checked before any
-    work and again, atomically, when the complete file takes the name)."""
+def import_diffusers(folder: str, out: str, revision: str | None = None) -> Path:
+    """Write the ddpm_lab checkpoint of a diffusers DDPM folder (or Hub id) to ``out`` (which must not exist,
+    checked before any work and again, atomically, when the complete file takes the name)."""
     path = Path(out).expanduser()
     if path.exists():
         raise OutputExistsError(f"out={out} already exists: pass a new file name (nothing is overwritten)")
-    sections, state = read_diffusers(folder)
+    source = resolve_diffusers(folder, revision)  # a Hub id: fetched into the Hub's cache, then read as a folder
+    sections, state = read_diffusers(source.folder)
     model = sections["model"]
     config = make_stored_config(
         sections,
         dataset_name=None,
         image_size=model["image_size"],
         channels=model["in_channels"],
-        run_config={"converted_from": str(Path(folder).expanduser().resolve())},
+        run_config={"converted_from": source.origin},
     )
     net, _, _ = build_stored(config)  # what sample, evaluate and train will build: refused before writing
     net.load_state_dict(state)
@@ -59,7 +62,7 @@ def convert(cfg: DictConfig) -> Path:
     """Check ``cfg`` and convert in the direction it names; returns what was written."""
     s = convert_settings(cfg)
     if s.direction == "import":
-        return import_diffusers(s.source, s.target)
+        return import_diffusers(s.source, s.target, s.revision)
     return export_diffusers(s.source, s.target, s.weights, s.fid)
 
 

@@ -64,6 +64,23 @@ class WeightsMissingError(UserError, FileNotFoundError):
     """A feature extractor's weights file is not where the config says; the message says where to put it."""
 
 
+class WeightsMismatchError(UserError, ValueError):
+    """A weights file is not the one expected (its SHA-256 differs): it is not loaded, and a download is not kept."""
+
+
+class ReferenceStatsError(UserError, ValueError):
+    """A reference-statistics file (``reference_stats=``) is missing, unsafe, or does not fit the features."""
+
+
+class ReportedElsewhere(UserError):
+    """A failure that another rank of a multi-process run reports: this rank exits with ``status``, silently,
+    so the user reads one line (rank 0's), not one per process."""
+
+    def __init__(self, status: int = EXIT_USER_ERROR) -> None:
+        super().__init__("reported by rank 0")
+        self.status = status
+
+
 def first_line(error: BaseException, limit: int | None = None) -> str:
     """The first non-empty line of an exception's message (its type name when it has none)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -90,7 +107,8 @@ def exit_with(error: BaseException) -> NoReturn:
 
 @contextmanager
 def user_errors(cleanup: Callable[[], None] | None = None) -> Iterator[None]:
-    """Turn every :class:`UserError` into ``error: <message>`` on stderr and exit status 2.
+    """Turn every :class:`UserError` into ``error: <message>`` on stderr and exit status 2 (a
+    :class:`ReportedElsewhere` into its status alone).
 
     ``cleanup`` runs first (e.g. removing a run folder that holds nothing but Hydra's own files).
     Any other exception (a real bug, a non-finite loss) propagates with its traceback.
@@ -100,6 +118,8 @@ def user_errors(cleanup: Callable[[], None] | None = None) -> Iterator[None]:
     except UserError as e:
         if cleanup is not None:
             cleanup()
+        if isinstance(e, ReportedElsewhere):
+            raise SystemExit(e.status) from None
         exit_with(e)
 
 

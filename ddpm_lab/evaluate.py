@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +30,32 @@ from ddpm_lab.config import build, check_sampler, config_dir
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.guidance import guidance_as_list, guidance_scales
 from ddpm_lab.config.hydra_callbacks import is_multirun, multirun_job
-from ddpm_lab.config.real_images import compared_dataset, dataset_source, images_of
+from ddpm_lab.config.processes import start_ranks
+from ddpm_lab.config.real_images import class_names_of, compared_dataset, dataset_source, images_of
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.config.settings import EvaluateSettings, evaluate_settings
+from ddpm_lab.diffusion.guidance import has_null_class
 from ddpm_lab.errors import user_errors
 from ddpm_lab.metrics.cache import real_features
-from ddpm_lab.metrics.class_mix import class_counts, class_mix
+from ddpm_lab.metrics.class_mix import class_counts, class_mix, relabel, to_model_labels
 from ddpm_lab.metrics.classifier import ClassifierFeatures
 from ddpm_lab.metrics.features import FeatureExtractor
-from ddpm_lab.metrics.nll import NLLSettings, model_bound
+from ddpm_lab.metrics.nll import NLLSettings, check_bounded, model_bound
+from ddpm_lab.metrics.reference_stats import read_reference_stats
 from ddpm_lab.metrics.sample_scores import per_class_lines, sample_and_score, score_line
-from ddpm_lab.metrics.scores import random_subset
+from ddpm_lab.metrics.scores import (
+    FeatureSet,
+    ScoreSettings,
+    Statistics,
+    format_floor,
+    random_subset,
+    real_floor,
+    uncertainty_notes,
+)
 
 log = logging.getLogger(__name__)
 GUIDANCE_PLOT = "fid_vs_guidance.png"
+GRID = 64  # samples shown in samples.png
 
 
 def say(line: str) -> None:
@@ -60,79 +73,149 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
-    """Sample ``n`` images (per guidance scale), score them against real images' features, write the grids, the
-    FID-vs-guidance plot of a sweep and ``results.json``."""
+    """Sample ``n`` images (per guidance scale), score them against real images' features (or published reference
+    statistics), with FID's spread and the real-vs-real floor; write the grids, the FID-vs-guidance plot of a sweep
+    and ``results.json``. On several processes each draws its share and rank 0 scores and writes: the scores of one
+    device, returned on every rank."""
     # Everything a user can get wrong is checked before any sampling: checkpoint, extractor weights, dataset.
-    sc = s.scoring
-    loaded = load_model(s.ckpt, device=sc.device, weights=s.weights)
-    scales = guidance_scales(s.guidance, loaded.num_classes, s.ckpt)
+    loaded = load_model(s.ckpt, device="cpu", weights=s.weights)
+    null_class = has_null_class(loaded.net)
+    scales = guidance_scales(s.guidance, loaded.num_classes, s.ckpt, s.scoring.guidance_rescale, null_class)
     outputs = ["results.json", *(grid_name(w) for w in scales or [None])] + ([GUIDANCE_PLOT] if scales else [])
     refuse_existing([out_dir / name for name in outputs])
     T = loaded.diffusion.num_timesteps
-    sampler = loaded.sampler if s.sampler is None else check_sampler(s.sampler, T)
+    sampler = loaded.sampler if s.sampler is None else check_sampler(s.sampler, T, process=loaded.diffusion)
     extractor: FeatureExtractor = build("features", s.features)
-    dataset = compared_dataset(s.dataset, s.ckpt, s.cache_dir, loaded.config)
-    labels = fit_to_training_split(s, loaded, extractor, dataset, scales is not None)
-    load = images_of(dataset)
-    real, cache_path = real_features(lambda: load()[0], dataset, extractor, s.stats_dir, sc)
+    reference = None
+    if s.reference_stats is not None:
+        reference = read_reference_stats(s.reference_stats, extractor.num_features, extractor.name)
+    guided, classifier = scales is not None, isinstance(extractor, ClassifierFeatures)
+    needs_data = reference is None or guided or classifier  # published statistics replace the real images
+    dataset = compared_dataset(s.dataset, s.ckpt, s.cache_dir, loaded.config) if needs_data else None
+    load = images_of(dataset) if dataset is not None else None
+
+    ranks = start_ranks(s.processes)  # every check is done: the other processes start here
+    sc = replace(s.scoring, device=ranks.device)
+    loaded.net.to(ranks.device)
+    labels, to_model = ranks.rank_zero_first(lambda: fit_to_training_split(s, loaded, extractor, dataset, guided))
+    if classifier and ranks.is_zero:
+        say(extractor.summary())
+    if reference is not None:
+        real, source = reference, {"reference_stats": str(s.reference_stats)}
+    else:
+        real, cache_path = real_features(lambda: load()[0], dataset, extractor, s.stats_dir, sc, ranks)
+        source = {"real_stats": str(cache_path)}
     rows = []
     for w in scales or [None]:
         images, row = sample_and_score(
-            loaded.net, loaded.diffusion, sampler, real, extractor, sc, labels, w, loaded.class_names
+            loaded.net,
+            loaded.diffusion,
+            sampler,
+            real,
+            extractor,
+            sc,
+            labels,
+            w,
+            loaded.class_names,
+            to_model,
+            ranks,
+            GRID,
         )
-        save_uint8_grid(images, out_dir / grid_name(w))
-        say(score_line(row, extractor.name, w))
-        for line in per_class_lines(row):
-            log.info("%s", line)
-        rows.append(row)
+        if ranks.is_zero:
+            save_uint8_grid(images, out_dir / grid_name(w), GRID)
+            say(score_line(row, extractor.name, w))
+            for line in per_class_lines(row):
+                log.info("%s", line)
+            rows.append(row)
+    result = None
+    with ranks.together():  # the other ranks wait for rank 0's files, and exit with its status
+        if ranks.is_zero:
+            nfe = len(sampler.visited(loaded.diffusion))  # network evaluations per image (per guidance half)
+            how = {"sampler": repr(sampler), "nfe": nfe, "features": extractor.name}
+            result = summarise(s, sc, loaded, rows, real, labels, out_dir, extractor.name)
+            result.update(provenance(s, loaded, dataset, how, source, ranks.world))
+            if classifier:
+                result["classifier"] = extractor.report()
+            log.info("results in %s", save_json(result, out_dir / "results.json"))
+    return ranks.from_rank_zero(result)
+
+
+def summarise(
+    s: EvaluateSettings,
+    sc: ScoreSettings,
+    loaded: LoadedModel,
+    rows: list[dict[str, Any]],
+    real: FeatureSet | Statistics,
+    labels: torch.Tensor | None,
+    out_dir: Path,
+    features: str,
+) -> dict[str, Any]:
+    """The result of an FID evaluation: the one scale's row (or, with ``labels`` of a class-conditional
+    checkpoint, the best of its scales, with every row and the FID-vs-guidance plot), how its uncertainties were
+    measured, and the real-vs-real floor at the same n."""
     result = dict(min(rows, key=lambda r: r["fid"]))  # the one scale, or the best of the sweep
-    if scales is not None:
+    if labels is not None:
         counts = labels.bincount(minlength=loaded.num_classes).tolist()
         result.update(
             per_guidance=rows,
             samples_per_class=dict(zip(loaded.class_titles, counts)),
             guidance_rescale=sc.guidance_rescale,
         )
-        figure = guidance_figure(rows, title=f"{Path(s.ckpt).name}, {extractor.name} features")
+        figure = guidance_figure(rows, title=f"{Path(s.ckpt).name}, {features} features")
         save_figure(figure, out_dir / GUIDANCE_PLOT)
-    how = {"sampler": repr(sampler), "nfe": len(sampler.timesteps(T)), "features": extractor.name}  # nfe: per image
-    result.update(provenance(s, loaded, dataset, how, {"real_stats": str(cache_path)}))
-    if isinstance(extractor, ClassifierFeatures):
-        result["classifier"] = extractor.report()
-    log.info("results in %s", save_json(result, out_dir / "results.json"))
+    result["uncertainty"] = uncertainty_notes(sc, isinstance(real, Statistics))
+    floor = None
+    if s.floor and isinstance(real, FeatureSet):
+        floor = real_floor(real, sc.n, sc.seed, sc.kid_subsets, sc.kid_subset_size)
+        say(format_floor(floor))
+    elif s.floor:
+        say("real-vs-real floor: none with reference_stats= (it holds mu and sigma, no real images' features)")
+    result["floor"] = floor
     return result
 
 
 def fit_to_training_split(
-    s: EvaluateSettings, loaded: LoadedModel, extractor: FeatureExtractor, dataset: dict[str, Any], guided: bool
-) -> torch.Tensor | None:
+    s: EvaluateSettings,
+    loaded: LoadedModel,
+    extractor: FeatureExtractor,
+    dataset: dict[str, Any] | None,
+    guided: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """What needs the dataset's labelled training split: the ``features=classifier`` network (trained, or read
     back), and for a ``guided`` (class-conditional) checkpoint the class of each sample, in the split's proportions
-    (the same for every scale). Returns those labels (None: unconditional)."""
+    (the same for every scale). Returns those labels (None: unconditional) and the table from the dataset's labels
+    to the checkpoint's, matched by class name (None: compared as they are)."""
     classifier = isinstance(extractor, ClassifierFeatures)
     if not (classifier or guided):
-        return None
-    images, labels = images_of({**dataset, "split": "train"})()
+        return None, None
+    assert dataset is not None  # evaluate_fid reads it for these
+    train_split = {**dataset, "split": "train"}
     source = dataset_source(dataset)
+    to_model = to_model_labels(class_names_of(train_split), loaded.class_names, source, loaded.path) if guided else None
+    images, labels = images_of(train_split)()
     if classifier:
         extractor.fit(images, labels, s.stats_dir, source=source)
-        say(extractor.summary())
     if not guided:
-        return None
-    mix = class_mix(class_counts(labels, loaded.num_classes, source, loaded.path), s.scoring.n, s.scoring.seed)
+        return None, None
+    counts = class_counts(relabel(labels, to_model), loaded.num_classes, source, loaded.path)
     if not classifier:
         log.info("class accuracy of the samples needs features=classifier")
-    return mix
+    return class_mix(counts, s.scoring.n, s.scoring.seed), to_model
 
 
 def provenance(
-    s: EvaluateSettings, loaded: LoadedModel, dataset: dict[str, Any], how: dict[str, Any], data: dict[str, Any]
+    s: EvaluateSettings,
+    loaded: LoadedModel,
+    dataset: dict[str, Any] | None,
+    how: dict[str, Any],
+    data: dict[str, Any],
+    processes: int = 1,
 ) -> dict[str, Any]:
     """What ``results.json`` says the scores come from: the checkpoint and its weights, ``how`` it was scored, the
-    dataset (and ``data`` about it), the seed and the device."""
+    dataset (and ``data`` about it), the seed, the device and the number of processes."""
     checkpoint = {"ckpt": s.ckpt, "global_step": loaded.global_step, "weights": s.weights}
-    run = {"seed": s.scoring.seed, "device": str(s.scoring.device)}
-    return {**checkpoint, **how, "dataset": dataset["_target_"], **data, **run}
+    run = {"seed": s.scoring.seed, "device": str(s.scoring.device), "processes": processes}
+    return {**checkpoint, **how, "dataset": None if dataset is None else dataset["_target_"], **data, **run}
 
 
 def evaluate_nll(s: EvaluateSettings, nll: NLLSettings, out_dir: Path) -> dict[str, Any]:
@@ -141,6 +224,7 @@ def evaluate_nll(s: EvaluateSettings, nll: NLLSettings, out_dir: Path) -> dict[s
     refuse_existing([out_dir / "results.json", out_dir / "bound_terms.png"])
     sc = s.scoring
     loaded = load_model(s.ckpt, device=sc.device, weights=s.weights)
+    check_bounded(loaded.diffusion, s.ckpt)
     dataset = {**compared_dataset(s.dataset, s.ckpt, s.cache_dir, loaded.config), "split": "test"}
     images = random_subset(images_of(dataset)()[0], nll.n, sc.seed)
     result, variance = model_bound(*loaded, images, nll, sc.batch_size, sc.seed, sc.device)  # the checkpoint's sampler

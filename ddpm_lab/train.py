@@ -11,13 +11,15 @@ from typing import Any, NoReturn
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ddpm_lab.artifacts.checkpoint import checkpoint_step
 from ddpm_lab.config import build, build_all, build_components, build_module, check_train_config, config_dir
+from ddpm_lab.config.checks import check_posthoc_continues
+from ddpm_lab.config.conditioning import keep_checkpoint_classes
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.hydra_callbacks import is_multirun, multirun_job
 from ddpm_lab.config.resume import (
@@ -30,6 +32,8 @@ from ddpm_lab.config.resume import (
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.errors import ConfigError, user_errors
 from ddpm_lab.training import PreemptionGuard
+from ddpm_lab.training.determinism import deterministic_trainer_options
+from ddpm_lab.training.preemption import stopped_by
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +72,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_train_config(cfg)
     if cfg.get("resume"):
         ckpt_path = resume_checkpoint(cfg.paths.output_dir)
+        keep_checkpoint_classes(cfg, ckpt_path)  # before any logger or data module: labels keep their meaning
         continue_loggers(cfg, checkpoint_step(ckpt_path))
         log.info("resuming from %s", ckpt_path)
+    deterministic = deterministic_trainer_options(bool(OmegaConf.select(cfg, "trainer.deterministic")))
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = build("dataset", cfg.dataset)
     module = build_module(cfg, *build_components(cfg))
     if cfg.get("resume"):
         check_resumable(module.net, ckpt_path, cfg.resume)
+    if ckpt_path:
+        check_posthoc_continues(cfg, ckpt_path)
     log.info(
         "model: %s, %.2fM parameters", type(module.net).__name__, sum(p.numel() for p in module.net.parameters()) / 1e6
     )
     callbacks = _callbacks(cfg) + ([RecordResumeStart()] if cfg.get("resume") else [])
-    trainer: pl.Trainer = build(
-        "trainer", cfg.trainer, callbacks=callbacks, logger=build_all(cfg.get("logger"), "logger")
-    )
+    loggers = build_all(cfg.get("logger"), "logger")
+    trainer: pl.Trainer = build("trainer", cfg.trainer, callbacks=callbacks, logger=loggers, **deterministic)
     _refuse_multirun_with_subprocess_ddp(trainer)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SIGTERMException:
-        _stopped(trainer, cfg, signal.SIGTERM)
+    except SIGTERMException:  # SIGTERM, or a Ctrl-C that PreemptionGuard turned into a stop after the step
+        _stopped(trainer, cfg, stopped_by(trainer))
     except SystemExit as e:  # Lightning answers Ctrl-C (after PreemptionGuard saved last.ckpt) with sys.exit(1)
         if isinstance(e.__context__, KeyboardInterrupt):
             _stopped(trainer, cfg, signal.SIGINT)

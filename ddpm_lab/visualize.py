@@ -26,6 +26,7 @@ from ddpm_lab.config.settings import visualize_settings
 from ddpm_lab.data import first_images
 from ddpm_lab.diffusion import GaussianDiffusion, evenly_spaced, fit_timesteps, randn
 from ddpm_lab.diffusion.generate import image_shape
+from ddpm_lab.diffusion.guidance import NO_NULL_CLASS, has_null_class
 from ddpm_lab.errors import ConfigError, DatasetError, user_errors
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ def visualize(cfg: DictConfig) -> dict[str, Path]:
     outputs = {name: out_dir / name for name in names}
     refuse_existing(list(outputs.values()))
     model = load_model(s.ckpt) if s.ckpt is not None else None
+    if model is not None and model.num_classes and not has_null_class(model.net):
+        raise ConfigError(f"ckpt={s.ckpt}: the explorer shows the unconditional model, but {NO_NULL_CLASS}")
     diffusion = model.diffusion if model is not None else GaussianDiffusion(build("schedule", s.schedule))
     T = diffusion.num_timesteps
     strip_ts = fit_timesteps(s.timesteps, T)

@@ -5,8 +5,15 @@
       loop vs diffusers' UNet2DModel (32/64/128 channels, one block per level, attention at 7x7) in that loop
       vs diffusers' UNet2DModel with ddpm_lab's own architecture (diffusers_same);
       images/s, images per CPU-second and GFLOP/s (FLOPs counted by ddpm_lab.models.flops), the four loops
-      interleaved over --rounds (median). Then (c) sampling images/s per sampler and step count. About 6 min.
+      interleaved over --rounds (median). Then (c) sampling images/s per sampler and step count, then the
+      framework-cost rows (below). About 7 min.
         OMP_NUM_THREADS=2 python scripts/benchmark.py --threads 2 --output cpu.md
+  --suite framework: what Lightning and ddpm_lab's callbacks add to every training step, with a network so small
+      that compute is negligible (unet_tiny, 8x8x1, batch 4): ms per step of ``ddpm_lab.train.train`` minus ms per
+      step of the bare loop (same net, AdamW, clipping, EMA lerp). Target <= 1 ms on one thread:
+        OMP_NUM_THREADS=1 python scripts/benchmark.py --suite framework --threads 1
+  --suite fid: a checkpoint's samples in float32 vs bf16 (images/s, FID of each against --real, and between):
+        python scripts/benchmark.py --suite fid --device cuda --ckpt RUN/checkpoints/last.ckpt --real DIR --n 1000
   --suite gpu: (b) the training step of unet_ddpm_cifar10 at batch 128 on a CUDA GPU, 32-true / bf16-mixed /
       16-mixed x eager / torch.compile (images/s, MFU, peak memory), and bf16 vs float32 sampling;
       JSON + Markdown into the --output folder. scripts/gpu_check.sh runs it.
@@ -71,12 +78,20 @@ def write_images(root: Path, n: int, size: int, channels: int = 3) -> Path:
     return root
 
 
-def compose_cfg(args: argparse.Namespace, data_root: Path, out_dir: Path):
-    """The real train config, composed with Hydra's compose API, trimmed to the training loop itself."""
+def compose_cfg(args: argparse.Namespace, data_root: Path, out_dir: Path, as_users_run: bool = False):
+    """The real train config, composed with Hydra's compose API, trimmed to the training loop itself.
+
+    ``as_users_run``: keep the progress bar and the checkpoint callback (the framework-cost suite: they run
+    their checks every step); the sample grid and diffusion strips (every 1000 steps) stay off either way."""
     from hydra import compose, initialize_config_dir
 
     from ddpm_lab.config import config_dir
 
+    trimmed = (
+        ["callbacks.diffusion_strips=null"]
+        if as_users_run
+        else ["+trainer.enable_progress_bar=false", "callbacks.model_checkpoint=null", "callbacks.progress_bar=null"]
+    )
     overrides = [
         f"model={args.model}",
         "dataset=image_folder",
@@ -90,10 +105,8 @@ def compose_cfg(args: argparse.Namespace, data_root: Path, out_dir: Path):
         f"trainer.precision={args.precision}",
         f"trainer.max_steps={args.warmup + args.steps}",
         "trainer.enable_model_summary=false",
-        "+trainer.enable_progress_bar=false",
         "callbacks.sample_grid=null",
-        "callbacks.model_checkpoint=null",
-        "callbacks.progress_bar=null",
+        *trimmed,
         f"paths.output_dir={out_dir}",
         f"paths.output_root={out_dir}",
         *args.override,
@@ -244,6 +257,70 @@ def train_diffusers(cfg, args, images, same_layout: bool = False) -> dict[str, f
     return bare_loop(args, images, step, list(net.parameters()), optimizer, float(cfg.trainer.gradient_clip_val))
 
 
+# ----------------------------------------------------------------------------------------------- framework cost
+FRAMEWORK = {"model": "unet_tiny", "image_size": 8, "channels": 1, "batch": 4}  # compute negligible: host work shows
+
+
+def framework_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The issue's setting for the framework's cost per step: unet_tiny, 8x8x1, batch 4, ``--framework-steps``."""
+    steps = args.framework_steps
+    return argparse.Namespace(**(vars(args) | FRAMEWORK | {"steps": steps, "warmup": 20, "device": "cpu"}))
+
+
+def framework_cost(args: argparse.Namespace) -> dict[str, Any]:
+    """ms per step of ``ddpm_lab.train.train`` (default callbacks, TensorBoard, progress bar, checkpoint callback;
+    no sample grid or strips in the window) and of the bare loop (same net, AdamW, clipping, EMA lerp), ``--rounds``
+    interleaved; the difference of the medians is what the framework adds to every step."""
+    fargs = framework_args(args)
+    runs: dict[str, list[dict[str, float]]] = {"ddpm_lab": [], "bare": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data_root = write_images(tmp / "data", (fargs.warmup + fargs.steps + 1) * fargs.batch, 8, 1)
+        from ddpm_lab.data.datasets.image_folder import load_image_folder
+
+        images = load_image_folder(data_root, fargs.image_size, fargs.channels)[0]
+        for r in range(args.rounds):
+            for name in runs:
+                cfg = compose_cfg(fargs, data_root, tmp / f"f{r}{name}", as_users_run=True)
+                seconds = train_ddpm_lab(cfg, fargs) if name == "ddpm_lab" else train_bare(cfg, fargs, images)
+                runs[name].append({k: 1000 * v / fargs.steps for k, v in seconds.items()})
+                print(f"framework round {r}: {name} {runs[name][-1]} ms/step", file=sys.stderr, flush=True)
+    med = {k: {m: statistics.median(r[m] for r in rs) for m in ("wall", "cpu")} for k, rs in runs.items()}
+    return {"runs": runs, "median": med, "added": {m: med["ddpm_lab"][m] - med["bare"][m] for m in ("wall", "cpu")}}
+
+
+def framework_report(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    med, added = result["median"], result["added"]
+    lines = [
+        f"Framework cost per step (unet_tiny, 8x8x1, batch 4, {torch.get_num_threads()} torch thread(s), "
+        f"{args.framework_steps} timed steps after 20, {args.rounds} interleaved rounds, median):",
+        "",
+        "| loop | ms per step (wall) | ms per step (process CPU) | runs (wall ms) |",
+        "|---|---|---|---|",
+    ]
+    for k in ("ddpm_lab", "bare"):
+        runs = ", ".join(format(r["wall"], ".2f") for r in result["runs"][k])
+        lines.append(f"| {k} | {med[k]['wall']:.2f} | {med[k]['cpu']:.2f} | {runs} |")
+    lines += [
+        "",
+        f"- Framework cost per step (Lightning run minus bare loop): **{added['wall']:.2f} ms** wall, "
+        f"{added['cpu']:.2f} ms CPU (target <= 1 ms).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def framework_suite(args: argparse.Namespace) -> None:
+    """``--suite framework``: the framework-cost rows alone (about 1 min on one idle core)."""
+    import logging
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("ddpm_lab").setLevel(logging.WARNING)
+    text = f"Machine: {machine(args)}\n\n{framework_report(args, framework_cost(args))}"
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+
+
 # ----------------------------------------------------------------------------------------------- sampling
 def make_named_sampler(name: str, max_steps: int | None = None):
     """(sampler, None) or (None, why it is unavailable) — samplers may not be registered in every checkout.
@@ -286,14 +363,20 @@ AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 def gpu_configs(args) -> list[dict[str, Any]]:
     """The (b) matrix: the cheap eager rows first, then bf16 + compile (the target; run whatever the budget says),
-    then the other compiled rows while ``--budget`` lasts."""
-    configs = [{"precision": p, "compiled": False, "channels_last": True} for p in GPU_PRECISIONS]
-    configs += [{"precision": "bf16-mixed", "compiled": False, "channels_last": False}]
-    configs += [{"precision": p, "compiled": True, "channels_last": True} for p in GPU_PRECISIONS]
+    then the other compiled rows while ``--budget`` lasts. ``--precisions bf16-mixed``: the bf16 rows alone (eager,
+    then each of ``--compile-modes``)."""
+    precisions = args.precisions.split(",")
+    modes = args.compile_modes.split(",")
+    configs = [{"precision": p, "compile": "no", "channels_last": True} for p in precisions]
+    if precisions != ["bf16-mixed"]:
+        configs += [{"precision": "bf16-mixed", "compile": "no", "channels_last": False}]
+    configs += [{"precision": "bf16-mixed", "compile": m, "channels_last": True} for m in modes]
+    others = [p for p in precisions if p != "bf16-mixed"]
+    configs += [{"precision": p, "compile": m, "channels_last": True} for m in modes for p in others]
     return configs
 
 
-def gpu_train_config(cfg, args, precision: str, compiled: bool, channels_last: bool) -> dict[str, Any]:
+def gpu_train_config(cfg, args, precision: str, compile: str, channels_last: bool) -> dict[str, Any]:
     """images/s, MFU and peak memory of DiffusionModule's training step, without Lightning around it.
 
     The same work as ``training_step`` + Lightning's optimizer step: uint8 batches sliced on the GPU (as with
@@ -316,7 +399,9 @@ def gpu_train_config(cfg, args, precision: str, compiled: bool, channels_last: b
         net = net.to(memory_format=torch.channels_last)
     params = list(net.parameters())
     optimizer = instantiate(cfg.optimizer)(params, fused=True)
-    forward = torch.compile(net.forward) if compiled else net
+    # "reduce-overhead": CUDA graphs replay the compiled forward and backward, one launch instead of hundreds.
+    forward = net if compile == "no" else torch.compile(net.forward, mode=compile)
+    graphs = compile == "reduce-overhead"
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
     dtype = AUTOCAST.get(precision)
     clip = float(cfg.trainer.gradient_clip_val)
@@ -324,6 +409,8 @@ def gpu_train_config(cfg, args, precision: str, compiled: bool, channels_last: b
     images = torch.randint(0, 256, (args.gpu_dataset, *shape), dtype=torch.uint8, device=device)
 
     def step() -> None:
+        if graphs:  # a new iteration: the previous step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         idx = torch.randint(len(images), (args.batch,), device=device)
         x0 = images[idx].float().div_(127.5).sub_(1.0)
         if channels_last:
@@ -416,12 +503,13 @@ def gpu_report(args, results: dict[str, Any]) -> str:
         "card's dense peak for the precision (bf16/fp16 tensor cores; TF32 for 32-true, as cuDNN convolutions "
         "use it by default).",
         "",
-        "| precision | torch.compile | channels_last | images/s | step (ms) | MFU | peak memory (MiB) | warm-up (s) |",
+        "| precision | torch.compile mode | channels_last | images/s | step (ms) | MFU | peak memory (MiB) "
+        "| warm-up (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in results["train"]:
         yes = {True: "yes", False: "no"}
-        head = f"| {row['precision']} | {yes[row['compiled']]} | {yes[row['channels_last']]}"
+        head = f"| {row['precision']} | {row['compile']} | {yes[row['channels_last']]}"
         if "error" in row:
             lines.append(f"{head} | {row['error']} | | | | |")
             continue
@@ -477,9 +565,10 @@ def gpu_suite(args) -> None:
 
     for config in gpu_configs(args):
         row = dict(config)
-        if config["compiled"] and args.eager_only:
+        must = config["compile"] == "default" and config["precision"] == "bf16-mixed"
+        if config["compile"] != "no" and args.eager_only:
             row["error"] = "skipped: --eager-only"
-        elif time.monotonic() > deadline and not (config["compiled"] and config["precision"] == "bf16-mixed"):
+        elif time.monotonic() > deadline and not must:
             row["error"] = "skipped: --budget spent"
         else:
             try:
@@ -499,6 +588,67 @@ def gpu_suite(args) -> None:
             results["sampling"] = [{"sampler": "all", "error": f"{type(e).__name__}: {e}"[:200]}]
         save()
     print(gpu_report(args, results))
+
+
+# ----------------------------------------------------------------------------------------------- sampling FID
+@torch.inference_mode()
+def fid_suite(args) -> None:
+    """``--suite fid``: a trained checkpoint's samples in float32 and under bf16 autocast (``torch.inference_mode``,
+    the same seed, so the same x_T and sampler noise): images/s of each, the FID of each against the real images
+    of ``--real``, and the FID between the two sample sets. Inception features when its weights are in torch's hub
+    cache, else ``TinyFeatures`` (a fixed random CNN: FIDs comparable with each other only)."""
+    from ddpm_lab.artifacts.images import to_uint8
+    from ddpm_lab.artifacts.trained_model import load_model
+    from ddpm_lab.data.datasets.image_folder import load_image_folder
+    from ddpm_lab.diffusion import generate
+    from ddpm_lab.metrics import InceptionFeatures, TinyFeatures, chunks, default_inception_path, extract_features
+    from ddpm_lab.metrics import scores as fid_scores
+
+    if args.ckpt is None or args.real is None:
+        raise SystemExit("--suite fid needs --ckpt (a training checkpoint) and --real (an image folder)")
+    device = torch.device(args.device)
+    net, diffusion, _ = load_model(args.ckpt, device=device)
+    channels, size = int(net.in_channels), int(net.image_size)
+    sampler, why = make_named_sampler(args.fid_sampler)
+    if sampler is None:
+        raise SystemExit(why)
+    extractor = InceptionFeatures() if default_inception_path().is_file() else TinyFeatures()
+    real = load_image_folder(args.real, size, channels)[0]
+    real_features = extract_features(extractor, chunks(real, 250), device)
+    rows, features = [], {}
+    for precision in ("32-true", "bf16-mixed"):
+        dtype = AUTOCAST.get(precision)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            generate(net, diffusion, 2, sampler=sampler, batch_size=2, seed=0, device=device)  # warm-up
+            sync(device)
+            start = time.perf_counter()
+            images = generate(
+                net, diffusion, args.n, sampler=sampler, batch_size=args.sample_batch, seed=0, device=device
+            )
+            seconds = time.perf_counter() - start
+        features[precision] = extract_features(extractor, chunks(to_uint8(images), 250), device)
+        fid = fid_scores(real_features, features[precision], kid_subset_size=min(1000, args.n))["fid"]
+        rows.append({"precision": precision, "images_per_s": args.n / seconds, "fid": fid})
+    between = fid_scores(features["32-true"], features["bf16-mixed"], kid_subset_size=min(1000, args.n))["fid"]
+    lines = [
+        f"Sampling `{args.ckpt}` ({args.fid_sampler}-{SAMPLER_STEPS[args.fid_sampler]}, n={args.n}, batch "
+        f"{args.sample_batch}, seed 0, torch.inference_mode) against {len(real)} real images of `{args.real}`, "
+        f"features {extractor.name}:",
+        "",
+        "| precision | images/s | FID vs real |",
+        "|---|---|---|",
+        *(f"| {r['precision']} | {r['images_per_s']:.1f} | {r['fid']:.2f} |" for r in rows),
+        "",
+        f"- FID difference bf16 - float32: **{rows[1]['fid'] - rows[0]['fid']:+.2f}**; FID between the two sample "
+        f"sets (same noise): {max(between, 0.0):.2f}; bf16 images/s "
+        f"{rows[1]['images_per_s'] / rows[0]['images_per_s']:.2f}x.",
+    ]
+    text = f"Machine: {machine(args)}\n\n" + "\n".join(lines) + "\n"
+    print(text)
+    if args.output:
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "sampling_fid.md").write_text(text)
+        (args.output / "sampling_fid.json").write_text(json.dumps({"rows": rows, "fid_between": between}, indent=1))
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -715,6 +865,10 @@ def cpu_suite(args) -> None:
         f"{torch.get_num_threads()} torch threads, precision {args.precision}, sampling batch {args.sample_batch}"
     )
     text = f"Machine: {machine(args)}\n\nSettings: {settings}\n\n{report(args, train, flops, sampling, memory)}\n"
+    if args.framework_steps:  # the issue's setting is one thread
+        torch.set_num_threads(1)
+        text += "\n" + framework_report(args, framework_cost(args))
+        torch.set_num_threads(args.threads)
     print(text)
     if args.output:
         args.output.write_text(text)
@@ -732,7 +886,9 @@ def steps_for(args, batch: int) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", default="cpu", choices=("cpu", "gpu"), help="what to measure (see above)")
+    p.add_argument(
+        "--suite", default="cpu", choices=("cpu", "gpu", "framework", "fid"), help="what to measure (see above)"
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="gpu suite: cuda (cpu: a smoke test)")
     p.add_argument("--model", default="unet_small", help="a configs/model option")
     p.add_argument("--image-size", type=int, default=28)
@@ -752,6 +908,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads (also set OMP_NUM_THREADS to the same)")
     p.add_argument("--precision", default="32-true", help="cpu: Lightning precision (32-true | bf16-mixed)")
     p.add_argument("--sample-batch", type=int, default=32, help="images per sampling batch (0: no sampling)")
+    p.add_argument(
+        "--framework-steps",
+        type=int,
+        default=500,
+        help="cpu/framework: timed steps of the framework-cost rows (unet_tiny, 8 px, batch 4); 0: skip them",
+    )
     p.add_argument("--memory", action="store_true", help="cpu: also peak memory, in a subprocess per row (slower)")
     p.add_argument(
         "--override",
@@ -762,7 +924,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=None, help="cpu: a Markdown file; gpu: a folder")
     p.add_argument("--budget", type=float, default=240, help="gpu: seconds after which the remaining rows are skipped")
     p.add_argument("--gpu-dataset", type=int, default=50_000, help="gpu: random uint8 images kept on the GPU")
+    p.add_argument("--precisions", default=",".join(GPU_PRECISIONS), help="gpu: comma-separated precisions")
+    p.add_argument("--compile-modes", default="default", help="gpu: torch.compile modes, e.g. default,reduce-overhead")
     p.add_argument("--eager-only", action="store_true", help="gpu: skip the torch.compile rows (smoke tests)")
+    p.add_argument("--ckpt", type=Path, default=None, help="fid: a training checkpoint (last.ckpt)")
+    p.add_argument("--real", type=Path, default=None, help="fid: an image folder of real images")
+    p.add_argument("--n", type=int, default=1000, help="fid: samples per precision")
+    p.add_argument("--fid-sampler", default="ddim", choices=tuple(SAMPLER_STEPS), help="fid: the sampler")
     p.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data-root", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out-dir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -775,6 +943,12 @@ def main() -> None:
     torch.manual_seed(0)
     if args.suite == "gpu":
         gpu_suite(args)
+        return
+    if args.suite == "fid":
+        fid_suite(args)
+        return
+    if args.suite == "framework":
+        framework_suite(args)
         return
     if args.measure:  # a memory subprocess: one measurement, one JSON line
         print(json.dumps(measure_peak(args.device, lambda: run_one(args, args.measure, args.data_root, args.out_dir))))

@@ -15,18 +15,38 @@ import torch
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from ddpm_lab.artifacts import download
 from ddpm_lab.config import config_dir
-from helpers import THREADS, TINY_TRAIN, Composer, compose_config, run_cli, write_image_folder
+from ddpm_lab.train import train
+from helpers import POSTHOC_TRAIN, THREADS, TINY_TRAIN, Composer, compose_config, run_cli, write_image_folder
 
-# Nothing the tests run may write into the user's real cache folder: our caches (paths.cache_dir: null) go under a
-# throwaway XDG_CACHE_HOME, which the command-line subprocesses inherit. torch's hub cache (extractor weights
-# already downloaded there) stays where it was.
+# Nothing the tests run may write into the user's real cache folder: our caches (paths.cache_dir: null) and the
+# Hugging Face cache ($XDG_CACHE_HOME/huggingface) go under a throwaway XDG_CACHE_HOME, which the command-line
+# subprocesses inherit. torch's hub cache (extractor weights already downloaded there) stays where it was.
 _REAL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 os.environ.setdefault("TORCH_HOME", str(_REAL_CACHE / "torch"))
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ddpm_lab-test-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+# No test touches the network: the Hugging Face Hub is offline (read when huggingface_hub is first imported, which
+# nothing above does) and a weights download may read a file:// URL only (no_network below).
+os.environ["HF_HUB_OFFLINE"] = "1"
+for _hf_cache in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):  # the throwaway folder, not the user's
+    os.environ.pop(_hf_cache, None)
 
 torch.set_num_threads(min(THREADS, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weights download in a test may read a local file (file://) only: a forgotten URL fails, never fetches."""
+    real = download.urlopen
+
+    def local_only(url, *args, **kwargs):
+        if not str(url).startswith("file://"):
+            raise AssertionError(f"a test tried to download {url}: pass a file:// URL")
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(download, "urlopen", local_only)
 
 
 @pytest.fixture
@@ -67,3 +87,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Pa
     cwd = tmp_path_factory.mktemp("tiny_run")
     run_cli("ddpm_lab.train", *TINY_TRAIN, f"dataset.root={image_folder}", "hydra.run.dir=run", cwd=cwd)
     return cwd / "run"
+
+
+@pytest.fixture(scope="session")
+def posthoc_run(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Path:
+    """One POSTHOC_TRAIN run (post-hoc EMA snapshots at steps 2 and 4, augmentation on), trained in this process."""
+    run = tmp_path_factory.mktemp("posthoc_run") / "run"
+    train(compose_config("train", [*POSTHOC_TRAIN, f"dataset.root={image_folder}", f"paths.output_dir={run}"]))
+    return run

@@ -175,3 +175,38 @@ TINY_TRAIN = (
     "dataset.batch_size=8",
     "dataset.val_size=8",
 )
+
+
+def write_hub_cache(cache: Path, repo_id: str, folder: Path, refs: Sequence[str] = ("main",)) -> Path:
+    """``folder``'s files as a Hugging Face Hub cache holds a downloaded model, offline-readable like one.
+
+    The layout huggingface_hub writes: ``models--<owner>--<name>/blobs/<content hash>``, ``snapshots/<commit>/<path>``
+    relative symlinks to those blobs, and ``refs/<branch>`` holding the commit. Returns the snapshot folder.
+    """
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / hashlib.sha1(repo_id.encode()).hexdigest()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    for ref in refs:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(snapshot.name)  # no newline, as huggingface_hub writes it
+    return snapshot
+
+
+# TINY_TRAIN for 4 steps with post-hoc EMA (a snapshot every 2 steps) and non-leaky augmentation (p = 0.5).
+POSTHOC_TRAIN = (
+    *TINY_TRAIN,
+    "callbacks=posthoc_ema",
+    "callbacks.posthoc_ema.every_n_steps=2",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    "callbacks.sample_grid=null",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
+    "dataset.augment=0.5",
+)

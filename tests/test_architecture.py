@@ -19,6 +19,7 @@ PACKAGE = REPO_ROOT / "ddpm_lab"
 # Lowest first. A module may import from its own layer and the layers below, never from a layer above.
 LAYERS: list[set[str]] = [
     {"ddpm_lab.errors"},  # what a user can get wrong; no dependencies
+    {"ddpm_lab.ranks"},  # which images each process draws, gathered back in order: plain PyTorch
     {"ddpm_lab.diffusion", "ddpm_lab.models"},  # the math and the networks: plain PyTorch
     {"ddpm_lab.artifacts", "ddpm_lab.metrics"},  # files we write and read back, scores: plain PyTorch
     {"ddpm_lab"},  # the public API (ddpm_lab/__init__.py): plain PyTorch
@@ -31,6 +32,8 @@ LAYERS: list[set[str]] = [
         "ddpm_lab.evaluate",
         "ddpm_lab.visualize",
         "ddpm_lab.convert",
+        "ddpm_lab.ema",
+        "ddpm_lab.shards",
     },  # entry points
 ]
 # Third-party frameworks and the lowest layer allowed to import them.

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from ddpm_lab.diffusion import SAMPLERS, GaussianDiffusion, Sampler, make_betas
+from ddpm_lab.diffusion import SAMPLERS, DiffusionProcess, EDMDiffusion, GaussianDiffusion, Sampler, make_betas
 from ddpm_lab.errors import UnsafeConfigError
 from ddpm_lab.models import MODELS
 
@@ -34,13 +34,14 @@ DATASET_TARGETS = frozenset(
         "ddpm_lab.data.StanfordCarsDataModule",
         "ddpm_lab.data.ImageFolderDataModule",
         "ddpm_lab.data.DigitsDataModule",
+        "ddpm_lab.data.StreamingDataModule",
     }
 )
 # How to make a new target of each stored section (and a dataset) one that checkpoints may name.
 HOW_TO_REGISTER = {
     "model": "add the network to MODELS in ddpm_lab/models/__init__.py and export it from ddpm_lab.models",
     "schedule": "use ddpm_lab.diffusion.make_betas (a new schedule is a name in SCHEDULES, diffusion/schedules.py)",
-    "diffusion": "use ddpm_lab.diffusion.GaussianDiffusion",
+    "diffusion": "use ddpm_lab.diffusion.GaussianDiffusion or ddpm_lab.diffusion.EDMDiffusion",
     "sampler": "add the sampler to SAMPLERS in ddpm_lab/diffusion/samplers.py and export it from ddpm_lab.diffusion",
     "dataset": "add it to DATASET_TARGETS in ddpm_lab/artifacts/allow_list.py",
 }
@@ -69,7 +70,7 @@ def section_builders() -> dict[str, dict[str, Callable[..., Any]]]:
     return {
         "model": _by_target(MODELS.values()),
         "schedule": _by_target([make_betas]),
-        "diffusion": _by_target([GaussianDiffusion]),
+        "diffusion": _by_target([GaussianDiffusion, EDMDiffusion]),
         "sampler": _by_target(SAMPLERS.values()),
     }
 
@@ -176,7 +177,7 @@ def build_model(config: Any) -> nn.Module:
     return _call("model", safe_stored_config(config)["model"])
 
 
-def build_stored(config: Any) -> tuple[nn.Module, GaussianDiffusion, Sampler]:
+def build_stored(config: Any) -> tuple[nn.Module, DiffusionProcess, Sampler]:
     """(net, diffusion, sampler) from a stored config, checked first; no Hydra, no ``instantiate``."""
     sections = safe_stored_config(config)
     net = _call("model", sections["model"])

@@ -9,7 +9,8 @@ optimizer and callback states) plus ``checkpoint["ddpm_lab"] = {"format": 2, "co
 name, size and channels (and class names, for a class-conditional run; the model's ``num_classes`` is in
 ``config["model"]``), and the run's config and group choices for display. With EMA on, ``state_dict`` holds the
 averaged weights and ``current_model_state`` the raw ones. A checkpoint of imported weights
-(:func:`weights_checkpoint`) has the same entry and no optimizer or loop state.
+(:func:`weights_checkpoint`) has the same entry and no optimizer or loop state; so does one of post-hoc EMA weights
+(:func:`averaged_checkpoint`), with the raw weights beside them and where they came from under ``posthoc_ema``.
 
 :func:`read_checkpoint` is the one reader: a format newer than :data:`CHECKPOINT_FORMAT` is refused, an older one
 is upgraded by :data:`MIGRATIONS`, one step per format, so every caller sees today's layout and target names.
@@ -36,6 +37,7 @@ from ddpm_lab.errors import (
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "ddpm_lab"
+POSTHOC_KEY = "posthoc_ema"  # a post-hoc EMA checkpoint's provenance (averaged_checkpoint)
 # Bumped when what a checkpoint stores changes shape, with a migration from the previous format in MIGRATIONS.
 CHECKPOINT_FORMAT = 2
 # The targets that checkpoints of ddpm_lab 0.1 (the flat package) name, and today's names for them.
@@ -253,6 +255,24 @@ def weights_checkpoint(config: dict[str, Any], weights: dict[str, torch.Tensor])
         "lr_schedulers": [],
     }
     write_entry(checkpoint, config)
+    return checkpoint
+
+
+def averaged_checkpoint(
+    config: dict[str, Any],
+    averaged: dict[str, torch.Tensor],
+    raw: dict[str, torch.Tensor],
+    global_step: int,
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """A new checkpoint of averaged ``net`` weights computed after training (post-hoc EMA): the average in
+    ``state_dict`` and the raw weights in ``current_model_state``, as a training checkpoint with EMA on holds them
+    (so ``weights=auto|ema|raw`` mean what they mean there), ``provenance`` under ``posthoc_ema``; no optimizer or
+    loop state (``resume=`` refuses it, ``ckpt_path=`` fine-tunes from it like an imported one)."""
+    checkpoint = weights_checkpoint(config, averaged)
+    checkpoint["global_step"] = int(global_step)
+    checkpoint["current_model_state"] = {f"net.{k}": v for k, v in raw.items()}
+    checkpoint[POSTHOC_KEY] = provenance
     return checkpoint
 
 

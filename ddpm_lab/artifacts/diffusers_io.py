@@ -1,4 +1,5 @@
-"""Interop with diffusers: a ``UNet2DModel`` + ``DDPMScheduler`` folder to a ddpm_lab checkpoint, and back.
+"""Interop with diffusers: a ``UNet2DModel`` + ``DDPMScheduler`` folder to a ddpm_lab checkpoint, and back; EDM models
+as a ``UNet2DModel`` + EDM scheduler folder (see :mod:`ddpm_lab.artifacts.diffusers_edm`).
 
 Ho et al.'s published DDPM weights (google/ddpm-cifar10-32, -celebahq-256, -church-256, -bedroom-256, ...) are
 distributed in diffusers' ``save_pretrained`` layout. :func:`read_diffusers` turns such a folder into the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -25,6 +27,13 @@ from torch import nn
 from ddpm_lab.artifacts.allow_list import build_model, target_name
 from ddpm_lab.artifacts.atomic import publish_new, temp_path
 from ddpm_lab.artifacts.diffusers_checks import check_scheduler_config, check_unet_config, check_weight_files, read_json
+from ddpm_lab.artifacts.diffusers_edm import (
+    EDM_PIPELINE,
+    EDM_SCHEDULERS,
+    edm_scheduler_config,
+    edm_sections,
+    is_edm,
+)
 from ddpm_lab.diffusion import DDPMSampler, GaussianDiffusion, make_betas
 from ddpm_lab.diffusion.diffusers_sampler import PREDICTION_TYPES
 from ddpm_lab.diffusion.samplers import VARIANCES
@@ -37,6 +46,10 @@ from ddpm_lab.models.unet import AttentionBlock, Downsample, ResBlock, Upsample
 BETA_SCHEDULES = {"linear": "linear", "quadratic": "scaled_linear", "sigmoid": "sigmoid", "cosine": "squaredcos_cap_v2"}
 # diffusers' squaredcos_cap_v2 is our cosine schedule with these parameters.
 DIFFUSERS_COSINE = {"s": 0.008, "max_beta": 0.999}
+# Our exports say in the U-Net's config.json (a private key, which diffusers ignores) whether the last of its
+# num_class_embeds rows is the null class of classifier-free guidance; another model's rows are all classes.
+NULL_CLASS_KEY = "_ddpm_lab_null_class"
+EXPORTED_BY = "python -m ddpm_lab.convert"  # in the model card of every folder we export
 
 
 def require_diffusers() -> None:
@@ -120,6 +133,8 @@ def to_diffusers_state(net: UNet, state: dict[str, torch.Tensor]) -> dict[str, t
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         module, _, leaf = name.rpartition(".")
+        if module == "augment_emb":  # augmentation labels are zero when sampling: this map adds exactly nothing
+            continue
         if module.endswith(".qkv"):  # (3C, C, 1, 1) conv -> three (C, C) linears, q first
             attention = _attention_path(names, module)
             for part, chunk in zip(("to_q", "to_k", "to_v"), tensor.chunk(3, dim=0)):
@@ -170,8 +185,12 @@ _UNSUPPORTED_IF = {  # UNet2DModel options ddpm_lab's U-Net has no counterpart f
 }
 
 
-def unet_kwargs_from_diffusers(config: dict[str, Any], where: str) -> dict[str, Any]:
-    """Our ``UNet`` keyword arguments for a ``UNet2DModel`` config; one ConfigError naming what has no counterpart."""
+def unet_kwargs_from_diffusers(config: dict[str, Any], where: str, null_row: bool = False) -> dict[str, Any]:
+    """Our ``UNet`` keyword arguments for a ``UNet2DModel`` config; one ConfigError naming what has no counterpart.
+
+    ``null_row``: the last of ``num_class_embeds`` rows is a null class (see :func:`has_null_row`); else every row
+    is a class and the model has no null class (``null_class=False``: no guidance, no unconditional samples).
+    """
     kind = config.get("_class_name", "UNet2DModel")
     if kind != "UNet2DModel":
         raise ConfigError(
@@ -213,7 +232,12 @@ def unet_kwargs_from_diffusers(config: dict[str, Any], where: str) -> dict[str, 
         if "num_classes" not in inspect.signature(UNet).parameters:
             unsupported.append(f"num_class_embeds={config['num_class_embeds']} (class conditioning)")
         else:  # ours holds num_classes + 1 rows, the last one the null class
-            kwargs["num_classes"] = int(config["num_class_embeds"]) - 1
+            rows = int(config["num_class_embeds"])
+            kwargs["num_classes"] = rows - 1 if null_row else rows
+            if not null_row:
+                kwargs["null_class"] = False
+            if kwargs["num_classes"] < 1:
+                unsupported.append(f"num_class_embeds={rows} (a null class and no class)")
     if unsupported:
         raise ConfigError(f"{where}: ddpm_lab's U-Net has no counterpart for {', '.join(unsupported)}")
     return {
@@ -279,8 +303,31 @@ def diffusers_unet_config(model: dict[str, Any]) -> dict[str, Any]:
     }
     num_classes = int(model.get("num_classes") or 0)
     if num_classes:  # class-conditional (ours: num_classes + 1 rows, the last the null class)
-        config["num_class_embeds"] = num_classes + 1
+        config["num_class_embeds"] = num_classes + int(bool(o["null_class"]))
     return config
+
+
+def has_null_row(config: dict[str, Any], folders: list[Path]) -> bool:
+    """Whether the last class row of a ``UNet2DModel`` config is a null class: what our export marked
+    (:data:`NULL_CLASS_KEY`), else whether a model card in ``folders`` says ddpm_lab exported it (exports from
+    before the mark); a model from anywhere else has classes only."""
+    marked = config.get(NULL_CLASS_KEY)
+    if isinstance(marked, bool):
+        return marked
+    for card in (folder / "README.md" for folder in folders):
+        if card.is_file() and card.stat().st_size < 1 << 20 and EXPORTED_BY in card.read_text(errors="replace"):
+            return True
+    return False
+
+
+def mark_null_class(unet_dir: Path, model: dict[str, Any]) -> None:
+    """Write :data:`NULL_CLASS_KEY` into an exported class-conditional U-Net's ``config.json``."""
+    if not int(model.get("num_classes") or 0):
+        return
+    path = unet_dir / "config.json"
+    config = json.loads(path.read_text())
+    config[NULL_CLASS_KEY] = bool(unet_options(model)["null_class"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- scheduler config
@@ -375,8 +422,8 @@ def locate_components(folder: Path, key: str = "from_diffusers") -> tuple[Path, 
         kind = components.get(unet[0], [None, "no U-Net"])[1]
         if kind != "UNet2DModel":
             raise ConfigError(
-                f"{key}={folder} is a {index.get('_class_name')} with a {kind}: only DDPM pipelines "
-                "(UNet2DModel + DDPMScheduler) convert"
+                f"{key}={folder} is a {index.get('_class_name')} with a {kind}: only pipelines of a UNet2DModel "
+                "(with a DDPMScheduler, or an EDM scheduler) convert"
             )
         scheduler = [k for k, v in components.items() if str(v[1]).endswith("Scheduler")] or ["scheduler"]
         pick = lambda name, marker: folder / name if (folder / name / marker).is_file() else folder
@@ -406,15 +453,24 @@ def read_diffusers(folder: str | os.PathLike, key: str = "from_diffusers") -> tu
     unet_dir, scheduler_dir = locate_components(Path(folder).expanduser(), key)
     unet_config = read_json(unet_dir / "config.json")
     check_unet_config(unet_config, unet_dir / "config.json")
-    model = {"_target_": target_name(UNet), **unet_kwargs_from_diffusers(unet_config, key)}
+    null_row = has_null_row(unet_config, [Path(folder).expanduser(), unet_dir.parent])
+    model = {"_target_": target_name(UNet), **unet_kwargs_from_diffusers(unet_config, key, null_row)}
     raw_scheduler = read_json(scheduler_dir / "scheduler_config.json")
     check_scheduler_config(raw_scheduler, scheduler_dir / "scheduler_config.json")
-    if raw_scheduler.get("_class_name", "DDPMScheduler") not in ("DDPMScheduler", "DDIMScheduler"):
-        raise ConfigError(f"{key}={folder}: its scheduler is a {raw_scheduler['_class_name']}, not a DDPMScheduler")
-    from diffusers import DDPMScheduler, UNet2DModel  # only now: importing diffusers takes seconds
+    kind = raw_scheduler.get("_class_name", "DDPMScheduler")
+    if kind not in ("DDPMScheduler", "DDIMScheduler", *EDM_SCHEDULERS):
+        raise ConfigError(
+            f"{key}={folder}: its scheduler is a {kind}, not a DDPMScheduler (or {' or '.join(EDM_SCHEDULERS)})"
+        )
+    import diffusers  # only now: importing diffusers takes seconds
+    from diffusers import UNet2DModel
 
-    scheduler = dict(DDPMScheduler.from_config(raw_scheduler).config)
-    sections = {"model": model, **schedule_sections(scheduler, key)}
+    if kind in EDM_SCHEDULERS:  # an EDM model: its σ range, σ_data and sampler
+        scheduler = dict(getattr(diffusers, kind).from_config(raw_scheduler).config)
+        sections = {"model": model, **edm_sections(kind, scheduler, key)}
+    else:
+        scheduler = dict(diffusers.DDPMScheduler.from_config(raw_scheduler).config)
+        sections = {"model": model, **schedule_sections(scheduler, key)}
     try:
         with torch.device("meta"):
             net = build_model(sections)
@@ -428,36 +484,58 @@ def read_diffusers(folder: str | os.PathLike, key: str = "from_diffusers") -> tu
 
 
 # ------------------------------------------------------------------------------------------------------ export
-def model_card(config: dict[str, Any], global_step: int, scheduler: dict[str, Any], fid: float | None) -> str:
+def model_card(
+    config: dict[str, Any], global_step: int, scheduler: dict[str, Any], fid: float | None, scheduler_name: str = ""
+) -> str:
     """README.md of an exported folder: what the model is and how it was trained."""
     dataset = config.get("dataset") or {}
     model = unet_options(config["model"])
     schedule = config["schedule"]
     name = str(dataset.get("name") or "unknown").removesuffix("DataModule")
+    if scheduler_name in EDM_SCHEDULERS:
+        kind, process = (
+            "EDM",
+            [
+                f"- EDM (Karras et al., 2022): σ_data={scheduler['sigma_data']}, σ in [{scheduler['sigma_min']}, "
+                f"{scheduler['sigma_max']}] on the ρ={scheduler['rho']} Karras ramp; scheduler: {scheduler_name}",
+            ],
+        )
+        usage = [
+            "from diffusers import DiffusionPipeline  # a ConsistencyModelPipeline: EDM's loop with the EDM scheduler",
+            'images = DiffusionPipeline.from_pretrained("<this folder>")(batch_size=16, num_inference_steps=25).images',
+        ]
+    else:
+        kind = "DDPM"
+        process = [
+            f"- schedule: {schedule.get('name')} ({scheduler['beta_schedule']}), T={scheduler['num_train_timesteps']}"
+            + (", zero terminal SNR" if scheduler["rescale_betas_zero_snr"] else ""),
+            f"- prediction: {scheduler['prediction_type']}, variance: {scheduler['variance_type']}",
+        ]
+        usage = [
+            "from diffusers import DDPMPipeline",
+            'images = DDPMPipeline.from_pretrained("<this folder>")(batch_size=16).images',
+        ]
     lines = [
         "---",
         "library_name: diffusers",
         "pipeline_tag: unconditional-image-generation",
-        "tags: [ddpm, ddpm_lab]",
+        f"tags: [{kind.lower()}, ddpm_lab]",
         "---",
-        f"# DDPM trained with ddpm_lab on {name}",
+        f"# {kind} trained with ddpm_lab on {name}",
         "",
         f"- dataset: {name}, {dataset.get('image_size', model['image_size'])} px, "
         f"{dataset.get('channels', model['in_channels'])} channel(s)",
         f"- training steps: {global_step}",
-        f"- schedule: {schedule.get('name')} ({scheduler['beta_schedule']}), T={scheduler['num_train_timesteps']}"
-        + (", zero terminal SNR" if scheduler["rescale_betas_zero_snr"] else ""),
-        f"- prediction: {scheduler['prediction_type']}, variance: {scheduler['variance_type']}",
+        *process,
         f"- U-Net: {model['base_channels']} base channels x {list(model['channel_mults'])}, "
         f"{model['num_res_blocks']} blocks per level, attention at {list(model['attention_resolutions'])} px",
         f"- FID: {fid if fid is not None else 'not measured'}",
         "",
         "```python",
-        "from diffusers import DDPMPipeline",
-        'images = DDPMPipeline.from_pretrained("<this folder>")(batch_size=16).images',
+        *usage,
         "```",
         "",
-        "Exported with `python -m ddpm_lab.convert ckpt=... to_diffusers=...`.",
+        f"Exported with `{EXPORTED_BY} ckpt=... to_diffusers=...`.",
         "",
     ]
     return "\n".join(lines)
@@ -470,30 +548,37 @@ def write_diffusers(
     global_step: int,
     fid: float | None = None,
 ) -> Path:
-    """Write a ``DDPMPipeline`` folder (unet/, scheduler/, model_index.json, README.md), complete or not at all.
+    """Write a pipeline folder (unet/, scheduler/, model_index.json, README.md), complete or not at all: a
+    ``DDPMPipeline``, or for an EDM model a ``ConsistencyModelPipeline`` with its EDM scheduler.
 
-    Built and saved by diffusers itself (so ``DDPMPipeline.from_pretrained`` reads it), in a hidden sibling
+    Built and saved by diffusers itself (so ``DiffusionPipeline.from_pretrained`` reads it), in a hidden sibling
     folder renamed into place at the end, which fails (OutputExistsError) unless ``folder`` is still missing or
     empty then: checked before any work too.
     """
     require_diffusers()
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    import diffusers
 
     folder = Path(folder).expanduser()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise OutputExistsError(f"to_diffusers={folder} already exists and is not empty: pass a new folder")
     unet_config = diffusers_unet_config(config["model"])
-    scheduler_config = diffusers_scheduler_config(config)
+    if is_edm(config):
+        scheduler_name, scheduler_config = edm_scheduler_config(config)
+        pipeline_class = getattr(diffusers, EDM_PIPELINE)
+    else:
+        scheduler_name, scheduler_config = "DDPMScheduler", diffusers_scheduler_config(config)
+        pipeline_class = diffusers.DDPMPipeline
     with torch.device("meta"):
         net = build_model(config)
     theirs = to_diffusers_state(net, state)
-    unet = UNet2DModel(**unet_config)
+    unet = diffusers.UNet2DModel(**unet_config)
     unet.load_state_dict(theirs, strict=True)
-    pipeline = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(**scheduler_config))
+    pipeline = pipeline_class(unet=unet, scheduler=getattr(diffusers, scheduler_name)(**scheduler_config))
     tmp = temp_path(folder)
     try:
         pipeline.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "README.md").write_text(model_card(config, global_step, scheduler_config, fid))
+        mark_null_class(tmp / "unet", config["model"])
+        (tmp / "README.md").write_text(model_card(config, global_step, scheduler_config, fid, scheduler_name))
         publish_new(tmp, folder)  # in one step, and only onto nothing or an empty folder: never over another export
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,7 +22,7 @@ from PIL import Image
 from ddpm_lab.artifacts.atomic import atomic_write
 from ddpm_lab.artifacts.figures import schedule_curves
 from ddpm_lab.artifacts.images import image_grid
-from ddpm_lab.diffusion import DDPMSampler, Denoiser, GaussianDiffusion, generate_batches
+from ddpm_lab.diffusion import DDPMSampler, Denoiser, DiffusionProcess, generate_batches
 
 DISPLAY_WIDTH = 320  # least CSS width of an image row (small images are scaled up, pixelated), up to 4x, 640 px
 CURVE_SIZE = (320, 120)  # width, height of the ᾱ_t curve in CSS pixels
@@ -146,7 +146,7 @@ REVERSE = "reverse process: x_t of samples from noise (DDPM, full chain)"
 
 @torch.no_grad()
 def explorer_frames(
-    diffusion: GaussianDiffusion,
+    diffusion: DiffusionProcess,
     x0: torch.Tensor,
     noise: torch.Tensor,
     timesteps: Sequence[int],
@@ -170,7 +170,7 @@ def explorer_frames(
         x_t = diffusion.q_sample(x0, tt, noise)
         panels = {FORWARD: image_grid(x_t, nrow=len(x0))}
         if net is not None:
-            panels[PREDICTED] = image_grid(diffusion.predict_x0(x_t, tt, net(x_t, tt).float()).clamp(-1, 1), len(x0))
+            panels[PREDICTED] = image_grid(diffusion.x0_model(net)(x_t, tt).float().clamp(-1, 1), len(x0))
             panels[REVERSE] = image_grid(reverse[t], nrow=len(x0))
         frames.append(Frame(t, panels))
     return frames

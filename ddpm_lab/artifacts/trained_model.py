@@ -15,9 +15,10 @@ from torch import nn
 
 from ddpm_lab.artifacts.allow_list import build_model, build_stored
 from ddpm_lab.artifacts.checkpoint import checkpoint_config, read_checkpoint
-from ddpm_lab.diffusion import GaussianDiffusion, Sampler
+from ddpm_lab.artifacts.classes import resolve_class
+from ddpm_lab.diffusion import DiffusionProcess, Sampler
 from ddpm_lab.diffusion.guidance import num_classes_of
-from ddpm_lab.errors import CheckpointError, ConfigError, UnsafeConfigError, check_choice, first_line
+from ddpm_lab.errors import CheckpointError, UnsafeConfigError, check_choice, first_line
 
 WEIGHTS = ("auto", "ema", "raw")
 
@@ -32,7 +33,7 @@ class LoadedModel:
     """
 
     net: nn.Module
-    diffusion: GaussianDiffusion
+    diffusion: DiffusionProcess
     sampler: Sampler
     config: dict[str, Any]
     global_step: int
@@ -57,7 +58,8 @@ class LoadedModel:
         return self.class_names or [str(k) for k in range(self.num_classes)]
 
     def class_index(self, value: int | str, key: str = "class") -> int:
-        """The label of class ``value``, given as an index (``7``) or a name (``"cat"``); see :func:`resolve_class`."""
+        """The label of class ``value``, given by name (``"cat"``) or index (``7``); see
+        :func:`~ddpm_lab.artifacts.classes.resolve_class` for which wins."""
         return resolve_class(value, self.num_classes, self.class_names, key, self.path)
 
 
@@ -68,38 +70,6 @@ def stored_class_names(config: dict[str, Any], num_classes: int) -> list[str] | 
     if not num_classes or not isinstance(names, list) or len(names) != num_classes:
         return None
     return [str(name) for name in names]
-
-
-def resolve_class(
-    value: int | str,
-    num_classes: int,
-    class_names: list[str] | None,
-    key: str = "class",
-    path: str | os.PathLike = "this checkpoint",
-) -> int:
-    """The label ``value`` names: a class name (exact match first), else an index in ``[0, num_classes)``.
-
-    Raises :class:`~ddpm_lab.errors.ConfigError` (one line, the valid choices) for an unconditional model, an
-    unknown name or an index out of range.
-    """
-    if not num_classes:
-        raise ConfigError(
-            f"{key}={value} needs a class-conditional model, but {path} is unconditional: "
-            "train one with conditioning=class, or leave out class/per_class/guidance"
-        )
-    names = class_names or []
-    if isinstance(value, str) and value in names:
-        return names.index(value)
-    text = str(value).strip()
-    if not isinstance(value, bool) and (isinstance(value, int) or text.lstrip("-").isdigit()):
-        index = int(text)
-        if 0 <= index < num_classes:
-            return index
-    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-    raise ConfigError(
-        f"{key}={value} is not one of the model's {num_classes} classes: use an index 0..{num_classes - 1}"
-        + (f" or a name ({shown})" if names else "")
-    )
 
 
 def net_weights(

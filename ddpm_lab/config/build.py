@@ -16,8 +16,9 @@ from omegaconf.errors import OmegaConfBaseException
 from ddpm_lab.artifacts.allow_list import SECTIONS
 from ddpm_lab.artifacts.checkpoint import make_stored_config
 from ddpm_lab.config.location import config_dir
-from ddpm_lab.diffusion import GaussianDiffusion, Sampler
-from ddpm_lab.errors import ConfigError, UserError, first_line
+from ddpm_lab.data.augment import augment_dim
+from ddpm_lab.diffusion import DiffusionProcess, Sampler
+from ddpm_lab.errors import ConfigError, UserError, check_flag, check_number, first_line
 from ddpm_lab.training import DiffusionModule
 
 # What a constructor raises for a value it refuses (ours raise ConfigError, a ValueError), and Hydra for a
@@ -87,19 +88,35 @@ def schedule_options(timesteps: int, selected: DictConfig | None = None) -> dict
     return schedules
 
 
+def augment_labels_dim(cfg: DictConfig) -> int:
+    """The length of the augmentation labels ``dataset.augment`` feeds the network (0: no augmentation)."""
+    dataset = cfg.get("dataset")
+    if not isinstance(dataset, DictConfig):
+        return 0
+    p = check_number(dataset.get("augment", 0.0), "dataset.augment", float, 0, 1)
+    rotate = check_flag(dataset.get("augment_rotate", False), "dataset.augment_rotate")
+    return augment_dim(rotate) if p > 0 else 0
+
+
 def model_node(cfg: DictConfig) -> DictConfig:
-    """``cfg.model``, with ``out_channels`` = 2 × ``in_channels`` when ``diffusion.variance=learned_range``: the
-    network's extra half is v (Nichol & Dhariwal, eq. 15), so the channel count follows the diffusion config."""
-    if cfg.diffusion.get("variance", "fixed") != "learned_range":
+    """``cfg.model``, with what follows from other sections: ``out_channels`` = 2 × ``in_channels`` when
+    ``diffusion.variance=learned_range`` (the network's extra half is v, Nichol & Dhariwal, eq. 15), and
+    ``augment_dim`` when ``dataset.augment`` > 0 (the network is conditioned on the augmentation, EDM)."""
+    learned = cfg.diffusion.get("variance", "fixed") == "learned_range"
+    augment = augment_labels_dim(cfg)
+    if not learned and not augment:
         return cfg.model
     node = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
-    node.out_channels = 2 * int(node.in_channels)
+    if learned:
+        node.out_channels = 2 * int(node.in_channels)
+    if augment:
+        node.augment_dim = augment
     return node
 
 
 def build_components(
     cfg: DictConfig, device: str | torch.device | None = None, warn: bool = True
-) -> tuple[Any, GaussianDiffusion, Sampler]:
+) -> tuple[Any, DiffusionProcess, Sampler]:
     """(net, diffusion, sampler) from a composed config.
 
     ``device="meta"`` sizes the network without memory (for checks); ``warn`` is the schedule's small-T warning.
@@ -112,7 +129,7 @@ def build_components(
     return net, diffusion, sampler
 
 
-def build_module(cfg: DictConfig, net: Any, diffusion: GaussianDiffusion, sampler: Sampler) -> DiffusionModule:
+def build_module(cfg: DictConfig, net: Any, diffusion: DiffusionProcess, sampler: Sampler) -> DiffusionModule:
     """The LightningModule of a training config, around already built components."""
     try:
         return DiffusionModule(

@@ -22,11 +22,12 @@ from pytorch_lightning.accelerators import AcceleratorRegistry
 
 from ddpm_lab.artifacts.allow_list import DATASET_TARGETS, HOW_TO_REGISTER, safe_stored_config, section_builders
 from ddpm_lab.artifacts.checkpoint import checkpoint_config, checkpoint_file, read_checkpoint
+from ddpm_lab.artifacts.posthoc_ema import STATE_KEY
 from ddpm_lab.config.build import build, build_components, build_module, model_node, name_key, stored_config
-from ddpm_lab.config.conditioning import condition_on_dataset
+from ddpm_lab.config.conditioning import condition_on_dataset, keep_checkpoint_classes
 from ddpm_lab.config.loggers import logger_row
 from ddpm_lab.config.run_folder import writable_folder
-from ddpm_lab.diffusion import Sampler
+from ddpm_lab.diffusion import DiffusionProcess, Sampler, SigmaSampler
 from ddpm_lab.errors import ConfigError, UnsafeConfigError, check_flag, check_number, first_line
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,15 @@ def check_integer(cfg: DictConfig, key: str, **limits: Any) -> None:
         OmegaConf.update(cfg, key, value)
 
 
-def check_sampler(node: DictConfig, num_timesteps: int, key: str = "sampler") -> Sampler:
-    """A sampler config that builds and whose steps fit the schedule's T, built; warns about short ``fixed_large``
-    chains."""
+def check_sampler(
+    node: DictConfig, num_timesteps: int, key: str = "sampler", process: DiffusionProcess | None = None
+) -> Sampler:
+    """A sampler config that builds and whose steps fit the schedule's T (and, given the ``process``, whose σ range
+    meets its noise levels), built; warns about short ``fixed_large`` chains."""
     check_number(node.get("steps"), f"{key}.steps", int, low=1, high=num_timesteps, optional=True)
     sampler = build(key, node)
+    if process is not None:
+        check_sampler_fits(sampler, process, key)
     try:
         visited = sampler.timesteps(num_timesteps)
     except ValueError as e:
@@ -110,6 +115,16 @@ def check_sampler(node: DictConfig, num_timesteps: int, key: str = "sampler") ->
             key,
         )
     return sampler
+
+
+def check_sampler_fits(sampler: Sampler, process: DiffusionProcess, key: str = "sampler") -> None:
+    """A σ-space sampler's σ range meets the noise levels of the process it will sample (e.g. not
+    ``sampler.sigma_min=100`` for a model trained up to σ = 80)."""
+    if isinstance(sampler, SigmaSampler):
+        try:
+            sampler.sigmas(process)
+        except ConfigError as e:
+            raise ConfigError(name_key(first_line(e), key)) from e
 
 
 def callback_samplers(cfg: DictConfig) -> dict[str, DictConfig]:
@@ -250,9 +265,12 @@ def check_trainer_values(cfg: DictConfig) -> None:
                 f"got {interval!r}"
             ) from e
     check_number(_get(cfg, "trainer.gradient_clip_val"), "trainer.gradient_clip_val", float, low=0, optional=True)
+    check_flag(cfg.get("deterministic", False), "deterministic")
     for key in ("trainer.deterministic", "trainer.benchmark", "trainer.enable_model_summary"):
         if _get(cfg, key) is not None:
             check_flag(_get(cfg, key), key)
+    if _get(cfg, "trainer.deterministic") and cfg.get("seed") is None:
+        raise ConfigError("deterministic=true needs a seed (seed: null draws a fresh one each run): set seed=<integer>")
     if _get(cfg, "callbacks.model_checkpoint") is not None:
         check_integer(cfg, "callbacks.model_checkpoint.every_n_train_steps", low=1, optional=True)
         check_integer(cfg, "callbacks.model_checkpoint.save_top_k", low=-1)
@@ -277,10 +295,39 @@ def check_continued_checkpoint(cfg: DictConfig) -> None:
     stored, current = _with_defaults(stored), _with_defaults(OmegaConf.to_container(model_node(cfg), resolve=True))
     # dropout changes no weight: fine-tuning may set its own (converted diffusers checkpoints store theirs, 0.0)
     diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k) and k != "dropout")
+    if diff == ["augment_dim"]:  # follows dataset.augment (model_node), not a model option
+        raise ConfigError(
+            f"ckpt_path={path} was trained with model.augment_dim={stored['augment_dim']} and this run builds "
+            f"{current['augment_dim']} (it follows dataset.augment and dataset.augment_rotate): augment as it was "
+            "trained, or start a new run without ckpt_path"
+        )
     if diff:
         raise ConfigError(
             f"ckpt_path={path} was trained with a different model (model.{', model.'.join(diff)} differ): "
             "use the model options it was trained with, or start a new run without ckpt_path"
+        )
+
+
+def check_posthoc_continues(cfg: DictConfig, ckpt_path: str | os.PathLike) -> None:
+    """With ``callbacks=posthoc_ema``, a run continued from ``ckpt_path`` (``resume=`` or ``ckpt_path=``) must have
+    tracked the same EMA lengths from step 0: an average started midway is not a power-function EMA."""
+    node = OmegaConf.select(cfg, "callbacks.posthoc_ema")
+    if node is None:
+        return
+    ckpt = read_checkpoint(ckpt_path, mmap=True)
+    callbacks = ckpt.get("callbacks") if isinstance(ckpt.get("callbacks"), dict) else {}
+    state, step = callbacks.get(STATE_KEY), ckpt.get("global_step", 0)
+    if not state and isinstance(step, int) and step > 0:
+        raise ConfigError(
+            f"callbacks.posthoc_ema is on, but {ckpt_path} (step {step}) was trained without it: post-hoc EMA must "
+            "follow a run from step 0; start a new run, or leave callbacks=posthoc_ema out"
+        )
+    tracked = [float(v) for v in (state or {}).get("sigma_rels") or []]
+    asked = [float(v) for v in node.get("sigma_rels") or []]
+    if state and tracked != asked:
+        raise ConfigError(
+            f"callbacks.posthoc_ema.sigma_rels={asked} but {ckpt_path} tracked {tracked}: continue with the same "
+            "sigma_rels (any other length is reconstructed afterwards with python -m ddpm_lab.ema)"
         )
 
 
@@ -356,6 +403,9 @@ def check_train_config(cfg: DictConfig) -> None:
     build("dataset", cfg.dataset)
     condition_on_dataset(cfg)
     net, diffusion, sampler = build_components(cfg, device="meta", warn=False)  # constructors check their values
+    check_sampler_fits(sampler, diffusion)
+    for key, node in callback_samplers(cfg).items():
+        check_sampler_fits(build(key, node), diffusion, key)
     check_optimizer(cfg)  # torch's messages name no key
     build_module(cfg, net, diffusion, sampler)
     check_storable(cfg)
@@ -364,3 +414,4 @@ def check_train_config(cfg: DictConfig) -> None:
     writable_folder(cfg.paths.output_root)
     if cfg.get("ckpt_path") and not cfg.get("resume"):
         check_continued_checkpoint(cfg)
+        keep_checkpoint_classes(cfg, cfg.ckpt_path)  # fine-tuning: labels keep the meaning the weights learned

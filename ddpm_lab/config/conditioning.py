@@ -4,13 +4,18 @@ count and names from the dataset, so they are never typed by hand (Ho & Salimans
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from ddpm_lab.artifacts.checkpoint import checkpoint_config, read_checkpoint
 from ddpm_lab.config.build import build
-from ddpm_lab.errors import ConfigError, DatasetError, check_choice, check_number
+from ddpm_lab.errors import ConfigError, DatasetError, ResumeError, check_choice, check_number
+
+log = logging.getLogger(__name__)
 
 KINDS = ("none", "class")
 
@@ -56,6 +61,11 @@ def condition_on_dataset(cfg: DictConfig) -> Conditioning:
     """
     conditioning = conditioning_of(cfg)
     given = cfg.model.get("num_classes") if isinstance(cfg.get("model"), DictConfig) else None
+    if isinstance(cfg.get("model"), DictConfig) and cfg.model.get("null_class", True) is not True:
+        raise ConfigError(
+            f"model.null_class={cfg.model.null_class}: ddpm_lab trains class-conditional models with their null "
+            "class (label dropout, guidance): leave model.null_class out"
+        )
     if not conditioning.conditional:
         if given:
             raise ConfigError(
@@ -79,3 +89,42 @@ def condition_on_dataset(cfg: DictConfig) -> Conditioning:
         cfg.model.num_classes = len(names)
         cfg.conditioning.class_names = names
     return Conditioning(conditioning.kind, conditioning.p_uncond, names)
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+
+
+def keep_checkpoint_classes(cfg: DictConfig, ckpt_path: str | os.PathLike | None) -> None:
+    """A run continued from ``ckpt_path`` (``resume=`` or ``ckpt_path=``) keeps the labels its weights learned.
+
+    When the checkpoint stores the dataset's class names in another order (a run from before class folders sorted
+    naturally: ``1, 10, 2, …``), ``dataset.class_names`` and ``conditioning.class_names`` take the stored order, so
+    label k keeps meaning the class it meant. A resumed run whose dataset has other classes is refused; fine-tuning
+    onto other classes (``ckpt_path=``) is allowed, with a warning.
+    """
+    names = cfg.conditioning.get("class_names") if conditioning_of(cfg).conditional else None
+    if not ckpt_path or not names:
+        return
+    dataset = checkpoint_config(read_checkpoint(ckpt_path, mmap=True), ckpt_path).get("dataset") or {}
+    stored = dataset.get("class_names")
+    if not isinstance(stored, list) or [str(n) for n in stored] == list(names):
+        return
+    stored = [str(n) for n in stored]
+    if sorted(stored) != sorted(names):
+        if cfg.get("resume"):
+            raise ResumeError(
+                f"resume={cfg.resume}: its checkpoint was trained on the classes {_shown(stored)}, but the dataset "
+                f"now has {_shown(list(names))}: resume with the data it was trained on"
+            )
+        log.warning(
+            "ckpt_path=%s was trained on other classes (%s): its labels now mean %s",
+            ckpt_path,
+            _shown(stored),
+            _shown(list(names)),
+        )
+        return
+    log.info("class labels follow %s: %s", ckpt_path, ", ".join(stored))
+    with open_dict(cfg):
+        cfg.dataset.class_names = stored
+        cfg.conditioning.class_names = stored

@@ -50,6 +50,15 @@ def check_typed_keys(config_name: str, argv: Sequence[str]) -> None:
         return
 
 
+def comma_list(argv: Sequence[str], key: str) -> list[str]:
+    """``key=a,b,c`` (Hydra's sweep syntax, which it refuses outside ``--multirun``) as the list ``key=[a,b,c]``,
+    unless the command line is a multirun."""
+    if any(a in ("-m", "--multirun") for a in argv):
+        return list(argv)
+    pattern = re.escape(key) + r"=[^\[\]'\"]*,[^\[\]'\"]*"
+    return [f"{key}=[{a[len(key) + 1 :]}]" if re.fullmatch(pattern, a) else a for a in argv]
+
+
 def entry_point(config_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap a ``@hydra.main`` function: the command line's keys are checked first (one line, exit status 2)."""
 

@@ -68,6 +68,11 @@ def images_of(dataset: dict[str, Any]) -> Callable[[], tuple[torch.Tensor, torch
     return load
 
 
+def class_names_of(dataset: dict[str, Any]) -> list[str] | None:
+    """The class names of ``dataset``'s split, label by label (a folder listing at most; None: unlabeled)."""
+    return build("dataset", OmegaConf.create(dataset)).class_names
+
+
 def dataset_source(dataset: dict[str, Any]) -> str:
     """How messages name a dataset: its data module's class, and its folder when it has one."""
     return dataset["_target_"].rsplit(".", 1)[-1] + (f" at {dataset['root']}" if dataset.get("root") else "")

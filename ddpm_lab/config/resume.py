@@ -25,6 +25,7 @@ from ddpm_lab.config.loggers import logger_row
 from ddpm_lab.config.overrides import check_known, check_places, read_overrides
 from ddpm_lab.config.run_folder import CHECKPOINTS, RESUME_PREFIX, STARTED_NAME
 from ddpm_lab.errors import CheckpointError, ResumeError, one_line
+from ddpm_lab.training.resume_state import check_resume_state
 
 
 def _key(override: str) -> str:
@@ -114,6 +115,7 @@ def check_resumable(net: nn.Module, ckpt_path: str | os.PathLike, run_dir: str |
                 f"{ckpt_path} is not a training checkpoint (no optimizer or loop state): it cannot be continued; "
                 "start a new run from its weights with ckpt_path= instead"
             )
+        check_resume_state(ckpt, ckpt_path)
         for weights in ("raw", "auto"):  # the raw weights and, with EMA, the average in state_dict
             check_fits(net, net_weights(ckpt, weights, ckpt_path), ckpt_path)
     except CheckpointError as e:

@@ -36,6 +36,8 @@ HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writ
 RESUME_PREFIX = "resume_"  # .hydra/resume_<time>_<uid>/: the Hydra files of one resume launch
 STARTED_NAME = "started"  # in .hydra/resume_<time>/: this resume launch reached training, so replay its overrides
 CHECKPOINTS = "checkpoints"  # configs/callbacks/default.yaml's model_checkpoint.dirpath under the run folder
+# The logs of the extra processes Lightning's launcher starts on this machine (its Hydra job name for them).
+EXTRA_PROCESS_LOGS = "train_ddp_process_*.log"
 
 
 @dataclass
@@ -331,6 +333,8 @@ def discard_fresh_run_folder() -> None:
         return  # it trained far enough to save a checkpoint: that is a run now, keep it whole
     _remove_files(run / ".hydra", HYDRA_FILES)
     _remove_files(run, (f"{hc.job.name}.log",))
+    for extra in run.glob(EXTRA_PROCESS_LOGS):  # this launch's other processes (they exit with it)
+        extra.unlink(missing_ok=True)
     # What Lightning opened before the data failed: all of it ours, and no checkpoint in it.
     for name in (*logger_folders(), CHECKPOINTS):
         shutil.rmtree(run / name, ignore_errors=True)

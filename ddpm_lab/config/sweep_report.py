@@ -50,7 +50,10 @@ def job_row(output_dir: Path, overrides: list[str] | None = None) -> dict[str, A
         result = json.loads(path.read_text())
         if overrides is None:
             overrides = read_yaml(output_dir / ".hydra" / "overrides.yaml") or []
-        settings = dict(str(o).lstrip("+~").split("=", 1) for o in overrides if "=" in str(o))
+        given = dict(str(o).lstrip("+~").split("=", 1) for o in overrides if "=" in str(o))
+        settings = {k: v for k, v in given.items() if not k.startswith(PLACES)}
+        if "ckpt" in given:  # a column when the sweep compares checkpoints (e.g. post-hoc EMA lengths)
+            settings = {"ckpt": given["ckpt"].strip("'\""), **settings}
         n = result.get("n_fake") or 1
         seconds = result["sampling_seconds"] / n if "sampling_seconds" in result else None
     except (OSError, ValueError, TypeError, AttributeError, RecursionError, UserError) as e:
@@ -58,7 +61,7 @@ def job_row(output_dir: Path, overrides: list[str] | None = None) -> dict[str, A
         return None
     return {
         "job": output_dir.name,
-        "settings": {k: v for k, v in settings.items() if not k.startswith(PLACES)},
+        "settings": settings,
         "nfe": result.get("nfe"),
         "fid": result.get("fid"),
         "kid_mean": result.get("kid_mean"),
@@ -84,6 +87,23 @@ def reported_jobs(folder: Path) -> list[str]:
     return [line[-1] for line in lines[1:]]
 
 
+def short_names(paths: list[str]) -> dict[str, str]:
+    """Each path by its fewest trailing parts that still tell it from the others (``ema_0.1_step_0001350.ckpt``,
+    or ``runA/checkpoints/last.ckpt`` beside ``runB/...``)."""
+    parts = {p: Path(p).parts for p in dict.fromkeys(paths)}
+    for n in range(1, max((len(v) for v in parts.values()), default=1) + 1):
+        names = {p: "/".join(v[-n:]) for p, v in parts.items()}
+        if len(set(names.values())) == len(names):
+            return names
+    return {p: p for p in parts}
+
+
+def shown_settings(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Each row's settings as the report shows them: checkpoints by their :func:`short_names`."""
+    names = short_names([row["settings"]["ckpt"] for row in rows if "ckpt" in row["settings"]])
+    return [{k: names.get(v, v) if k == "ckpt" else v for k, v in row["settings"].items()} for row in rows]
+
+
 def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
     """The settings whose value differs between jobs (all of them when the jobs agree), in first-seen order."""
     keys = list(dict.fromkeys(k for row in rows for k in row["settings"]))
@@ -101,8 +121,10 @@ def table(rows: list[dict[str, Any]]) -> list[list[str]]:
     """Header and one line per job: swept settings, then NFE, FID, KID, seconds per image, the job's folder."""
     keys = swept_keys(rows)
     header = [*keys, *METRICS, "job"]
+    shown = shown_settings(rows)
     return [header] + [
-        [row["settings"].get(k, "") for k in keys] + [_cell(row[m]) for m in METRICS] + [row["job"]] for row in rows
+        [settings.get(k, "") for k in keys] + [_cell(row[m]) for m in METRICS] + [row["job"]]
+        for row, settings in zip(rows, shown)
     ]
 
 
@@ -116,9 +138,9 @@ def fid_vs_nfe_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float,
     each a list of (NFE, FID, seconds per image) over the jobs that have both scores."""
     series_keys = [k for k in swept_keys(rows) if not k.endswith("steps")]
     series: dict[str, list[tuple[float, float, float | None]]] = {}
-    for row in rows:
+    for row, settings in zip(rows, shown_settings(rows)):
         if row["nfe"] is not None and row["fid"] is not None:
-            label = ", ".join(f"{k}={row['settings'].get(k, '-')}" for k in series_keys) or "FID"
+            label = ", ".join(f"{k}={settings.get(k, '-')}" for k in series_keys) or "FID"
             series.setdefault(label, []).append((row["nfe"], row["fid"], row["seconds_per_image"]))
     return series
 

@@ -10,6 +10,7 @@ from ddpm_lab.data.datasets.digits import DigitsDataModule
 from ddpm_lab.data.datasets.image_folder import ImageFolderDataModule
 from ddpm_lab.data.datasets.mnist import MNISTDataModule
 from ddpm_lab.data.datasets.stanford_cars import StanfordCarsDataModule
+from ddpm_lab.data.datasets.streaming import StreamingDataModule
 from ddpm_lab.data.loader import InMemoryLoader
 from ddpm_lab.errors import DatasetError
 
@@ -22,6 +23,7 @@ DATASETS: dict[str, type[ImageDataModule]] = {
         StanfordCarsDataModule,
         ImageFolderDataModule,
         DigitsDataModule,
+        StreamingDataModule,
     )
 }
 
@@ -36,5 +38,6 @@ __all__ = [
     "InMemoryLoader",
     "MNISTDataModule",
     "StanfordCarsDataModule",
+    "StreamingDataModule",
     "first_images",
 ]

@@ -13,6 +13,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from ddpm_lab.artifacts.classes import natural_order
 from ddpm_lab.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -54,18 +55,19 @@ def list_image_files(root: Path) -> list[Path]:
 
 
 def index_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Image files under ``root``, their labels (index of the first sub-folder; −1 directly in ``root``), classes."""
+    """Image files under ``root``, their labels (index of the first sub-folder; −1 directly in ``root``), classes
+    (the sub-folders in natural order: ``1, 2, …, 10``; the data module maps them to the run's class names)."""
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist: set dataset.root to a folder of images")
     files = list_image_files(root)
-    classes = sorted({f.relative_to(root).parts[0] for f in files if f.parent != root})
+    classes = natural_order(f.relative_to(root).parts[0] for f in files if f.parent != root)
     class_index = {c: i for i, c in enumerate(classes)}
     labels = [class_index[f.relative_to(root).parts[0]] if f.parent != root else -1 for f in files]
     return files, labels, classes
 
 
 def folder_class_names(root: Path) -> list[str] | None:
-    """The class sub-folders of ``root``, sorted as :func:`index_image_folder` numbers them; None: no classes."""
+    """The class sub-folders of ``root``, ordered as :func:`index_image_folder` numbers them; None: no classes."""
     return index_image_folder(root)[2] or None
 
 
@@ -173,7 +175,11 @@ def decode_labelled(
     files: Sequence[Path], labels: Sequence[int], image_size: int, channels: int, on_error: str, where: Path
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """:func:`decode_files` with ``dataset.on_error`` applied: (K, C, S, S) images, the labels of the files that
-    decoded, and the unreadable ones (see :func:`report_bad_files`)."""
+    decoded, and the unreadable ones (see :func:`report_bad_files`). No files at all is a DatasetError."""
+    if not files:
+        raise DatasetError(
+            f"{where} holds no images ({', '.join(IMAGE_EXTENSIONS)}): point dataset.root at a folder that does"
+        )
     images, kept, bad = decode_files(files, image_size, channels)
     report_bad_files(bad, where, on_error, len(kept))
     targets = torch.as_tensor(labels, dtype=torch.long)[torch.as_tensor(kept, dtype=torch.long)]

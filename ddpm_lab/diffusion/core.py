@@ -1,7 +1,8 @@
-"""What the Gaussian process and the samplers share: the denoiser type, noise, coefficient helpers, one step.
+"""What the diffusion processes and the samplers share: the denoiser type, noise, coefficient helpers, one step.
 
-Plain PyTorch. :class:`Process` says what a sampler needs from a diffusion process, so samplers depend on this
-module and not on :class:`~ddpm_lab.diffusion.gaussian.GaussianDiffusion` itself.
+Plain PyTorch. :class:`Process` says what a timestep sampler needs from a diffusion process and
+:class:`SigmaProcess` what a σ-space (EDM) sampler needs, so samplers depend on this module and not on
+:class:`~ddpm_lab.diffusion.gaussian.GaussianDiffusion` or :class:`~ddpm_lab.diffusion.edm.EDMDiffusion` themselves.
 """
 
 from __future__ import annotations
@@ -125,3 +126,29 @@ class Process(Protocol):
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor: ...
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor: ...
+
+
+class SigmaProcess(Protocol):
+    """The part of a diffusion process that σ-space samplers (EDM's Heun, Euler, DPM-Solver++) use.
+
+    States are x = x_0 + σ n, n ~ N(0, I) (Karras et al., 2022, eq. 1): a VP model's x_t is x/√(1 + σ²) with
+    σ_t = √((1 − ᾱ_t)/ᾱ_t), so both ``GaussianDiffusion`` and ``EDMDiffusion`` are one.
+    """
+
+    num_timesteps: int
+
+    def sigma_range(self) -> tuple[float, float]:
+        """(σ_min, σ_max): the noise levels a chain covers by default."""
+        ...
+
+    def round_sigma(self, sigma: float) -> float:
+        """The noise level the network is really evaluated at for ``sigma`` (a discrete model's nearest σ_t)."""
+        ...
+
+    def sigma_timestep(self, sigma: float) -> int:
+        """The timestep of the schedule whose σ_t is nearest ``sigma`` (what a step at σ is labelled)."""
+        ...
+
+    def denoise(self, model: Callable[..., torch.Tensor], x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """D(x; σ) ≈ E[x_0 | x], from one call of ``model`` (the raw network, or a guidance wrapper of it)."""
+        ...

@@ -103,8 +103,8 @@ class DiffusersSampler(Sampler):
         steps: ``num_inference_steps`` (Heun-type second-order schedulers evaluate the model about twice per step).
         spacing: ``linspace``, ``leading``, ``trailing`` (diffusers' ``timestep_spacing``) or ``quadratic`` (custom
             timesteps; only for schedulers whose ``set_timesteps`` takes them); ``None`` = the scheduler's default.
-        clip_denoised: clip x̂_0 to [−1, 1]: the scheduler's ``clip_sample``, else its ``thresholding`` with
-            ``sample_max_value=1``, else done here (the output is rewritten from the clipped x̂_0).
+        clip_denoised: clip x̂_0 to [−1, 1], here: the scheduler is handed the output the clipped x̂_0 implies
+            (and clips it again with its ``clip_sample`` or ``thresholding``, where it has them: a no-op).
         dynamic_threshold: percentile of dynamic thresholding (replaces clipping); ``None`` = off.
         options: the scheduler's own settings (``solver_order``, ``use_karras_sigmas``, ...) and extra ``step``
             arguments (``eta`` of DDIM, ``s_churn`` of Euler, ...).
@@ -272,9 +272,11 @@ class DiffusersSampler(Sampler):
             else:
                 output = fed = output[:, :channels]
             x0 = self.denoised(diffusion, x_in, tt, output[:, :channels])
-            if self._clipping is None or fed_prediction != prediction:
-                # The scheduler cannot clip (or take x̂_0): hand it the output that our (clipped) x̂_0 implies.
-                fed = _output_of(diffusion, fed_prediction, x_in, tt, x0)
+            if self.changes_x0 or fed_prediction != prediction:
+                # The output our (clipped) x̂_0 implies: every scheduler then steps with one consistent (x̂_0, ε̂)
+                # pair, whatever it derives from the output (diffusers' DDIM would pair its clipped x̂_0 with the
+                # raw ε̂; see ddpm_lab.diffusion.samplers). Its own clipping of that x̂_0 changes nothing.
+                fed = torch.cat([_output_of(diffusion, fed_prediction, x_in, tt, x0), fed[:, channels:]], dim=1)
             try:
                 x = scheduler.step(fed, t, x, **step_kwargs).prev_sample.to(x.dtype)
             except (IndexError, RuntimeError, ValueError, NotImplementedError) as e:  # raised inside diffusers

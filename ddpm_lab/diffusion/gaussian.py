@@ -6,6 +6,7 @@ diffusers, so ``betas[t]`` is β_{t+1} of the paper.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
@@ -210,6 +211,10 @@ class GaussianDiffusion(nn.Module):
         ]
         return weight.float()
 
+    def noise_quarter(self, t: torch.Tensor) -> torch.Tensor:
+        """Which quarter of the training noise levels each t falls in: t in [0, T/4) → 0, …, [3T/4, T) → 3."""
+        return (t * 4) // self.num_timesteps
+
     def sample_timesteps(
         self, batch: int, device: torch.device | str, generator: Generator | None = None
     ) -> torch.Tensor:
@@ -258,6 +263,36 @@ class GaussianDiffusion(nn.Module):
         if weights is not None:
             per_sample = per_sample * weights
         return per_sample.mean() if reduction == "mean" else per_sample
+
+    def x0_model(self, model: Denoiser) -> Denoiser:
+        """``model`` as a network of x̂_0: (x_t, t) → x̂_0 (strips and pictures of what the model predicts)."""
+        return lambda x_t, t: self.predict_x0(x_t, t, self.split_output(model(x_t, t))[0])
+
+    # ------------------------------------------------------------------------ σ-space view (EDM samplers)
+    def sigma_range(self) -> tuple[float, float]:
+        """(σ_0, σ_{T−1}) with σ_t = √((1 − ᾱ_t)/ᾱ_t); a zero-terminal-SNR schedule's σ_{T−1} = ∞ gives way to
+        its largest finite σ."""
+        sigmas = self.sqrt_recipm1_alphas_cumprod
+        finite = sigmas[torch.isfinite(sigmas)]
+        return float(finite[0]), float(finite[-1])
+
+    def sigma_timestep(self, sigma: float) -> int:
+        """The timestep whose σ_t is nearest ``sigma`` in log σ (the network knows only these)."""
+        log_sigmas = self.sqrt_recipm1_alphas_cumprod.cpu().log()
+        finite = int(torch.isfinite(log_sigmas).sum())
+        return int((log_sigmas[:finite] - math.log(max(sigma, 1e-300))).abs().argmin())
+
+    def round_sigma(self, sigma: float) -> float:
+        """The trained σ_t nearest ``sigma`` (EDM's ``round_sigma`` for discrete models); 0 stays 0."""
+        return 0.0 if sigma == 0 else float(self.sqrt_recipm1_alphas_cumprod[self.sigma_timestep(sigma)])
+
+    def denoise(self, model: Denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """D(x; σ) = x̂_0 at the timestep of σ, the network fed x_t = √ᾱ_t x (x = x_0 + σ n; Karras et al.,
+        2022, eq. 4 with s = √ᾱ): exact when σ is one of the σ_t (see :meth:`round_sigma`)."""
+        t = torch.full((x.shape[0],), self.sigma_timestep(sigma), device=x.device, dtype=torch.long)
+        x_t = x * extract(self.sqrt_alphas_cumprod, t, x)
+        prediction, _ = self.split_output(model(x_t, t).to(x.dtype))
+        return self.predict_x0(x_t, t, prediction)
 
     # ----------------------------------------------------------------------------------- the bound
     def model_log_variance(
@@ -320,6 +355,10 @@ class GaussianDiffusion(nn.Module):
         return normal_kl(mean, torch.log(var).expand_as(mean), zero, zero).flatten(1).mean(1) / LOG2
 
     # --------------------------------------------------------------------------------------- sampling
+    def default_sampler(self) -> Sampler:
+        """What samples are drawn with when no sampler is given: DDPM's ancestral chain over all T steps."""
+        return DDPMSampler()
+
     def sample_loop(
         self,
         model: Denoiser,
@@ -348,7 +387,7 @@ class GaussianDiffusion(nn.Module):
             if shape is None:
                 raise ValueError("sample needs a shape or an x_T")
             x_T = randn(shape, generator, device)
-        return (DDPMSampler() if sampler is None else sampler), x_T.to(device)
+        return (self.default_sampler() if sampler is None else sampler), x_T.to(device)
 
     @torch.no_grad()
     def sample(
@@ -369,18 +408,29 @@ class GaussianDiffusion(nn.Module):
         ``(x_0, {t: x_t})`` on the CPU.
         """
         sampler, x_T = self._start(shape, sampler, generator, device, x_T)
-        steps: Iterable[SampleStep] = self.sample_loop(model, sampler=sampler, generator=generator, x_T=x_T)
-        if progress:
-            steps = tqdm(steps, total=len(sampler.timesteps(self.num_timesteps)), desc="sampling", leave=False)
-        keep_all = keep == "all"
-        keep_set = set() if keep is None or keep_all else {int(k) for k in keep}  # type: ignore[union-attr]
-        kept: dict[int, torch.Tensor] = {}
-        x = x_T
-        for step in steps:
-            if keep_all or step.t in keep_set:
-                kept[step.t] = x.detach().cpu()
-            x = step.x
-        return (x, kept) if keep is not None else x
+        steps = self.sample_loop(model, sampler=sampler, generator=generator, x_T=x_T)
+        return run_chain(steps, x_T, keep, progress and len(sampler.visited(self)))
+
+
+def run_chain(
+    steps: Iterator[SampleStep],
+    x_T: torch.Tensor,
+    keep: Iterable[int] | str | None = None,
+    progress: int | bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The last x of a chain's ``steps`` and, with ``keep``, ``{t: x_t}`` of the kept steps (x_t entering step t,
+    on the CPU); ``progress``: a progress bar over that many steps."""
+    if progress:
+        steps = tqdm(steps, total=int(progress), desc="sampling", leave=False)
+    keep_all = keep == "all"
+    keep_set = set() if keep is None or keep_all else {int(k) for k in keep}  # type: ignore[union-attr]
+    kept: dict[int, torch.Tensor] = {}
+    x = x_T
+    for step in steps:
+        if keep_all or step.t in keep_set:
+            kept[step.t] = x.detach().cpu()
+        x = step.x
+    return (x, kept) if keep is not None else x
 
 
 def _check_loss(variance: str, loss: str, loss_weighting: str, importance_sampling: bool) -> None:

@@ -21,9 +21,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ddpm_lab.diffusion.core import Denoiser, ImageNoise, randn
-from ddpm_lab.diffusion.gaussian import GaussianDiffusion
+from ddpm_lab.diffusion.edm import DiffusionProcess
 from ddpm_lab.diffusion.guidance import check_labels, guided
-from ddpm_lab.diffusion.samplers import DDPMSampler, Sampler
+from ddpm_lab.diffusion.samplers import Sampler
 from ddpm_lab.errors import ConfigError, check_number
 
 
@@ -60,7 +60,7 @@ def _device_of(net: Denoiser) -> torch.device:
 @torch.no_grad()
 def generate_batches(
     net: Denoiser,
-    diffusion: GaussianDiffusion,
+    diffusion: DiffusionProcess,
     n: int,
     sampler: Sampler | None = None,
     seed: int = 0,
@@ -81,7 +81,8 @@ def generate_batches(
     share of a larger set: image ``indices[k]`` is the same whoever draws it.
     ``keep``: timesteps whose x_t (the state *before* denoising step t) the first batch hands back on the CPU,
     for strips and GIFs (only the first batch: later ones would only cost memory).
-    ``device``: where sampling runs (the network's device by default). ``sampler``: DDPM ancestral by default.
+    ``device``: where sampling runs (the network's device by default). ``sampler``: the process's default (DDPM
+    ancestral; EDM's Heun for :class:`~ddpm_lab.diffusion.EDMDiffusion`).
     ``should_stop``: polled after every reverse step; when it returns True, :class:`SamplingStopped` is raised
     (a training run uses it to stop a long sample grid at once when SIGTERM arrives).
     ``labels``: ``n`` class indices of a class-conditional network (None: its unconditional, null-class model),
@@ -93,11 +94,11 @@ def generate_batches(
     indices = _image_indices(indices, n)
     labels = check_labels(net, labels, n, guidance)
     check_number(guidance_rescale, "guidance_rescale", float, 0, 1)
-    sampler = DDPMSampler() if sampler is None else sampler
+    sampler = diffusion.default_sampler() if sampler is None else sampler
     shape = tuple(shape) if shape is not None else image_shape(net)
     device = torch.device(device) if device is not None else _device_of(net)
     keep = {int(t) for t in keep}
-    steps = len(sampler.timesteps(diffusion.num_timesteps))
+    steps = len(sampler.visited(diffusion))
     bar = tqdm(total=math.ceil(n / batch_size) * steps, desc="sampling", unit="step", disable=not progress, leave=False)
     try:
         for start in range(0, n, batch_size):
@@ -133,6 +134,6 @@ def _image_indices(indices: Sequence[int] | None, n: int) -> list[int]:
     return out
 
 
-def generate(net: Denoiser, diffusion: GaussianDiffusion, n: int, **kwargs) -> torch.Tensor:
+def generate(net: Denoiser, diffusion: DiffusionProcess, n: int, **kwargs) -> torch.Tensor:
     """``n`` samples in [−1, 1] as one (n, C, H, W) CPU tensor; keyword arguments as :func:`generate_batches`."""
     return torch.cat([batch.images.cpu() for batch in generate_batches(net, diffusion, n, **kwargs)])

@@ -16,12 +16,24 @@ import torch
 
 from ddpm_lab.errors import ConfigError, check_number
 
-__all__ = ["ClassifierFreeGuidance", "check_labels", "guided", "num_classes_of", "rescale_guidance"]
+__all__ = ["ClassifierFreeGuidance", "check_labels", "guided", "has_null_class", "num_classes_of", "rescale_guidance"]
 
 
 def num_classes_of(net: object) -> int:
     """The classes a denoiser is conditioned on (its ``num_classes`` attribute; 0: unconditional)."""
     return int(getattr(net, "num_classes", 0) or 0)
+
+
+def has_null_class(net: object) -> bool:
+    """Whether a class-conditional denoiser has its null class (index ``num_classes``): what guidance and
+    unconditional samples need. Ours always do; a model imported without one says ``null_class = False``."""
+    return num_classes_of(net) > 0 and bool(getattr(net, "null_class", True))
+
+
+NO_NULL_CLASS = (
+    "this model has no null (unconditional) class (it was trained elsewhere without one): "
+    "ask for classes at guidance=1, without guidance_rescale"
+)
 
 
 def check_labels(
@@ -33,6 +45,9 @@ def check_labels(
     """
     guidance = check_number(guidance, "guidance", float)
     num_classes = num_classes_of(net)
+    if num_classes and not has_null_class(net) and (labels is None or guidance != 1.0):
+        asked = "unconditional samples (no labels)" if labels is None else f"guidance={guidance:g}"
+        raise ConfigError(f"{asked}: {NO_NULL_CLASS}")
     if labels is None:
         if guidance != 1.0:
             raise ConfigError(
@@ -86,6 +101,10 @@ class ClassifierFreeGuidance:
         self.guidance = check_number(guidance, "guidance", float)
         self.guidance_rescale = check_number(guidance_rescale, "guidance_rescale", float, 0, 1)
         self.null_class = num_classes_of(net)
+        if (self.guidance != 1.0 or self.guidance_rescale) and not has_null_class(net):
+            raise ConfigError(
+                f"guidance={self.guidance:g}, guidance_rescale={self.guidance_rescale:g}: {NO_NULL_CLASS}"
+            )
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         y = self.labels.to(x.device)

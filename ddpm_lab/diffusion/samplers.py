@@ -2,8 +2,14 @@
 
 A sampler picks the timesteps it visits and turns a denoiser's outputs into x_{t−1}; it never owns the
 schedule, which comes from the process it is given (a :class:`~ddpm_lab.diffusion.GaussianDiffusion`). Every sampler
-works on x̂_0 (and ε̂) from ``diffusion.predict_x0``/``predict_eps``, so it handles eps, x0 and v networks.
+works on x̂_0 from ``diffusion.predict_x0``, so it handles eps, x0 and v networks.
 Scalar coefficients are computed in float64 from the schedule and applied to x in its own dtype.
+
+The rule every sampler follows (ours, ``sampler=diffusers``, and any new one): once x̂_0 is clipped or thresholded,
+every other quantity of the step (ε̂, v̂, an ODE derivative) is derived from that x̂_0 and x_t, never taken from the
+raw output. A guided output ε(∅) + w·(ε(c) − ε(∅)) extrapolates for w > 1, so x̂_0 leaves [−1, 1] and clipping
+cuts its class direction back; the raw ε̂ still carries the extrapolated difference, which points the *other* way
+(ε̂ − ε̂(∅) = −√(ᾱ/(1−ᾱ))·(x̂_0 − x̂_0(∅))), so a step mixing the two drives samples away from their class.
 """
 
 from __future__ import annotations
@@ -78,14 +84,27 @@ class Sampler(ABC):
 
     def denoised(self, diffusion: Process, x: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """x̂_0 from the network output, thresholded or clipped as configured."""
-        x0 = diffusion.predict_x0(x, t, output)
+        return self.threshold(diffusion.predict_x0(x, t, output))
+
+    def threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        """x̂_0 thresholded (``dynamic_threshold``) or clipped to [−1, 1] (``clip_denoised``) as configured."""
         if self.dynamic_threshold is not None:
             return dynamic_threshold(x0, self.dynamic_threshold)
         return x0.clamp(-1.0, 1.0) if self.clip_denoised else x0
 
+    @property
+    def changes_x0(self) -> bool:
+        """Whether :meth:`denoised` may change x̂_0 (clipping or thresholding is on)."""
+        return self.clip_denoised or self.dynamic_threshold is not None
+
     @abstractmethod
     def timesteps(self, num_timesteps: int) -> list[int]:
         """The timesteps the model is evaluated at, in the order visited (descending)."""
+
+    def visited(self, process: Process) -> list[int]:
+        """The timestep of each network evaluation on ``process``, as the chain's SampleSteps carry them: its
+        :meth:`timesteps` (a σ-space sampler's depend on the process's noise levels)."""
+        return self.timesteps(process.num_timesteps)
 
     @abstractmethod
     def steps(
@@ -199,8 +218,10 @@ class DDIMSampler(_SingleStepSampler):
     """DDIM (Song et al., 2021, eq. 12): x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z,
     σ = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev); η = 0 is deterministic, η = 1 is DDPM-like.
 
-    As in diffusers, ε̂ is the network's own (not recomputed from a clipped x̂_0), and the step after the last
-    visited timestep goes to ᾱ = 1 (``set_alpha_to_one``) or to ᾱ_0.
+    ε̂ is the one the (clipped) x̂_0 implies, ε̂ = (x_t − √ᾱ_t x̂_0)/√(1 − ᾱ_t) (GLIDE; diffusers'
+    ``use_clipped_model_output=True``): with the network's own ε̂ beside a clipped x̂_0, guidance at w > 1 pushes
+    samples away from their class (see the module doc). Without clipping the two are the same. The step after the
+    last visited timestep goes to ᾱ = 1 (``set_alpha_to_one``) or to ᾱ_0.
 
     Args:
         steps: number of model evaluations.
@@ -235,8 +256,11 @@ class DDIMSampler(_SingleStepSampler):
         output, _ = split_output(diffusion, output)  # a learned variance is not used (Nichol & Dhariwal, §4)
         tt = _batch_t(t, x)
         x0 = self.denoised(diffusion, x, tt, output)
-        eps = diffusion.predict_eps(x, tt, output)
         a_t = _alpha_bar(diffusion, t)
+        if self.changes_x0:  # ε̂ of the clipped x̂_0: one consistent pair (module doc)
+            eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
+        else:
+            eps = diffusion.predict_eps(x, tt, output)
         a_prev = _alpha_bar(diffusion, t_prev if t_prev >= 0 or self.set_alpha_to_one else 0)
         std = self.eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
         x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1.0 - a_prev - std**2, 0.0)) * eps

@@ -20,6 +20,8 @@ __all__ = [
     "quadratic_betas",
     "cosine_betas",
     "sigmoid_betas",
+    "karras_betas",
+    "karras_sigmas",
     "rescale_zero_terminal_snr",
     "make_betas",
     "SCHEDULES",
@@ -79,6 +81,42 @@ def sigmoid_betas(timesteps: int = 1000, beta_start: float = 1e-4, beta_end: flo
     return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
 
 
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022), eq. 5: σ_i = (σ_max^(1/ρ) + i/(N−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ, i = 0 … N−1,
+    descending from σ_max to σ_min (float64; one step is σ_max alone)."""
+    ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    high, low = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    return (high + ramp * (low - high)) ** rho
+
+
+def check_sigma_range(sigma_min: float, sigma_max: float, rho: float, key: str) -> tuple[float, float, float]:
+    """0 < σ_min < σ_max and ρ > 0, each named ``<key>.<name>`` when refused."""
+    sigma_min = check_number(sigma_min, f"{key}.sigma_min", float, low=0, low_open=True)
+    sigma_max = check_number(sigma_max, f"{key}.sigma_max", float, low=0, low_open=True)
+    rho = check_number(rho, f"{key}.rho", float, low=0, low_open=True)
+    if not (math.isfinite(sigma_max) and sigma_min < sigma_max):
+        raise ConfigError(
+            f"{key}.sigma_min={sigma_min:g} must be below {key}.sigma_max={sigma_max:g} (both finite, > 0)"
+        )
+    return sigma_min, sigma_max, rho
+
+
+def karras_betas(
+    timesteps: int = 1000, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> torch.Tensor:
+    """The noise levels of Karras et al. (2022) as a β schedule: σ_t on the ρ-ramp of eq. 5 from σ_min (t = 0) to
+    σ_max (t = T−1), ᾱ_t = 1/(1 + σ_t²), so x_t/√ᾱ_t = x_0 + σ_t ε; β_t = (σ_t² − σ_{t−1}²)/(1 + σ_t²).
+
+    The default grid of ``diffusion=edm``: the range its samplers cover and the timestep labels of its chains;
+    any VP model can train on it too.
+    """
+    timesteps = _check_timesteps(timesteps)
+    sigma_min, sigma_max, rho = check_sigma_range(sigma_min, sigma_max, rho, "schedule")
+    sigma2 = karras_sigmas(timesteps, sigma_min, sigma_max, rho).flip(0) ** 2  # ascending in t
+    previous = torch.cat([sigma2.new_zeros(1), sigma2[:-1]])
+    return (sigma2 - previous) / (1.0 + sigma2)
+
+
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     """Lin et al. (2023), Alg. 1: shift and scale √ᾱ so that √ᾱ_T = 0 while √ᾱ_1 is unchanged (β_T becomes 1)."""
     if betas.numel() < 2:
@@ -98,13 +136,14 @@ SCHEDULES: dict[str, Callable[..., torch.Tensor]] = {
     "cosine": cosine_betas,
     "squaredcos_cap_v2": cosine_betas,
     "sigmoid": sigmoid_betas,
+    "karras": karras_betas,
 }
 
 
 def make_betas(
     name: str, timesteps: int = 1000, zero_terminal_snr: bool = False, warn: bool = True, **kwargs: float
 ) -> torch.Tensor:
-    """Build a float64 β schedule by name (``linear``, ``quadratic``, ``cosine``, ``sigmoid``).
+    """Build a float64 β schedule by name (``linear``, ``quadratic``, ``cosine``, ``sigmoid``, ``karras``).
 
     ``zero_terminal_snr`` rescales it so ᾱ_T = 0 (Lin et al., 2023). Warns when ᾱ_T is so large
     that x_T still visibly holds the image (typical for a linear schedule with small T).

@@ -1,4 +1,5 @@
-"""The classes a conditional checkpoint is asked for when it is scored: the dataset's own proportions."""
+"""The classes a conditional checkpoint is asked for when it is scored: the dataset's own proportions, its labels
+matched to the checkpoint's by class name (:func:`to_model_labels`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ddpm_lab.artifacts.classes import label_map
 from ddpm_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,3 +38,30 @@ def class_counts(labels: torch.Tensor, num_classes: int, source: str, ckpt: Path
         log.warning("%s has no class labels: drawing the %d classes uniformly", source, num_classes)
         return torch.ones(num_classes, dtype=torch.long)
     return torch.bincount(labels, minlength=num_classes)
+
+
+def to_model_labels(
+    dataset_names: list[str] | None, model_names: list[str] | None, source: str, ckpt: Path
+) -> torch.Tensor | None:
+    """``table[k]``: the checkpoint's label of the dataset's class k, matched by name (−1: a class the checkpoint
+    was not trained on); None when either side has no names (labels are then compared as they are).
+
+    A checkpoint class the dataset does not have is a ConfigError: its samples could not be scored.
+    """
+    if not dataset_names or not model_names:
+        return None
+    missing = [name for name in model_names if name not in dataset_names]
+    if missing:
+        shown = ", ".join(dataset_names[:8]) + (", ..." if len(dataset_names) > 8 else "")
+        raise ConfigError(
+            f"{ckpt} was trained on class {missing[0]!r}, which {source} does not have (its classes: {shown}): "
+            "pass the dataset it was trained on (dataset=... dataset.root=...)"
+        )
+    return label_map(dataset_names, model_names)
+
+
+def relabel(labels: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor:
+    """Labels through a :func:`to_model_labels` table (−1, none, stays −1)."""
+    if table is None:
+        return labels
+    return torch.where(labels >= 0, table[labels.clamp(min=0)], labels)

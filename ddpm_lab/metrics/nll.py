@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ddpm_lab.diffusion import Denoiser, GaussianDiffusion, Sampler, variational_bound
+from ddpm_lab.diffusion import Denoiser, DiffusionProcess, GaussianDiffusion, Sampler, variational_bound
+from ddpm_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,19 @@ class NLLSettings:
     variance: str | None
 
 
+def check_bounded(diffusion: DiffusionProcess, where: object) -> GaussianDiffusion:
+    """``diffusion`` itself when it has DDPM's variational bound; one ConfigError line for an EDM model."""
+    if not isinstance(diffusion, GaussianDiffusion):
+        raise ConfigError(
+            f"metrics=nll bounds DDPM's likelihood, but {where} is an EDM model (diffusion=edm), "
+            "which has no such bound: use metrics=fid"
+        )
+    return diffusion
+
+
 def model_bound(
     net: Denoiser,
-    diffusion: GaussianDiffusion,
+    diffusion: DiffusionProcess,
     sampler: Sampler,
     images: torch.Tensor,
     settings: NLLSettings,
@@ -115,6 +126,7 @@ def model_bound(
 ) -> tuple[NLLResult, str]:
     """:func:`images_bound` of a trained model under ``settings``, and the variance it used (``learned_range`` for a
     learned one, else ``settings.variance`` or the sampler's, ``fixed_small`` when it has none)."""
+    diffusion = check_bounded(diffusion, "this model")
     fixed = settings.variance or getattr(sampler, "variance", "fixed_small")
     variance = "learned_range" if diffusion.learned_variance else fixed
     log.info("bounding the NLL of %d test images (variance %s, stride %d)", len(images), variance, settings.stride)

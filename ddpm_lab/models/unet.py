@@ -3,7 +3,10 @@
 Plain PyTorch. ``UNet(x_t, t) -> prediction`` with the same shape as ``x_t``; a class-conditional U-Net
 (``num_classes > 0``) takes ``UNet(x_t, t, y)``, a learned class embedding added to the time embedding, with one
 extra "null" class (index ``num_classes``, also what ``y=None`` means) for classifier-free guidance (Ho & Salimans,
-2022).
+2022). A U-Net trained with non-leaky augmentation (``augment_dim > 0``, EDM) also takes
+``augment_labels=`` (N, augment_dim): their linear embedding is added to the time embedding; none (sampling) is
+all zeros, which adds nothing. ``null_class=False`` (a model imported from diffusers without one) has the class
+rows alone.
 """
 
 from __future__ import annotations
@@ -126,10 +129,15 @@ class UNet(nn.Module):
         out_channels: defaults to ``in_channels``.
         num_classes: 0 (unconditional) or the number of classes of a class-conditional model; set from the
             dataset by ``conditioning=class``. Adds ``class_emb`` with ``num_classes + 1`` rows (the last: null).
+        null_class: whether ``class_emb`` has the null row (guidance and unconditional samples need it); False
+            only for models trained elsewhere without one.
         norm_eps: GroupNorm epsilon (Ho et al.'s models: 1e-6).
         time_freq_shift: s in the time embedding's frequencies max_period^(−i/(half−s)) (Ho et al.: 1).
         time_cos_first: time embedding as [cos, sin] instead of [sin, cos].
         downsample_padding: padding of the strided downsampling conv; 0 pads right/bottom only (Ho et al.).
+        augment_dim: length of the augmentation labels (``ddpm_lab.data.augment``); 0: none. Set from
+            ``dataset.augment`` by the config, not by hand. Adds ``augment_emb``, a linear map without bias (EDM's
+            ``map_augment``), so zero labels add exactly nothing.
     """
 
     def __init__(
@@ -149,6 +157,8 @@ class UNet(nn.Module):
         time_freq_shift: float = 0.0,
         time_cos_first: bool = False,
         downsample_padding: int = 1,
+        augment_dim: int = 0,
+        null_class: bool = True,
     ) -> None:
         super().__init__()
         sizes = {
@@ -165,6 +175,8 @@ class UNet(nn.Module):
         dropout = check_number(dropout, "model.dropout", float, 0, 1, high_open=True)
         out_channels = check_number(out_channels, "model.out_channels", int, low=1, optional=True)
         self.num_classes = check_number(num_classes, "model.num_classes", int, low=0)
+        self.augment_dim = check_number(augment_dim, "model.augment_dim", int, low=0)
+        self.null_class = check_flag(null_class, "model.null_class")
         norm_eps = check_number(norm_eps, "model.norm_eps", float, low=0, low_open=True)
         self.time_freq_shift = check_number(time_freq_shift, "model.time_freq_shift", float, low=0)
         if self.time_freq_shift >= base_channels // 2:
@@ -178,7 +190,9 @@ class UNet(nn.Module):
         temb_dim = 4 * base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         if self.num_classes:  # only then: an unconditional U-Net keeps its modules and state_dict keys
-            self.class_emb = nn.Embedding(self.num_classes + 1, temb_dim)
+            self.class_emb = nn.Embedding(self.num_classes + int(self.null_class), temb_dim)
+        if self.augment_dim:  # likewise: only a U-Net trained with augmentation has it
+            self.augment_emb = nn.Linear(self.augment_dim, temb_dim, bias=False)
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         def block(cin: int, cout: int, res: int) -> nn.ModuleList:
@@ -260,13 +274,22 @@ class UNet(nn.Module):
     def class_embedding(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         """The class embedding of labels ``y`` (None: the null class ``num_classes`` for every sample)."""
         if y is None:
+            if not self.null_class:
+                raise ValueError("this U-Net has no null class (null_class=False): pass the class labels y")
             y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         elif y.ndim == 0:
             y = y.expand(batch)
         return self.class_emb(y.to(device=device, dtype=torch.long))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The prediction for ``x`` at timesteps ``t``; ``y``: class labels of a class-conditional U-Net."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        augment_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The prediction for ``x`` at timesteps ``t``; ``y``: class labels of a class-conditional U-Net;
+        ``augment_labels``: what augmentation was applied to each image (training only; None: none)."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         temb = sinusoidal_embedding(
@@ -277,6 +300,10 @@ class UNet(nn.Module):
             temb = temb + self.class_embedding(y, x.shape[0], x.device).to(temb.dtype)
         elif y is not None:
             raise ValueError("this U-Net is unconditional (num_classes=0): it takes no class labels y")
+        if augment_labels is not None:
+            if not self.augment_dim:
+                raise ValueError("this U-Net was built without augment_dim: it takes no augmentation labels")
+            temb = temb + self.augment_emb(augment_labels.to(device=x.device, dtype=temb.dtype))
         h = self.conv_in(x)
         skips = [h]
         for layers in self.down:

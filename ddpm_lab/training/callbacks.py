@@ -76,10 +76,12 @@ def sample_images(
     batch_size: int,
     labels: torch.Tensor | None = None,
     guidance: float = 1.0,
+    indices: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """``n`` samples in [−1, 1] (CPU) of the module's sampling weights (EMA when on), in eval mode, from ``seed``
     as ``ddpm_lab.diffusion.generate`` defines it; ``sampler`` overrides the module's own. ``labels`` and
-    ``guidance``: classes and classifier-free guidance scale of a class-conditional network.
+    ``guidance``: classes and classifier-free guidance scale of a class-conditional network; ``indices``: which
+    images of the seed's sequence (default ``0 … n−1``), e.g. one rank's share.
 
     Stops between two reverse steps with ``SIGTERMException`` when SIGTERM arrives during training."""
     net = pl_module.sampling_net
@@ -95,6 +97,7 @@ def sample_images(
             should_stop=sigterm_received(pl_module._trainer),
             labels=labels,
             guidance=guidance,
+            indices=indices,
         )
 
 
@@ -130,7 +133,12 @@ class EveryNSteps(pl.Callback):
     ) -> None:
         step = trainer.global_step
         if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
-            self.run(trainer, pl_module)
+            try:
+                self.run(trainer, pl_module)
+            except SIGTERMException:
+                # The cut sampling is dropped; Lightning stops once this batch's other hooks (EMA, checkpoint,
+                # its logged loss) have run, so the checkpoint and a resume from it miss nothing of the step.
+                pass
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step != self._last_step:
@@ -280,16 +288,14 @@ class DiffusionStrips(EveryNSteps):
             if not self._forward_logged:
                 log_image(trainer, "diffusion/forward", strip_grid(x_ts), step)
                 self._forward_logged = True
-            preds = []
+            preds, x0_model = [], diffusion.x0_model(net)
             for t, x_t in zip(ts, x_ts):
                 tt = torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)
-                preds.append(
-                    diffusion.predict_x0(x_t, tt, diffusion.split_output(net(x_t, tt))[0].float()).clamp(-1, 1)
-                )
+                preds.append(x0_model(x_t, tt).float().clamp(-1, 1))
             log_image(trainer, "diffusion/x0_pred", strip_grid(preds), step)
 
         sampler = self.sampler or pl_module.sampler
-        keep = evenly_spaced(sampler.timesteps(T), self.frames - 1)
+        keep = evenly_spaced(sampler.visited(diffusion), self.frames - 1)
         with stop_sampling_on_sigterm():
             (batch,) = generate_batches(
                 net,

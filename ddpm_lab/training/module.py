@@ -1,4 +1,11 @@
-"""The LightningModule: wraps a denoiser network and a GaussianDiffusion for training and validation."""
+"""The LightningModule: wraps a denoiser network and a diffusion process for training and validation.
+
+The module never branches on the process. What it uses of one (``GaussianDiffusion`` and ``EDMDiffusion`` both
+provide it) is the training protocol: ``training_timesteps(batch, device) -> (t, weights)``, ``loss(model, x0, t=t,
+noise=..., reduction=..., weights=weights)``, ``sample_timesteps(batch, device, generator)`` (the fixed draws of
+``val/loss``) and ``noise_quarter(t)`` (``train/loss_q0..q3``), where t is whatever the process's loss takes: integer
+timesteps for DDPM, noise levels σ for EDM. ``val/bpd`` is DDPM's bound only.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,21 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.utilities import grad_norm
 from torch import nn
 
 from ddpm_lab.artifacts.checkpoint import write_entry
 from ddpm_lab.artifacts.figures import bound_terms_figure
-from ddpm_lab.diffusion import BoundTerms, Denoiser, GaussianDiffusion, Sampler, variational_bound
+from ddpm_lab.diffusion import BoundTerms, Denoiser, DiffusionProcess, GaussianDiffusion, Sampler, variational_bound
 from ddpm_lab.diffusion.guidance import num_classes_of
-from ddpm_lab.errors import check_number
+from ddpm_lab.diffusion.importance import LossHistory
+from ddpm_lab.errors import ConfigError, check_number
 from ddpm_lab.training.ema import find_ema
 from ddpm_lab.training.lr_schedules import ConstantLR
 from ddpm_lab.training.media import image_loggers, log_figure
+from ddpm_lab.training.preemption import find_guard
+from ddpm_lab.training.resume_state import restore_resume_state, save_resume_state
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 LRScheduleFactory = Callable[..., Callable[[int], float]]  # (warmup_steps=N) -> (optimizer step -> lr factor)
@@ -70,7 +81,7 @@ class DiffusionModule(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        diffusion: GaussianDiffusion,
+        diffusion: DiffusionProcess,
         sampler: Sampler,
         optimizer: OptimizerFactory,
         warmup_steps: int = 0,
@@ -89,6 +100,11 @@ class DiffusionModule(pl.LightningModule):
         self.lr_factor = (lr_schedule or ConstantLR)(warmup_steps=warmup_steps)  # built now: bad values fail early
         self.val_bpd_every = check_number(val_bpd_every, "val_bpd_every", int, low=0)
         self.val_bpd_stride = check_number(val_bpd_stride, "val_bpd_stride", int, low=1)
+        if self.val_bpd_every and not isinstance(diffusion, GaussianDiffusion):
+            raise ConfigError(
+                f"val_bpd_every={self.val_bpd_every} needs DDPM's variational bound, which "
+                f"{type(diffusion).__name__} has none of: set val_bpd_every=0 (or train with diffusion=gaussian)"
+            )
         self._validations = 0
         self._bound: BoundTerms | None = None
         self.net = net
@@ -141,11 +157,16 @@ class DiffusionModule(pl.LightningModule):
         return torch.where(null, torch.full_like(labels, self.num_classes), labels)
 
     def _denoiser(self, forward: Callable[..., torch.Tensor], batch: Any, drop: bool) -> Denoiser:
-        """``forward`` itself for an unconditional net; for a conditional one, bound to the batch's labels."""
-        if not self.num_classes:
+        """``forward`` itself for an unconditional net; for a conditional one, bound to the batch's labels; for an
+        augmented batch (a third element: ``dataset.augment``), bound to its augmentation labels as well."""
+        augmented = len(batch) > 2
+        if not self.num_classes and not augmented:
             return forward
-        y = self.class_labels(batch[1], drop)
-        return lambda x_t, t: forward(x_t, t, y)
+        y = self.class_labels(batch[1], drop) if self.num_classes else None
+        if not augmented:
+            return lambda x_t, t: forward(x_t, t, y)
+        labels = batch[2]
+        return lambda x_t, t: forward(x_t, t, y, augment_labels=labels)
 
     @property
     def sampling_net(self) -> nn.Module:
@@ -163,18 +184,42 @@ class DiffusionModule(pl.LightningModule):
         per_sample = self.diffusion.loss(model, x0, t=t, reduction="none", weights=weights)
         loss = per_sample.mean()
         self._check_finite(loss)
-        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        if self._shows_this_step(batch_idx):
+            self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         if self._logs_this_step():
             self._log_loss_quarters(per_sample.detach(), t)
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        guard = find_guard(self._trainer)  # the last hook of a batch, after every callback's (max_time's Timer too)
+        if guard is not None:
+            guard.end_of_batch(self.trainer)  # stops at optimizer-step boundaries, last.ckpt at the final step
 
     def _logs_this_step(self) -> bool:
         """Whether Lightning writes this step's logs (``log_every_n_steps``): extra diagnostics only then."""
         return self._trainer is not None and (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0
 
+    def _shows_this_step(self, batch_idx: int) -> bool:
+        """Whether anyone reads this step's ``train/loss``: the loggers, the progress bar (it refreshes every
+        ``refresh_rate`` batches and at the epoch's last one) or the end of training. ``self.log`` costs ~0.5 ms of
+        host time per call (Lightning moves its result object to the device each time), the largest per-step cost
+        of the loop on a small network; other steps skip it. Between two logged steps ``callback_metrics`` keeps
+        the last logged value, as Lightning does between two logging steps anyway."""
+        trainer = self._trainer
+        if trainer is None or self._logs_this_step() or 0 < trainer.max_steps <= self.global_step + 1:
+            return True
+        bar = trainer.progress_bar_callback
+        if bar is None or not bar.is_enabled:
+            return False
+        if not isinstance(bar, TQDMProgressBar):
+            return True  # other bars (Rich) refresh by time: any step may be shown
+        n = batch_idx + 1
+        return n % bar.refresh_rate == 0 or n == trainer.num_training_batches
+
     def _log_loss_quarters(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
-        """``train/loss_q0..q3``: the batch loss split by t in [0, T/4), …, [3T/4, T) (improved-diffusion)."""
-        quarter = (t * 4) // self.diffusion.num_timesteps
+        """``train/loss_q0..q3``: the batch loss split by the quarter of the training noise levels t falls in
+        (DDPM: t in [0, T/4), …, [3T/4, T), as improved-diffusion; EDM: quartiles of ln σ)."""
+        quarter = self.diffusion.noise_quarter(t)
         for q in range(4):
             mask = quarter == q
             if bool(mask.any()):
@@ -207,10 +252,19 @@ class DiffusionModule(pl.LightningModule):
         return loss
 
     def _bpd_due(self) -> bool:
-        """Whether this validation computes ``val/bpd``: every ``val_bpd_every``-th one, not the sanity check."""
-        return (
-            self.val_bpd_every > 0 and not self.trainer.sanity_checking and self._validations % self.val_bpd_every == 0
-        )
+        """Whether this validation computes ``val/bpd``: every ``val_bpd_every``-th one, not the sanity check.
+
+        Counted from the training batches done (Lightning validates every ``val_check_batch`` of them), so the
+        schedule is a function of the step: a resumed run keeps it, and the extra validation Lightning runs when
+        training stops early (max_time) does not shift it. Time-based validation counts validations instead."""
+        if self.val_bpd_every <= 0 or self.trainer.sanity_checking:
+            return False
+        every = self.trainer.val_check_batch
+        if isinstance(every, int) and every > 0:
+            index = (self.trainer.fit_loop.total_batch_idx + 1) // every - 1
+        else:
+            index = self._validations
+        return index % self.val_bpd_every == 0
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -285,26 +339,15 @@ class DiffusionModule(pl.LightningModule):
             # Raising here keeps the last good checkpoint on disk instead of overwriting it with NaNs.
             raise NonFiniteLossError(f"the weights are non-finite {self._where(self.trainer.global_step)}")
         write_entry(checkpoint, self.config)
-        checkpoint["rng_states"] = self._gather_rng_states()
+        save_resume_state(self, checkpoint, self._loss_history)
+
+    @property
+    def _loss_history(self) -> LossHistory | None:
+        """The importance sampler's loss history (a step's t depends on it), when the diffusion keeps one."""
+        return getattr(self.diffusion, "loss_history", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "current_model_state" in checkpoint and find_ema(self._trainer) is None:
             # An EMA checkpoint keeps the average in state_dict; without EMA, continue from the raw weights.
             checkpoint["state_dict"] = checkpoint["current_model_state"]
-        self._restore_rng_states(checkpoint.get("rng_states"))
-
-    def _gather_rng_states(self) -> dict[str, torch.Tensor]:
-        """The torch RNG states (CPU and this rank's GPU) of every rank, as (world_size, n) uint8 tensors."""
-        states = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            states["cuda"] = torch.cuda.get_rng_state(self.device)
-        if self.trainer.world_size == 1:
-            return {k: v[None] for k, v in states.items()}
-        return {k: self.all_gather(v.to(self.device)).cpu() for k, v in states.items()}
-
-    def _restore_rng_states(self, states: dict[str, torch.Tensor] | None) -> None:
-        if not states or len(states["cpu"]) != self.trainer.world_size:
-            return  # none saved, or another number of ranks: keep this run's seeding
-        torch.set_rng_state(states["cpu"][self.global_rank])
-        if "cuda" in states and self.device.type == "cuda":
-            torch.cuda.set_rng_state(states["cuda"][self.global_rank], self.device)
+        restore_resume_state(self, checkpoint, self._loss_history)

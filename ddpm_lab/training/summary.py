@@ -16,6 +16,7 @@ from ddpm_lab.errors import check_number
 from ddpm_lab.models.flops import count_parameters, forward_flops_per_image, train_flops_per_image
 from ddpm_lab.training.ema import find_ema
 from ddpm_lab.training.media import log_text
+from ddpm_lab.training.posthoc_ema import find_posthoc_ema
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,30 @@ def optimizer_slots(optimizer: torch.optim.Optimizer | None) -> int:
 
 def checkpoint_bytes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
     """The size of one training checkpoint, from the tensors it stores: the module's weights, the raw weights
-    beside the average when an EMA runs, and the optimizer's per-parameter state (file overhead adds a few %)."""
+    beside the average when an EMA runs, the post-hoc EMA's averages, and the optimizer's per-parameter state
+    (file overhead adds a few %)."""
     weights = sum(t.numel() * t.element_size() for t in pl_module.state_dict().values())
     params = sum(p.numel() * p.element_size() for p in pl_module.parameters() if p.requires_grad)
     copies = 2 if find_ema(trainer) is not None else 1
     optimizer = trainer.optimizers[0] if trainer.optimizers else None
-    return copies * weights + optimizer_slots(optimizer) * params
+    posthoc = find_posthoc_ema(trainer)
+    averages = posthoc.tensor_bytes(pl_module) if posthoc is not None else 0
+    return copies * weights + averages + optimizer_slots(optimizer) * params
+
+
+def snapshot_plan(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
+    """One line: the post-hoc EMA snapshots this run will add (all kept), or None without post-hoc EMA."""
+    posthoc = find_posthoc_ema(trainer)
+    if posthoc is None:
+        return None
+    size = posthoc.tensor_bytes(pl_module)
+    every = posthoc.every_n_steps
+    lengths = ", ".join(f"{s:g}" for s in posthoc.sigma_rels)
+    head = f"sigma_rel {lengths}, a snapshot every {every} steps into {posthoc.folder}"
+    if trainer.max_steps < 0:
+        return f"{head}: {human_bytes(size)} each, all kept (no bound without trainer.max_steps)"
+    count = trainer.max_steps // every - trainer.global_step // every
+    return f"{head}: {count} x {human_bytes(size)} = {human_bytes(count * size)} more, all kept (each one is needed)"
 
 
 def files_kept(callback: ModelCheckpoint, steps: int | None) -> int | None:
@@ -152,6 +171,9 @@ class StartupSummary(pl.Callback):
             effective = None
         lines.append(f"steps:       {self._steps_line(trainer, pl_module, effective, train)}")
         lines.append(f"checkpoints: {checkpoint_plan(trainer, pl_module)}")
+        snapshots = snapshot_plan(trainer, pl_module)
+        if snapshots is not None:
+            lines.append(f"post-hoc EMA: {snapshots}")
         lines.append(f"time:        estimated after step {self._start_step + self.skip_steps + self.timed_steps}")
         return "\n".join(lines)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from ddpm_lab.errors import ConfigError, OutputExistsError, WeightsMissingError
 from ddpm_lab.evaluate import evaluate
@@ -170,3 +172,32 @@ def test_guidance_sweep_of_a_conditional_checkpoint(tmp_path, image_folder):
     for name in ("fid_vs_guidance.png", "samples_guidance_0.png", "samples_guidance_1.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert not (out / "samples.png").exists()
+
+
+def test_fid_comes_with_its_spread_and_floor_and_published_statistics_replace_the_real_images(
+    run_dir, tmp_path, image_folder, compose_eval, capsys
+):
+    """One run with the real images (FID ± its bootstrap std, the real-vs-real floor at the same n), then the same
+    samples against an .npz of those images' mu/sigma, as pytorch-fid writes it: the same FID, no KID, no floor."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    common = (f"ckpt={quoted(ckpt)}", *FAST_EVAL, "bootstrap=4")
+    first = evaluate(compose_eval(tmp_path, *common, "dataset=image_folder", f"dataset.root={image_folder}"))
+    assert first["fid_std"] > 0 and first["fid_bootstrap"] == 4
+    assert first["floor"]["method"] == "disjoint" and first["floor"]["n"] == 8 and first["floor"]["fid"] > 0
+    assert "4 bootstrap resamples of the generated images" in first["uncertainty"]["fid_std"]
+    out = capsys.readouterr().out
+    assert f"FID {first['fid']:.3f} ± {first['fid_std']:.3f}" in out
+    assert "real-vs-real floor: FID" in out and "n=8 each" in out
+
+    real = torch.load(first["real_stats"], weights_only=True)["features"].double()
+    mu, sigma = real.mean(0), real.T.cov()
+    np.savez_compressed(tmp_path / "published.npz", mu=mu.numpy(), sigma=sigma.numpy())
+    second = evaluate(compose_eval(tmp_path, *common, f"reference_stats={tmp_path / 'published.npz'}", out="eval2"))
+    assert second["fid"] == pytest.approx(first["fid"], rel=1e-9) and second["fid_std"] > 0
+    assert second["kid_mean"] is None and second["n_real"] is None and second["floor"] is None
+    assert "KID needs the real images' features" in second["uncertainty"]["kid"]
+    assert second["reference_stats"] == str(tmp_path / "published.npz") and "real_stats" not in second
+    saved = json.loads((tmp_path / "eval2" / "results.json").read_text())
+    assert saved["fid"] == second["fid"] and saved["floor"] is None
+    out = capsys.readouterr().out
+    assert "vs reference statistics" in out and "real-vs-real floor: none with reference_stats=" in out

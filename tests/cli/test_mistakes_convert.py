@@ -30,7 +30,9 @@ CASES = [
     case("missing", [], "convert got nothing: pass from_diffusers=DIR out=FILE.ckpt"),
     case("missing", "from_diffusers={tmp}/pipe", "convert got from_diffusers=: pass"),
     case("missing", [*IMPORT, "ckpt={tmp}/good.ckpt"], "convert got ckpt=, from_diffusers=, out=: pass"),
+    case("missing", [*EXPORT, "revision=main"], "revision=main picks a version of a Hugging Face Hub model"),
     case("types", ["from_diffusers={tmp}/pipe", "out=''"], "out= must be a path, got ''"),
+    case("types", [*IMPORT, "revision=''"], "revision= must be a branch, tag or commit of a Hub model, got ''"),
     case("types", [*EXPORT, "fid=abc"], "fid must be a number, got 'abc'"),
     case("ranges", [*EXPORT, "fid=-1"], "fid must be >= 0"),
     case("enumerations", [*EXPORT, "weights=best"], "weights must be one of ('auto', 'ema', 'raw')"),
@@ -39,6 +41,14 @@ CASES = [
         "data", ["from_diffusers={tmp}/missing", "out={tmp}/new.ckpt"], "from_diffusers={tmp}/missing is not a folder"
     ),
     case("data", ["from_diffusers={tmp}/empty_folder", "out={tmp}/new.ckpt"], "holds neither model_index.json"),
+    # Hub ids (offline here: HF_HUB_OFFLINE=1, an empty cache)
+    case(
+        "data",
+        ["from_diffusers=someone/absent", "out={tmp}/new.ckpt"],
+        "from_diffusers=someone/absent is not a folder here nor in the Hugging Face cache",
+    ),
+    case("data", ["from_diffusers=someone/bad--name", "out={tmp}/n.ckpt"], "is not a valid Hugging Face Hub id"),
+    case("data", [*IMPORT, "revision=main"], "from_diffusers={tmp}/pipe is a local path: drop revision="),
     case("data", ["from_diffusers={tmp}/cond", "out={tmp}/new.ckpt"], "holds a UNet2DConditionModel: only"),
     case("data", ["from_diffusers={tmp}/unet_only", "out={tmp}/n.ckpt"], "{tmp}/unet_only has no scheduler_config"),
     case("data", ["from_diffusers={tmp}/no_weights", "out={tmp}/new.ckpt"], "cannot load the U-Net weights in"),
@@ -55,6 +65,11 @@ CASES = [
     case("checkpoints", ["ckpt={tmp}/hostile.ckpt", "to_diffusers={tmp}/n"], "{tmp}/hostile.ckpt"),
     case("checkpoints", [*EXPORT, "weights=ema"], "holds no EMA weights"),
     case("checkpoints", ["ckpt={tmp}/odd.ckpt", "to_diffusers={tmp}/n"], "cannot express this U-Net: model.groups"),
+    case(
+        "checkpoints",
+        ["ckpt={tmp}/edm_linear.ckpt", "to_diffusers={tmp}/n"],
+        "diffusers' EDM schedulers put σ on the Karras ramp only, but this EDM model was trained with schedule=linear",
+    ),
     # nothing is overwritten
     case("output", ["from_diffusers={tmp}/pipe", "out={tmp}/good.ckpt"], "out={tmp}/good.ckpt already exists"),
     case("output", ["ckpt={tmp}/good.ckpt", "to_diffusers={tmp}/images"], "already exists and is not empty"),
@@ -65,6 +80,8 @@ CASES = [
 def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mistakes_convert")
     write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
+    edm_linear = [*TINY_TRAIN, f"dataset.root={root / 'images'}", "diffusion=edm", "schedule=linear"]
+    ours_checkpoint(root / "edm_linear.ckpt", edm_linear)
     ours_checkpoint(root / "odd.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'images'}", "model.base_channels=6"])
     torch.manual_seed(0)
     unet = UNet2DModel(

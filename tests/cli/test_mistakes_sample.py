@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ddpm_lab.sample import main
-from helpers import TINY_TRAIN, conditional_checkpoint, ours_checkpoint
+from helpers import TINY_TRAIN, conditional_checkpoint, ours_checkpoint, write_image_folder
 from mistakes import case, check_case, counts, run_in_process, run_subprocess, write_inputs
 
 BASE = ("ckpt={tmp}/good.ckpt", "paths.output_root={tmp}/out", "n=2", "device=cpu")
@@ -51,12 +51,23 @@ CASES = [
     case("types", "timesteps=[abc]", "timesteps must be a list of integers >= 0, got ['abc']"),
     # ranges
     case("ranges", "n=0", "n must be >= 1, got 0"),
+    # processes (devices=, num_nodes=)
+    case("types", "devices=abc", "devices must be an integer, got 'abc'"),
+    case("ranges", "devices=0", "devices must be >= 1, got 0"),
+    case("ranges", "num_nodes=0", "num_nodes must be >= 1, got 0"),
+    case("ranges", "devices=4096", "devices=4096 but this machine has"),
     case("ranges", "batch_size=-1", "batch_size must be >= 1, got -1"),
     case("ranges", "gif_frames=0", "gif_frames must be >= 1, got 0"),
     case("ranges", "timesteps=[-1]", "timesteps must be a list of integers >= 0, got [-1]"),
     case("ranges", "timesteps=[]", "timesteps is an empty list"),
     case("ranges", ["sampler=ddim", "sampler.steps=80"], "sampler.steps must be in [1, 50], got 80"),
     case("ranges", ["sampler=ddim", "sampler.eta=2"], "sampler.eta must be in [0, 1], got 2.0"),
+    case(
+        "ranges",
+        ["ckpt={tmp}/edm.ckpt", "sampler=edm_heun", "sampler.sigma_min=100", "sampler.sigma_max=200"],
+        "sampler.sigma_min=100 and sampler.sigma_max=200 leave nothing of the model's noise levels [0.002, 80]",
+    ),
+    case("ranges", ["sampler=edm_heun", "sampler.rho=0"], "sampler.rho must be > 0"),
     # enumerations
     case("enumerations", "weights=best", "weights must be one of ('auto', 'ema', 'raw'), got 'best'"),
     case("enumerations", "device=tpu", "device=tpu is not a device"),
@@ -89,6 +100,35 @@ CASES = [
     # output folders that cannot be created
     case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
     case("output", "hydra.run.dir={tmp}/" + "x" * 300, "File name too long"),
+    # options that do not apply: refused, never ignored
+    case("inapplicable", "guidance_rescale=0.5", "guidance_rescale=0.5 needs a class-conditional checkpoint"),
+    case(
+        "inapplicable",
+        ["ckpt={tmp}/cond.ckpt", "class=a", "guidance_rescale=0.5"],
+        "guidance_rescale=0.5 rescales guided outputs, but guidance is 1 (none): add guidance=<w>",
+    ),
+    case("inapplicable", ["ckpt={tmp}/cond.ckpt", "guidance=1"], "guidance=1 needs classes to guide towards"),
+    case(
+        "inapplicable",
+        ["ckpt={tmp}/cond.ckpt", "guidance_rescale=0.5"],
+        "guidance_rescale=0.5 needs classes to guide towards",
+    ),
+    case(
+        "inapplicable",
+        ["ckpt={tmp}/no_null.ckpt", "class=1", "guidance=2"],
+        "guidance=2 for {tmp}/no_null.ckpt: this model has no null (unconditional) class",
+    ),
+    case(
+        "inapplicable",
+        "ckpt={tmp}/no_null.ckpt",
+        "unconditional samples of {tmp}/no_null.ckpt: this model has no null (unconditional) class",
+    ),
+    # classes are names: numbers name classes when every class is named by a number
+    case(
+        "ranges",
+        ["ckpt={tmp}/numbered.ckpt", "class=0"],
+        "class=0 is not one of the model's 3 classes, which are named by numbers (1, 2, 10)",
+    ),
 ]
 if not torch.backends.mps.is_available():
     CASES.append(case("enumerations", "device=mps", "device=mps but this machine has no Apple GPU"))
@@ -116,12 +156,26 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     edited = torch.load(root / "cond.ckpt", weights_only=True)
     edited["ddpm_lab"]["config"]["dataset"]["class_names"] = ["a", "b" * 100_000]  # each grid row is titled
     torch.save(edited, root / "long_names.ckpt")
+    write_image_folder(root / "numbers", n_per_class=1, size=8, classes=("10", "2", "1"))
+    conditional_checkpoint(root / "numbered.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'numbers'}"])
+    no_null = ("conditioning=class", "++model.num_classes=3", "++model.null_class=false")  # as an import
+    ours_checkpoint(root / "no_null.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'images'}", *no_null])
+    ours_checkpoint(root / "edm.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'images'}", "diffusion=edm"])
     return root
 
 
 def test_the_table_is_varied():
     assert len(CASES) >= 25 and len(set(CASES)) == len(CASES)
-    assert set(counts(CASES)) == {"keys", "missing", "checkpoints", "types", "ranges", "enumerations", "output"}
+    assert set(counts(CASES)) == {
+        "keys",
+        "missing",
+        "checkpoints",
+        "types",
+        "ranges",
+        "enumerations",
+        "output",
+        "inapplicable",
+    }
 
 
 def test_the_base_config_samples_with_integral_floats(tmp: Path):

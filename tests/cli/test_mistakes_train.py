@@ -35,6 +35,10 @@ CASES = [
     case("types", "optimizer.lr=fast", "optimizer.lr must be a number"),
     case("types", "dataset.flip=maybe", "dataset.flip must be true or false"),
     case("types", "compile=yes", "compile must be true or false"),
+    case("types", "dataset.augment=often", "dataset.augment must be a number"),
+    case("types", "dataset.augment_rotate=maybe", "dataset.augment_rotate must be true or false"),
+    case("types", "deterministic=sometimes", "deterministic must be true or false"),
+    case("types", ["deterministic=true", "seed=null"], "deterministic=true needs a seed"),
     # ranges: negative sizes, intervals of 0, betas outside [0, 1)
     case(
         "ranges", "callbacks.model_checkpoint.every_n_train_steps=0", "callbacks.model_checkpoint.every_n_train_steps"
@@ -56,6 +60,17 @@ CASES = [
     case("ranges", "optimizer.betas=[2,0.9]", "optimizer.betas[0] must be in [0, 1), got 2.0"),
     case("ranges", "+optimizer.eps=0", "optimizer.eps must be > 0, got 0.0"),
     case("types", "optimizer.betas=0.9", "optimizer.betas must be a list of two numbers, got 0.9"),
+    case("ranges", "dataset.augment=1.5", "dataset.augment must be in [0, 1], got 1.5"),
+    case(
+        "ranges",
+        ["callbacks=posthoc_ema", "callbacks.posthoc_ema.sigma_rels=[0.1,0.5]"],
+        "callbacks.posthoc_ema.sigma_rels=0.5 is out of range",
+    ),
+    case(
+        "ranges",
+        ["callbacks=posthoc_ema", "callbacks.posthoc_ema.every_n_steps=0"],
+        "callbacks.posthoc_ema.every_n_steps must be >= 1",
+    ),
     case("ranges", ["lr_schedule=linear", "lr_schedule.floor=2"], "lr_schedule.floor must be in [0, 1]"),
     case(
         "ranges",
@@ -64,6 +79,23 @@ CASES = [
     ),
     case(
         "ranges", ["conditioning=class", "conditioning.p_uncond=1"], "conditioning.p_uncond must be in [0, 1), got 1.0"
+    ),
+    # EDM: values, and what it has no counterpart for
+    case("ranges", ["diffusion=edm", "diffusion.sigma_data=0"], "diffusion.sigma_data must be > 0"),
+    case("ranges", ["diffusion=edm", "schedule.sigma_min=100"], "schedule.sigma_min=100 must be below"),
+    case("ranges", ["sampler=edm_heun", "sampler.sigma_max=0.001"], "sampler.sigma_min=0.002 must be below"),
+    case("ranges", ["sampler=edm_euler", "sampler.eta=2"], "sampler.eta must be in [0, 1]"),
+    case(
+        "ranges",
+        ["sampler=edm_dpm_solver", "sampler.sigma_min=200", "sampler.sigma_max=300"],
+        "sampler.sigma_min=200 and sampler.sigma_max=300 leave nothing of the model's noise levels",
+    ),
+    case("keys", ["diffusion=edm", "diffusion.prediction=v"], "diffusion.prediction is not a setting of train.yaml"),
+    case("enumerations", ["diffusion=edm", "val_bpd_every=1"], "val_bpd_every=1 needs DDPM's variational bound"),
+    case(
+        "enumerations",
+        ["diffusion=edm", "schedule.zero_terminal_snr=true"],
+        "diffusion=edm needs a finite σ_max, but schedule.zero_terminal_snr=true",
     ),
     # required values
     case("missing", "dataset.root=???", "dataset.root is required but not set: add dataset.root=<folder"),
@@ -94,6 +126,16 @@ CASES = [
     case("checkpoints", "ckpt_path={tmp}/foreign.ckpt", "{tmp}/foreign.ckpt is not a ddpm_lab checkpoint"),
     case("checkpoints", "ckpt_path={tmp}/hostile.ckpt", "{tmp}/hostile.ckpt"),
     case("checkpoints", "resume={tmp}/empty_folder", "resume={tmp}/empty_folder is not a training run folder"),
+    case(
+        "checkpoints",
+        ["ckpt_path={tmp}/good.ckpt", "dataset.augment=0.2"],
+        "was trained with model.augment_dim=0 and this run builds 3 (it follows dataset.augment",
+    ),
+    case(
+        "checkpoints",
+        ["callbacks=posthoc_ema", "ckpt_path={tmp}/midway.ckpt"],
+        "(step 3) was trained without it: post-hoc EMA must follow a run from step 0",
+    ),
     # data: found inside trainer.fit, after Lightning opened tensorboard/ in the run folder; the folder goes again
     case("data", "dataset.root={tmp}/missing", "image folder {tmp}/missing does not exist"),
     case("data", "dataset.root={tmp}/a_file", "image folder {tmp}/a_file is a file"),
@@ -136,6 +178,9 @@ SUBPROCESS = [
 def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mistakes_train")
     write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
+    midway = torch.load(root / "good.ckpt", weights_only=True)
+    midway["global_step"] = 3  # as if trained 3 steps without post-hoc EMA
+    torch.save(midway, root / "midway.ckpt")
     return root
 
 

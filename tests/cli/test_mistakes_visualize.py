@@ -57,6 +57,11 @@ CASES = [
         ["html=true", "ckpt={tmp}/good.ckpt", "dataset.image_size=8"],
         "the dataset serves (3, 8, 8) images but the model of {tmp}/good.ckpt takes (3, 16, 16)",
     ),
+    case(  # the explorer shows the unconditional model, which a model imported without a null class lacks
+        "checkpoints",
+        ["html=true", "ckpt={tmp}/no_null.ckpt"],
+        "ckpt={tmp}/no_null.ckpt: the explorer shows the unconditional model, but this model has no null",
+    ),
 ]
 
 SUBPROCESS = [c for c in CASES if c.overrides[0] in ("dataset.root=???", "dataset.root={tmp}/garbage")]
@@ -66,6 +71,8 @@ SUBPROCESS = [c for c in CASES if c.overrides[0] in ("dataset.root=???", "datase
 def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mistakes_visualize")
     write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
+    no_null = ("conditioning=class", "++model.num_classes=2", "++model.null_class=false")  # as an import
+    ours_checkpoint(root / "no_null.ckpt", [*TINY_TRAIN, *no_null])
     return root
 
 

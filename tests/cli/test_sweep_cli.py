@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ddpm_lab.artifacts.posthoc_ema import write_posthoc_checkpoints
 from helpers import run_cli
 
 pytestmark = pytest.mark.slow
@@ -74,3 +75,29 @@ def test_sampler_sweep_writes_one_table_and_one_plot(tiny_run: Path, tmp_path: P
     assert [r["job"] for r in merged[:4]] == [r["job"] for r in rows]
     assert {p: p.read_bytes() for p in before} == before  # the first sweep's jobs are untouched
     assert len(list(sweep.glob("*/results.json"))) == 5  # the failed job left no results behind
+
+
+def test_a_sweep_over_post_hoc_ema_lengths_is_a_table_of_fid_against_length(posthoc_run, image_folder, tmp_path):
+    paths = write_posthoc_checkpoints(posthoc_run / "checkpoints" / "last.ckpt", [0.05, 0.15], out=tmp_path / "ema")
+    run_cli(
+        "ddpm_lab.evaluate",
+        "-m",
+        "ckpt=" + ",".join(f"'{p}'" for p in paths),
+        "features=tiny",
+        "n=8",
+        "batch_size=8",
+        "kid_subsets=5",
+        "dataset=image_folder",
+        f"dataset.root='{image_folder}'",
+        "dataset.image_size=16",
+        "sampler=ddim",
+        "sampler.steps=2",
+        f"paths.cache_dir='{tmp_path / 'cache'}'",
+        cwd=tmp_path,
+    )
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    rows = list(csv.DictReader((sweep / "sweep.csv").open()))
+    assert [r["ckpt"] for r in rows] == ["ema_0.05_step_0000004.ckpt", "ema_0.15_step_0000004.ckpt"]
+    for row, path in zip(rows, paths):
+        result = json.loads((sweep / row["job"] / "results.json").read_text())
+        assert result["ckpt"] == str(path) and float(row["fid"]) == pytest.approx(result["fid"], rel=1e-3)

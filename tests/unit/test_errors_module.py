@@ -12,6 +12,7 @@ from ddpm_lab.errors import (
     ResumeError,
     UnsafeConfigError,
     UserError,
+    WeightsMismatchError,
     WeightsMissingError,
     check_choice,
     check_flag,
@@ -68,6 +69,7 @@ def test_every_user_error_has_one_base():
         ResumeError,
         UnsafeConfigError,
         WeightsMissingError,
+        WeightsMismatchError,
     ):
         assert issubclass(cls, UserError)
 

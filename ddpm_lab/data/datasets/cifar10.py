@@ -41,6 +41,13 @@ def load_cifar10(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Ten
     return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
 
 
+def cifar10_files(root: str | Path, train: bool) -> list[Path]:
+    """The pickled batches one CIFAR-10 split is read from (and the meta file with the class names)."""
+    folder = Path(root).expanduser() / CIFAR10.base_folder
+    batches = CIFAR10.train_list if train else CIFAR10.test_list
+    return [folder / name for name, _ in batches] + [folder / CIFAR10.meta["filename"]]
+
+
 class CIFAR10DataModule(ImageDataModule):
     """CIFAR-10 (Krizhevsky, 2009) from its pickled batches in ``root/cifar-10-batches-py`` via torchvision."""
 
@@ -48,15 +55,26 @@ class CIFAR10DataModule(ImageDataModule):
     classes = CIFAR10_CLASSES
 
     def __init__(
-        self, root: str = "data", image_size: int = 32, channels: int = 3, flip: bool = True, **kwargs
+        self,
+        root: str = "data",
+        image_size: int = 32,
+        channels: int = 3,
+        flip: bool = True,
+        cache_min_files: int | None = 0,
+        **kwargs,
     ) -> None:
-        super().__init__(root=root, image_size=image_size, channels=channels, flip=flip, **kwargs)
+        super().__init__(
+            root=root, image_size=image_size, channels=channels, flip=flip, cache_min_files=cache_min_files, **kwargs
+        )
 
     def fetch(self) -> None:
         CIFAR10(self.root, download=True)
 
     def how_to_get(self) -> str:
         return f"Unpack {CIFAR10.url} into {self.root} (it makes cifar-10-batches-py/)"
+
+    def source_files(self, train: bool) -> tuple[list[Path], None]:
+        return cifar10_files(self.root, train), None
 
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return load_cifar10(self.root, train=train)

@@ -3,6 +3,9 @@ levels (0-16), read from a file inside the installed scikit-learn, so they work 
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 
 from ddpm_lab.data.base import ImageDataModule
@@ -29,6 +32,14 @@ def load_digits(train: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
     return images[part].contiguous(), labels[part]
 
 
+def digits_file() -> Path | None:
+    """The file scikit-learn ships the digits in (what the decoded cache is keyed on); None without scikit-learn."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+
+
 class DigitsDataModule(ImageDataModule):
     """scikit-learn's 1,797 handwritten 8x8 digits (UCI), upsampled to ``image_size``: ships inside scikit-learn,
     so it works offline on any machine (the quick start). ``train``: the first 1,500 images, ``test``: the rest."""
@@ -37,10 +48,22 @@ class DigitsDataModule(ImageDataModule):
     classes = tuple(str(digit) for digit in range(10))
 
     def __init__(
-        self, root: str = "scikit-learn", image_size: int = 16, channels: int = 1, split: str = "all", **kwargs
+        self,
+        root: str = "scikit-learn",
+        image_size: int = 16,
+        channels: int = 1,
+        split: str = "all",
+        cache_min_files: int | None = 0,
+        **kwargs,
     ) -> None:
         kwargs["download"] = False  # nothing to fetch: the file is part of the installed package
-        super().__init__(root=root, image_size=image_size, channels=channels, split=split, **kwargs)
+        super().__init__(
+            root=root, image_size=image_size, channels=channels, split=split, cache_min_files=cache_min_files, **kwargs
+        )
+
+    def source_files(self, train: bool | None) -> tuple[list[Path], None] | None:
+        file = digits_file()
+        return None if file is None else ([file], None)
 
     def load(self, train: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
         return load_digits(train)

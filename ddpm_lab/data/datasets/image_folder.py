@@ -7,27 +7,21 @@ from pathlib import Path
 import torch
 
 from ddpm_lab.data.base import DecodedImageDataModule
-from ddpm_lab.data.decode import folder_class_names, index_image_folder
-from ddpm_lab.data.decoded_cache import load_files
+from ddpm_lab.data.decode import decode_labelled, folder_class_names, index_image_folder
 from ddpm_lab.errors import DatasetError
 
 
 def load_image_folder(
-    root: str | Path,
-    image_size: int,
-    channels: int,
-    on_error: str = "skip",
-    cache_dir: Path | None = None,
-    cache_min_files: int = 0,
+    root: str | Path, image_size: int, channels: int, on_error: str = "skip"
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decode every image under ``root`` once. Sub-folders of ``root`` become class labels when present.
+    """Decode every image under ``root`` into memory (no cache). Sub-folders of ``root`` become class labels.
 
     ``on_error``: ``skip`` (warn and leave out unreadable files) or ``raise`` (stop, naming them).
     Returns images (N, C, S, S) uint8, labels (N,) int64 (−1 for files directly in ``root``) and the class names.
     """
     root = Path(root).expanduser()
     files, labels, classes = index_image_folder(root)
-    images, targets = load_files(files, labels, image_size, channels, on_error, root, cache_dir, cache_min_files)
+    images, targets, _ = decode_labelled(files, labels, image_size, channels, on_error, root)
     return images, targets, classes
 
 
@@ -56,6 +50,9 @@ class ImageFolderDataModule(DecodedImageDataModule):
 
     def read_class_names(self, train: bool | None) -> list[str] | None:
         return folder_class_names(self.folder(train))
+
+    def source_files(self, train: bool | None) -> tuple[list[Path], list[int]]:
+        return index_image_folder(self.folder(train))[:2]
 
     def load(self, train: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
         folder = self.folder(train)

@@ -18,6 +18,13 @@ MNIST_FILES = {
 }
 
 
+def mnist_files(root: str | Path, train: bool) -> list[Path]:
+    """The IDX files one MNIST split is read from: the unpacked ones, else their ``.gz`` archives."""
+    raw = Path(root).expanduser() / "MNIST" / "raw"
+    paths = [raw / name for name in MNIST_FILES[train]]
+    return paths if all(p.is_file() for p in paths) else [p.with_name(p.name + ".gz") for p in paths]
+
+
 def load_mnist(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One MNIST split from its IDX files in ``root/MNIST/raw`` (raw or ``.gz``), read by torchvision's parser."""
     raw = Path(root).expanduser() / "MNIST" / "raw"
@@ -53,8 +60,10 @@ class MNISTDataModule(ImageDataModule):
     name = "mnist"
     classes = tuple(str(digit) for digit in range(10))
 
-    def __init__(self, root: str = "data", image_size: int = 28, channels: int = 1, **kwargs) -> None:
-        super().__init__(root=root, image_size=image_size, channels=channels, **kwargs)
+    def __init__(
+        self, root: str = "data", image_size: int = 28, channels: int = 1, cache_min_files: int | None = 0, **kwargs
+    ) -> None:
+        super().__init__(root=root, image_size=image_size, channels=channels, cache_min_files=cache_min_files, **kwargs)
 
     def fetch(self) -> None:
         MNIST(self.root, download=True)
@@ -62,6 +71,9 @@ class MNISTDataModule(ImageDataModule):
     def how_to_get(self) -> str:
         raw = Path(self.root) / "MNIST" / "raw"
         return f"Copy the four IDX files (train-/t10k-images-idx3-ubyte, -labels-idx1-ubyte, .gz or not) into {raw}"
+
+    def source_files(self, train: bool) -> tuple[list[Path], None]:
+        return mnist_files(self.root, train), None
 
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return load_mnist(self.root, train=train)

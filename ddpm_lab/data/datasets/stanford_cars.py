@@ -124,6 +124,9 @@ class StanfordCarsDataModule(DecodedImageDataModule):
     def read_class_names(self, train: bool) -> list[str] | None:
         return stanford_cars_class_names(self.root, train)
 
+    def source_files(self, train: bool) -> tuple[list[Path], list[int]]:
+        return stanford_cars_files(self.root, train)[:2]
+
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         files, labels, folder = stanford_cars_files(self.root, train)
         return self.decode(files, labels, folder)

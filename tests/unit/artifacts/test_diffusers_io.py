@@ -17,7 +17,7 @@ from ddpm_lab import convert
 from ddpm_lab.artifacts import diffusers_io
 from ddpm_lab.artifacts.allow_list import build_stored
 from ddpm_lab.artifacts.checkpoint import CHECKPOINT_FORMAT, is_training_checkpoint, read_checkpoint
-from ddpm_lab.artifacts.diffusers_io import diffusers_unet_config, read_diffusers, write_diffusers
+from ddpm_lab.artifacts.diffusers_io import NULL_CLASS_KEY, diffusers_unet_config, read_diffusers, write_diffusers
 from ddpm_lab.artifacts.trained_model import load_model, net_weights
 from ddpm_lab.config.checks import check_train_config
 from ddpm_lab.convert import export_diffusers, import_diffusers
@@ -227,6 +227,44 @@ def test_class_conditional_model_exports_with_its_class_embedding(tmp_path):
     sections, state = read_diffusers(tmp_path / "pipe")
     assert sections["model"]["num_classes"] == 3
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+
+
+def test_export_marks_the_null_class_and_an_old_export_is_still_read_as_ours(tmp_path):
+    model = read_checkpoint(LEGACY)["ddpm_lab"]["config"]
+    config = {**model, "model": {**model["model"], "_target_": "ddpm_lab.models.UNet", "num_classes": 3}}
+    write_diffusers(tmp_path / "pipe", config, build_stored(config)[0].state_dict(), global_step=0)
+    unet_config = tmp_path / "pipe" / "unet" / "config.json"
+    assert json.loads(unet_config.read_text())[NULL_CLASS_KEY] is True
+    stripped = {k: v for k, v in json.loads(unet_config.read_text()).items() if k != NULL_CLASS_KEY}
+    unet_config.write_text(json.dumps(stripped))  # as exports before the mark: the model card says ddpm_lab
+    assert read_diffusers(tmp_path / "pipe")[0]["model"]["num_classes"] == 3
+    (tmp_path / "pipe" / "README.md").unlink()  # nothing says ours: every row is a class
+    assert read_diffusers(tmp_path / "pipe")[0]["model"]["num_classes"] == 4
+
+
+def test_a_diffusers_model_with_ten_classes_and_no_null_row_keeps_ten(tmp_path):
+    """num_class_embeds=10 from elsewhere: ten classes, every row one of them, and no null class, so guidance and
+    unconditional samples are refused rather than drawn from a row that was never trained as one."""
+    tiny = {"sample_size": 8, "block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4}
+    tiny.update(down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, attention_head_dim=None)
+    theirs = save_pipeline(tmp_path / "pipe", {**tiny, "in_channels": 1, "out_channels": 1, "num_class_embeds": 10})
+    import_diffusers(str(tmp_path / "pipe"), str(tmp_path / "ten.ckpt"))
+    loaded = load_model(tmp_path / "ten.ckpt")
+    assert loaded.num_classes == 10 and loaded.net.class_emb.num_embeddings == 10 and not loaded.net.null_class
+    x, t, y = torch.randn(10, 1, 8, 8), torch.arange(10) * 90, torch.arange(10)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(x, t, y), theirs(x, t, class_labels=y).sample, rtol=0, atol=1e-5)
+    labels, ddim = torch.tensor([9, 0]), ddpm_lab.make_sampler("ddim", steps=2)
+    assert ddpm_lab.generate(loaded.net, loaded.diffusion, 2, labels=labels, sampler=ddim).shape[0] == 2
+    for kwargs, message in (
+        ({"labels": labels, "guidance": 3.0}, "guidance=3: this model has no null"),
+        ({}, "no labels"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            ddpm_lab.generate(loaded.net, loaded.diffusion, 2, sampler=ddim, **kwargs)
+    write_diffusers(tmp_path / "back", loaded.config, loaded.net.state_dict(), global_step=0)
+    assert json.loads((tmp_path / "back" / "unet" / "config.json").read_text())["num_class_embeds"] == 10
+    assert read_diffusers(tmp_path / "back")[0]["model"]["num_classes"] == 10
 
 
 @pytest.mark.parametrize(

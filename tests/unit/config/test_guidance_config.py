@@ -14,10 +14,11 @@ from ddpm_lab.config.guidance import class_labels, guidance_as_list, guidance_sc
 from ddpm_lab.errors import ConfigError
 
 
-def model(num_classes: int, names: list[str] | None = None) -> LoadedModel:
+def model(num_classes: int, names: list[str] | None = None, null_class: bool = True) -> LoadedModel:
     """A LoadedModel whose network only says how many classes it has (all ``class_labels`` asks of it)."""
     config = {"dataset": {"class_names": names}} if names else {}
-    return LoadedModel(SimpleNamespace(num_classes=num_classes), None, None, config, 0, Path("m.ckpt"))
+    net = SimpleNamespace(num_classes=num_classes, null_class=null_class)
+    return LoadedModel(net, None, None, config, 0, Path("m.ckpt"))
 
 
 def test_guidance_is_none_one_scale_or_a_list():
@@ -51,7 +52,7 @@ def test_sample_classes_by_index_or_name_per_class_or_spread_over_n():
     classes, labels = class_labels(None, 2, 3.0, 64, pets)  # per_class replaces n
     assert classes == [0, 1, 2] and labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert class_labels("dog", None, None, 2, pets)[1].tolist() == [1, 1]
-    assert class_labels(None, None, 1.0, 4, pets) == (None, None)  # w=1 without classes: the conditional model
+    assert class_labels(None, None, None, 4, pets) == (None, None)  # no classes: unconditional samples
     assert pets.class_titles == ["cat", "dog", "owl"] and model(2).class_titles == ["0", "1"]
     assert model(0).class_titles == []
 
@@ -61,12 +62,48 @@ def test_sample_classes_by_index_or_name_per_class_or_spread_over_n():
     [
         ((), None, None, "class is an empty list"),
         (None, None, 3, "guidance=3 needs classes to guide towards"),
+        (None, None, 1, "guidance=1 needs classes to guide towards"),  # would be ignored: samples unconditional
         ("bird", None, None, "class=bird is not one of the model's 3 classes"),
     ],
 )
 def test_what_a_conditional_checkpoint_cannot_do_is_refused(asked, per_class, guidance, message):
     with pytest.raises(ConfigError, match=message):
         class_labels(asked, per_class, guidance, 4, model(3, ["cat", "dog", "owl"]))
+
+
+@pytest.mark.parametrize(
+    ("asked", "guidance", "rescale", "message"),
+    [
+        ("cat", None, 0.7, r"^guidance_rescale=0.7 rescales guided outputs, but guidance is 1 \(none\)"),
+        ("cat", 1.0, 0.7, "guidance_rescale=0.7 rescales guided outputs"),
+        (None, None, 0.7, "guidance_rescale=0.7 needs classes to guide towards"),
+    ],
+)
+def test_guidance_rescale_without_guidance_is_refused(asked, guidance, rescale, message):
+    pets = model(3, ["cat", "dog", "owl"])
+    with pytest.raises(ConfigError, match=message):
+        class_labels(asked, None, guidance, 4, pets, rescale)
+    assert class_labels("cat", None, 5.0, 2, pets, 0.7)[1].tolist() == [0, 0]
+    with pytest.raises(ConfigError, match=r"^guidance_rescale=0.7 rescales guided outputs, but guidance is 1"):
+        guidance_scales(None, 3, "m.ckpt", 0.7)
+    with pytest.raises(ConfigError, match=r"^guidance_rescale=0.7 needs a class-conditional checkpoint"):
+        guidance_scales(None, 0, "m.ckpt", 0.7)
+    assert guidance_scales([1.0, 4.0], 3, "m.ckpt", 0.7) == [1.0, 4.0]
+
+
+def test_a_checkpoint_without_a_null_class_takes_classes_at_guidance_one_only():
+    ten = model(10, [str(k) for k in range(10)], null_class=False)
+    assert class_labels(3, None, None, 2, ten)[1].tolist() == [3, 3]
+    assert class_labels(3, None, 1.0, 2, ten)[1].tolist() == [3, 3]
+    for asked, guidance, message in (
+        (3, 2.0, "guidance=2.0 for m.ckpt: this model has no null"),
+        (None, None, "^unconditional samples of m.ckpt: this model has no null"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            class_labels(asked, None, guidance, 2, ten)
+    assert guidance_scales(None, 10, "m.ckpt", 0.0, null_class=False) == [1.0]
+    with pytest.raises(ConfigError, match="^guidance=0,1 for m.ckpt: this model has no null"):
+        guidance_scales([0.0, 1.0], 10, "m.ckpt", 0.0, null_class=False)
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ def test_flip_only_while_training_and_range(tmp_path: Path) -> None:
     ramp = torch.arange(16, dtype=torch.uint8).mul(17).repeat(16, 1)  # 0 .. 255 left to right
     Image.fromarray(ramp.numpy()).save(tmp_path / "a" / "ramp.png")
     dm = folder_module(tmp_path, channels=1, flip=True, batch_size=1)
-    batch = (dm.train_images.expand(64, -1, -1, -1).clone(), torch.zeros(64, dtype=torch.long))
+    batch = (dm.train_images[:].expand(64, -1, -1, -1).clone(), torch.zeros(64, dtype=torch.long))
     dm.trainer = fake_trainer(training=False)
     plain, _ = dm.on_after_batch_transfer(batch, 0)
     assert plain.min() == -1 and plain.max() == 1 and (plain[:, 0, 0, 0] == -1).all()
@@ -132,12 +132,12 @@ def test_every_split_asks_for_its_halves_in_order() -> None:
         Halves(root="x", image_size=4, channels=1, split="val")
 
 
-def test_class_names_come_from_the_splits_first_half_and_a_missing_dataset_says_so(tmp_path: Path) -> None:
+def test_class_names_come_from_every_half_of_the_split_and_a_missing_dataset_says_so(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "split" / "train", n_per_class=1, size=8, classes=("dog", "cat"))
     write_image_folder(tmp_path / "split" / "test", n_per_class=1, size=8, classes=("owl", "dog", "cat"))
     root = str(tmp_path / "split")
     names = {s: ImageFolderDataModule(root=root, split=s).class_names for s in ("train", "test", "all")}
-    assert names == {"train": ["cat", "dog"], "test": ["cat", "dog", "owl"], "all": ["cat", "dog"]}
+    assert names == {"train": ["cat", "dog"], "test": ["cat", "dog", "owl"], "all": ["cat", "dog", "owl"]}
     flat = write_image_folder(tmp_path / "flat", n_per_class=1, size=8, classes=("b", "a"))
     assert ImageFolderDataModule(root=str(flat), split="test").class_names == ["a", "b"]  # no halves: the whole
     (tmp_path / "loose").mkdir()
@@ -148,3 +148,56 @@ def test_class_names_come_from_the_splits_first_half_and_a_missing_dataset_says_
     with pytest.raises(DatasetError, match="Stanford Cars not found"):
         _ = StanfordCarsDataModule(root=str(tmp_path / "nowhere")).class_names
     assert DigitsDataModule().class_names == [str(d) for d in range(10)]  # fixed names: nothing read
+
+
+def write_named_classes(root: Path, classes: list[str]) -> None:
+    """One 4×4 grey PNG per class whose level says the class: class ``classes[k]`` is level 20·(k + 1)."""
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (4, 4), 20 * (k + 1)).save(root / name / "0.png")
+
+
+def labels_by_folder(dm: ImageDataModule, written: list[str]) -> dict[str, str]:
+    """{folder an image came from: the class name its label stands for}, read back through ``load_split``."""
+    images, labels = dm.load_split()
+    folder = [written[int(level) // 20 - 1] for level in images[:, 0, 0, 0]]
+    return {name: dm.class_names[int(label)] for name, label in zip(folder, labels)}
+
+
+def test_numeric_class_folders_sort_naturally(tmp_path: Path) -> None:
+    written = [str(k) for k in range(1, 11)]
+    write_named_classes(tmp_path, written)
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=4, channels=1, cache_min_files=None)
+    assert dm.class_names == written  # 1, 2, ..., 10: not 1, 10, 2
+    assert labels_by_folder(dm, written) == {name: name for name in written}
+
+
+def test_a_class_missing_from_one_half_shifts_no_label(tmp_path: Path) -> None:
+    """split=all: labels come from the one mapping over both halves, not from each half's own folders."""
+    written = ["a", "b", "c", "d"]
+    write_named_classes(tmp_path / "test", written)
+    write_named_classes(tmp_path / "train", written)
+    for name in ("b",):  # train/ lacks class b
+        for f in (tmp_path / "train" / name).iterdir():
+            f.unlink()
+        (tmp_path / "train" / name).rmdir()
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=4, channels=1, split="all", cache_min_files=None)
+    assert dm.class_names == written
+    images, labels = dm.load_split()
+    assert len(labels) == 7
+    assert labels_by_folder(dm, written) == {name: name for name in written}
+
+
+def test_class_names_map_explicitly(tmp_path: Path) -> None:
+    written = ["10", "2", "cat"]
+    write_named_classes(tmp_path, written)
+    order = ["cat", "10", "2"]
+    kwargs = {"root": str(tmp_path), "image_size": 4, "channels": 1, "cache_min_files": None}
+    dm = ImageFolderDataModule(class_names=order, **kwargs)
+    assert dm.class_names == order
+    assert labels_by_folder(dm, written) == {name: name for name in written}
+    with pytest.raises(DatasetError, match="has a class '2' that it does not list"):
+        _ = ImageFolderDataModule(class_names=["cat", "10"], **kwargs).class_names
+    for bad, message in ((["a", "a"], "names 'a' twice"), ("cat", "must be a list"), ([], "at least one class")):
+        with pytest.raises(ConfigError, match=message):
+            ImageFolderDataModule(class_names=bad, **kwargs)

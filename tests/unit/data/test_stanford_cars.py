@@ -54,15 +54,15 @@ def test_stanford_cars_torchvision_layout_and_cache(tmp_path: Path) -> None:
     dm = cars(split="all", image_size=16)
     assert dm.train_images.shape == (14, 3, 16, 16) and dm.flip
     assert sorted(dm.train_labels.tolist()) == sorted([i % 3 for i in range(8)] + [i % 3 for i in range(6)])
-    caches = sorted((cache / "decoded").glob("*.pt"))
-    assert len(caches) == 2 and not list((cache / "decoded").glob("*.tmp"))
+    caches = sorted((cache / "decoded").glob("*.u8"))
+    assert len(caches) == 1 and not list((cache / "decoded").glob(".*.tmp-*"))  # one file for the split
     again = cars(split="all", image_size=16)
     assert torch.equal(again.train_images, dm.train_images)  # read back from the cache
     # Another size, or a changed file, is a new cache entry, never a stale one.
     cars(split="train", image_size=8)
     _write_jpegs(root / "stanford_cars" / "cars_train", 1, start=7)  # rewrite 00007.jpg
     cars(split="train", image_size=16)
-    assert len(list((cache / "decoded").glob("*.pt"))) == 4
+    assert len(list((cache / "decoded").glob("*.u8"))) == 3
     assert sorted(p for p in root.rglob("*")) == before  # nothing written into the dataset's folder
 
 

@@ -138,7 +138,10 @@ def test_ddim_steps_match_diffusers(spacing: str, eta: float, prediction: str) -
         t, t_prev = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
         x, output, noise = _step_inputs(seed=i)
         ours, x0 = sampler.step(diffusion, output, t, x, t_prev, noise=noise)
-        expected = ref.step(output, t, x, eta=eta, variance_noise=noise if eta > 0 else None)
+        # ε̂ re-derived from the clipped x̂_0 (GLIDE), so guided outputs keep one consistent pair
+        expected = ref.step(
+            output, t, x, eta=eta, variance_noise=noise if eta > 0 else None, use_clipped_model_output=True
+        )
         torch.testing.assert_close(x0, expected.pred_original_sample, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(ours, expected.prev_sample, rtol=1e-10, atol=1e-10)
 

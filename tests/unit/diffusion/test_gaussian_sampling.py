@@ -9,6 +9,10 @@ perfect denoiser: DDPM with fixed_small (and DDIM with η = 1, the same variance
 out Var[x_0|x_t], fixed_large over-disperses slightly, DDIM η = 0 shrinks by Π cos(Δθ) (√ᾱ = cos θ), and
 DPM-Solver's last step returns E[x_0|x_t] at the smallest visited t. The allowances below are about 1.5× the
 largest error measured with 65536 samples per dimension over all schedules and parameterizations.
+
+EDM (``EDMDiffusion``): x = x_0 + σn gives E[x_0|x] = μ + σ_x²/(σ_x² + σ²)·(x − μ), and the exact network is
+F = (E[x_0|x] − c_skip·x)/c_out; every sampler (the σ-space ones, and DDPM's through the VP view of the Karras
+levels) must draw N(μ, σ²) from it too.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import math
 import pytest
 import torch
 
-from ddpm_lab import GaussianDiffusion, generate, make_betas, make_sampler
+from ddpm_lab import EDMDiffusion, GaussianDiffusion, generate, make_betas, make_sampler
 from ddpm_lab.diffusion import variational_bound
 
 MU = torch.tensor([0.5, -0.3, 0.2, -0.6]).view(1, 1, 2, 2)
@@ -32,6 +36,22 @@ SAMPLERS = {
     "ddim_eta0_100": (("ddim", {"steps": 100, "eta": 0.0, "clip_denoised": False}), 0.02, 0.045),
     "ddim_eta1_100": (("ddim", {"steps": 100, "eta": 1.0, "clip_denoised": False}), 0.02, 0.10),
     "dpm_solver_20": (("dpm_solver", {"steps": 20, "clip_denoised": False}), 0.02, 0.07),
+    # EDM's σ-space samplers on the Karras levels, σ in [0.002, 80] (each σ rounded to the model's own levels):
+    # the probability-flow ODE shrinks the spread with too few levels (Heun 18 levels = 35 NFE: ≈ 0.056), the
+    # ancestral Euler step is DDPM's posterior in σ-space (under-disperses like fixed_small: ≈ 0.11 at 50), and
+    # EDM's churn (S_churn = 40) adds to Heun's error (≈ 0.125).
+    "edm_heun_18": (("edm_heun", {"steps": 18, "clip_denoised": False}), 0.02, 0.085),
+    "edm_heun_churn_18": (
+        (
+            "edm_heun",
+            {"steps": 18, "s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003, "clip_denoised": False},
+        ),
+        0.02,
+        0.19,
+    ),
+    "edm_euler_50": (("edm_euler", {"steps": 50, "clip_denoised": False}), 0.02, 0.17),
+    "edm_euler_eta0_50": (("edm_euler", {"steps": 50, "eta": 0.0, "clip_denoised": False}), 0.02, 0.085),
+    "edm_dpm_solver_25": (("edm_dpm_solver", {"steps": 25, "clip_denoised": False}), 0.02, 0.045),
 }
 SCHEDULES = {"linear": {}, "quadratic": {}, "cosine": {}, "sigmoid": {}}
 
@@ -102,6 +122,7 @@ def test_zero_terminal_snr_chains_recover_gaussian_data(prediction: str) -> None
 @pytest.mark.parametrize(
     "prediction,kind,options",
     [
+        ("v", "edm_heun", {"steps": 100, "clip_denoised": False}),
         ("eps", "dpm_solver", {"steps": 50, "clip_denoised": False}),
         ("x0", "dpm_solver", {"steps": 50, "clip_denoised": False}),
         ("v", "dpm_solver", {"steps": 50, "clip_denoised": False}),
@@ -200,6 +221,88 @@ def test_larger_guidance_moves_the_class_mean_further() -> None:
     ]
     assert abs(shifts[0]) < 0.05, shifts  # w = 1: the class itself (up to DPM-Solver's last-step bias)
     assert shifts[0] + 0.1 < shifts[1] < shifts[2] - 0.03, shifts
+
+
+# ------------------------------------------------------------------------------------------ EDM (σ-space)
+def edm_network(diffusion: EDMDiffusion, mus=(MU,), sigmas=(SIGMA,)):
+    """The exact ``net(c_in·x, c_noise[, y])`` of EDM for data N(μ_c, σ_c²) per class, equally likely; y = None or
+    the null class (len(mus)) is the mixture, weighted by p(c | x) ∝ N(x; μ_c, σ_c² + σ²)."""
+
+    def net(x_in: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        sigma = (4 * c_noise.double()).exp().view(-1, 1, 1, 1)
+        c_skip, c_out, c_in, _ = (c.view(-1, 1, 1, 1) for c in diffusion.preconditioning(sigma.flatten()))
+        x = x_in.double() / c_in
+        posts, log_lik = [], []
+        for mu, s in zip(mus, sigmas, strict=True):
+            var = s.double() ** 2 + sigma**2
+            posts.append(mu + s**2 / var * (x - mu))
+            log_lik.append((-0.5 * (x - mu) ** 2 / var - 0.5 * var.log()).flatten(1).sum(1))
+        if len(mus) == 1:
+            d = posts[0]
+        else:
+            weight = torch.sigmoid(log_lik[1] - log_lik[0]).view(-1, 1, 1, 1)  # p(c = 1 | x)
+            y = torch.full((x.shape[0],), 2) if y is None else y
+            weight = torch.where(y.view(-1, 1, 1, 1) == 2, weight, y.view(-1, 1, 1, 1).double())
+            d = (1 - weight) * posts[0] + weight * posts[1]
+        return ((d - c_skip * x) / c_out).to(x_in.dtype)
+
+    net.num_classes = len(mus) if len(mus) > 1 else 0
+    return net
+
+
+def test_every_sampler_recovers_gaussian_data_on_edm() -> None:
+    """An EDM model: the σ-space samplers directly, DDPM/DDIM/DPM-Solver through the VP view (ᾱ_t = 1/(1 + σ_t²)
+    on the Karras levels), each within its allowance above (measured errors on EDM are below the VP ones)."""
+    diffusion = EDMDiffusion(make_betas("karras", timesteps=1000))
+    net = edm_network(diffusion)
+    for name, ((kind, options), mean_allowance, std_allowance) in SAMPLERS.items():
+        x = diffusion.sample(
+            net, shape=(N, 1, 2, 2), sampler=make_sampler(kind, **options), generator=torch.Generator().manual_seed(5)
+        )
+        try:
+            check_moments(x, mean_allowance, std_allowance)
+        except AssertionError as err:
+            raise AssertionError(f"{name}: {err}") from None
+
+
+def test_edm_converged_chain_is_tight() -> None:
+    """Heun with 100 levels (199 NFE): discretisation error ≈ 0.007, 16384 samples, tolerance ≈ 4 standard errors."""
+    diffusion = EDMDiffusion(make_betas("karras", timesteps=1000))
+    sampler = make_sampler("edm_heun", steps=100, clip_denoised=False)
+    x = diffusion.sample(
+        edm_network(diffusion), shape=(16384, 1, 2, 2), sampler=sampler, generator=torch.Generator().manual_seed(6)
+    )
+    check_moments(x, 0.005, 0.015)
+
+
+def test_guidance_on_edm_draws_the_class_and_the_mixture() -> None:
+    """Classifier-free guidance of an EDM network combines its raw outputs F; D = c_skip·x + c_out·F is affine in F
+    with the same coefficients for both halves, so that is D(∅) + w·(D(c) − D(∅)) exactly: w = 1 draws class c,
+    w = 0 the mixture, for the σ-space samplers and DDIM through the VP view; w > 1 moves the mean further away."""
+    diffusion = EDMDiffusion(make_betas("karras", timesteps=1000))
+    net = edm_network(diffusion, MUS, SIGMAS)
+    labels = torch.tensor([0, 1]).repeat_interleave(N // 2)
+    mix_mu = (MUS[0] + MUS[1]) / 2
+    mix_sigma = ((SIGMAS[0] ** 2 + SIGMAS[1] ** 2) / 2 + ((MUS[1] - MUS[0]) / 2) ** 2).sqrt()
+
+    def draw(kind: str, options: dict, w: float, y: torch.Tensor) -> torch.Tensor:
+        sampler = make_sampler(kind, **options)
+        return generate(net, diffusion, len(y), labels=y, guidance=w, sampler=sampler, shape=(1, 2, 2), batch_size=N)
+
+    for name in ("edm_heun_18", "edm_dpm_solver_25", "ddim_eta0_100"):
+        (kind, options), mean_allowance, std_allowance = SAMPLERS[name]
+        x, x_uncond = draw(kind, options, 1.0, labels).double(), draw(kind, options, 0.0, labels).double()
+        try:
+            for c in (0, 1):
+                check_moments(x[labels == c], mean_allowance, std_allowance, MUS[c], SIGMAS[c])
+            check_moments(x_uncond, mean_allowance, std_allowance, mix_mu, mix_sigma)
+        except AssertionError as err:
+            raise AssertionError(f"{name}: {err}") from None
+    ones = torch.ones(N, dtype=torch.long)
+    away = (MUS[1] - MUS[0])[0] / (MUS[1] - MUS[0]).norm()
+    options = {"steps": 18, "clip_denoised": False}
+    shifts = [float(((draw("edm_heun", options, w, ones).mean(0) - MUS[1][0]) * away).sum()) for w in (1.0, 3.0)]
+    assert abs(shifts[0]) < 0.05 and shifts[1] > shifts[0] + 0.1, shifts
 
 
 # ------------------------------------------------------------------------ learned variance and the bound

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 import ddpm_lab
 from ddpm_lab import GaussianDiffusion, make_betas, make_sampler
+from ddpm_lab.diffusion import SigmaSampler
 from ddpm_lab.diffusion.samplers import SAMPLERS, dynamic_threshold
 from ddpm_lab.diffusion.spacing import space_timesteps
 
@@ -21,6 +22,9 @@ FAST = {
     "ddim": {"steps": 8, "eta": 0.5},
     "dpm_solver": {"steps": 6},
     "diffusers": {"scheduler": "EulerAncestralDiscreteScheduler", "steps": 6},
+    "edm_heun": {"steps": 4, "s_churn": 10.0},
+    "edm_euler": {"steps": 6},
+    "edm_dpm_solver": {"steps": 6},
 }
 
 
@@ -89,7 +93,10 @@ def test_steps_yield_one_sample_step_per_evaluation(name: str, diffusion: Gaussi
 
     x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     steps = list(diffusion.sample_loop(model, x_T=x_T, generator=torch.Generator().manual_seed(1), sampler=sampler))
-    assert [s.t for s in steps] == calls == sampler.timesteps(100)
+    assert [s.t for s in steps] == calls == sampler.visited(diffusion)
+    if not isinstance(sampler, SigmaSampler):  # a σ-space sampler's levels depend on the process, not on T alone
+        assert sampler.visited(diffusion) == sampler.timesteps(100)
+    assert len(calls) == len(sampler.timesteps(100))
     assert all(s.x.shape == s.x0_pred.shape == x_T.shape and torch.isfinite(s.x).all() for s in steps)
 
 
@@ -148,8 +155,9 @@ def test_clip_and_threshold_options(name: str, diffusion: GaussianDiffusion) -> 
 @pytest.mark.parametrize("prediction", ["x0", "v"])
 def test_zero_terminal_snr_sampling_is_finite(name: str, prediction: str) -> None:
     diffusion = GaussianDiffusion(make_betas("linear", timesteps=100, zero_terminal_snr=True), prediction=prediction)
-    sampler = make_sampler(name, **FAST[name], **({} if name == "ddpm" else {"spacing": "trailing"}))
-    assert sampler.timesteps(100)[0] == 99  # starts at ᾱ = 0
+    trailing = name != "ddpm" and not issubclass(SAMPLERS[name], SigmaSampler)  # σ-space samplers: no spacing
+    sampler = make_sampler(name, **FAST[name], **({"spacing": "trailing"} if trailing else {}))
+    assert sampler.timesteps(100)[0] == 99  # starts at ᾱ = 0 (a σ-space sampler: at the largest finite σ_t)
     for step in diffusion.sample_loop(
         toy_model, shape=(2, 1, 4, 4), sampler=sampler, generator=torch.Generator().manual_seed(0)
     ):

@@ -18,8 +18,11 @@ from ddpm_lab.metrics import (
     random_subset,
     real_features,
     sample_and_score,
+    score_images,
     score_line,
 )
+from ddpm_lab.metrics.class_mix import to_model_labels
+from ddpm_lab.metrics.classifier import ClassifierFeatures
 
 SETTINGS = ScoreSettings(
     device=torch.device("cpu"),
@@ -88,3 +91,27 @@ def test_score_lines_name_the_guidance_scale_and_the_class_accuracy():
     assert line.startswith("guidance 2: FID 12.346") and line.endswith(", class accuracy 50.00%")
     assert per_class_lines(row) == ["  class cat: 3 samples, accuracy 1.0", "  class dog: 0 samples, accuracy None"]
     assert per_class_lines({"fid": 1.0}) == []
+
+
+def halves(side: str, n: int, seed: int) -> torch.Tensor:
+    """n uint8 RGB 8×8 images bright on their ``left`` or ``right`` half, dark on the other."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 40, (n, 3, 8, 8), generator=g, dtype=torch.uint8)
+    x[..., :4] += 200 if side == "left" else 0
+    x[..., 4:] += 200 if side == "right" else 0
+    return x
+
+
+def test_class_accuracy_compares_classes_by_name(tmp_path: Path):
+    """The classifier learns the dataset's order (left, right); the checkpoint's is (right, left). Samples of the
+    checkpoint's class 0 ("right") are right, counted by name; by index they would all be wrong."""
+    images = torch.cat([halves("left", 40, 0), halves("right", 40, 1)])
+    extractor = ClassifierFeatures(num_features=8, width=4, epochs=4, max_images=80, batch_size=16)
+    extractor.fit(images, torch.arange(2).repeat_interleave(40), tmp_path)
+    real = extract_features(extractor, chunks(images, 16))
+    samples, asked = halves("right", 8, 2), torch.zeros(8, dtype=torch.long)  # the checkpoint's class 0
+    to_model = to_model_labels(["left", "right"], ["right", "left"], "halves", Path("m.ckpt"))
+    by_name = score_images(real, samples, extractor, SETTINGS, asked, ["right", "left"], to_model)
+    by_index = score_images(real, samples, extractor, SETTINGS, asked, ["right", "left"])
+    assert by_name["class_accuracy"] == 1.0 and by_name["per_class"]["right"] == {"n": 8, "accuracy": 1.0}
+    assert by_index["class_accuracy"] == 0.0

@@ -1,20 +1,29 @@
-"""FID/KID plumbing with the small feature network: ~0 against itself, large against noise, stable in n."""
+"""FID/KID plumbing with the small feature network: ~0 against itself, large against noise, stable in n; FID's
+bootstrap spread, the real-vs-real floor and reference statistics."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ddpm_lab.errors import WeightsMissingError
 from ddpm_lab.metrics import (
+    FeatureSet,
     InceptionFeatures,
+    Statistics,
     TinyFeatures,
     cached_features,
     chunks,
     extract_features,
+    format_floor,
     format_scores,
+    frechet_distance,
+    real_floor,
     scores,
+    statistics,
 )
+from ddpm_lab.metrics.scores import _Given
 
 
 def blobs(n: int, seed: int, size: int = 16) -> torch.Tensor:
@@ -94,3 +103,75 @@ def test_feature_cache_is_reused_and_rebuilt_when_its_description_changes(tmp_pa
     assert (hit1, hit2, hit3) == (False, True, False) and len(calls) == 2
     assert torch.equal(first.features, again.features)
     assert [p.name for p in tmp_path.iterdir()] == ["stats.pt"]  # no temp files left behind
+
+
+def test_our_frechet_distance_is_torchmetrics_fid():
+    """The one FID formula (eigenvalues of the symmetric Σ_a^½ Σ_b Σ_a^½) against torchmetrics' (of Σ_a Σ_b)."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 16, generator=g, dtype=torch.float64)
+    fake = torch.randn(200, 16, generator=g, dtype=torch.float64) * 1.3 + 0.2
+    theirs = FrechetInceptionDistance(feature=_Given(16))
+    theirs.update(real, real=True)
+    theirs.update(fake, real=False)
+    ours = frechet_distance(statistics(real), statistics(fake))
+    assert ours == pytest.approx(float(theirs.compute()), rel=1e-6) and ours > 1
+
+
+def test_fid_spread_is_seeded_and_shrinks_with_more_samples(extractor):
+    real = features(extractor, blobs(500, 8))
+    small, big = features(extractor, blobs(80, 9)), features(extractor, blobs(500, 9))
+    first = scores(real, small, kid_subsets=5, bootstrap=8, seed=1)
+    again = scores(real, small, kid_subsets=5, bootstrap=8, seed=1)
+    other_seed = scores(real, small, kid_subsets=5, bootstrap=8, seed=2)
+    assert first["fid_std"] == again["fid_std"] and first["fid_std"] != other_seed["fid_std"]
+    assert first["fid"] == other_seed["fid"]  # the seed moves the resamples, not the score
+    assert first["fid_bootstrap"] == 8 and 0 < first["fid_std"] < first["fid"]
+    assert scores(real, big, kid_subsets=5, bootstrap=8)["fid_std"] < first["fid_std"]
+    assert "fid_std" not in scores(real, small, kid_subsets=5)  # bootstrap=0: none
+    assert f"FID {first['fid']:.3f} ± {first['fid_std']:.3f}, KID" in format_scores(first, "tiny")
+
+
+def test_real_floor_uses_disjoint_subsets_and_falls_back_to_halves(extractor):
+    real = features(extractor, blobs(600, 10))
+    floor = real_floor(real, 200, seed=0, kid_subsets=5)
+    assert floor["method"] == "disjoint" and floor["n"] == 200 and floor["fid"] > 0
+    # a real-vs-real floor is far below what a different distribution scores at the same n
+    noise = torch.randint(0, 256, (200, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    assert floor["fid"] < 0.1 * scores(real, features(extractor, noise), kid_subsets=5)["fid"]
+    halves = real_floor(real, 400, seed=0, kid_subsets=5)  # 2 x 400 > 600 real images
+    assert halves["method"] == "split-half" and halves["n"] == 300
+    assert real_floor(real, 200, seed=0, kid_subsets=5) == floor  # seeded
+    assert "n=200 each" in format_floor(floor) and "two disjoint random subsets" in format_floor(floor)
+    with pytest.raises(ValueError, match="at least 4 real images"):
+        real_floor(FeatureSet(real.features[:3]), 2, seed=0)
+
+
+def test_reference_statistics_give_the_same_fid_and_no_kid(extractor):
+    real, fake = features(extractor, blobs(400, 11)), features(extractor, blobs(300, 12))
+    from_features = scores(real, fake, kid_subsets=5)
+    stats = statistics(real.features)
+    published = Statistics(stats.mu, stats.sigma)  # as a .npz holds them: no count, no features
+    from_stats = scores(published, fake, kid_subsets=5, bootstrap=4)
+    assert from_stats["fid"] == pytest.approx(from_features["fid"], rel=1e-9)
+    assert from_stats["kid_mean"] is None and from_stats["n_real"] is None and from_stats["fid_std"] > 0
+    line = format_scores(from_stats, "tiny")
+    assert "KID" not in line and "vs reference statistics" in line
+
+
+def test_scores_do_not_depend_on_the_callers_thread_count():
+    """Lightning gives each of W processes 1/W of the cores: rank 0 must score as one process does (sums and
+    eigendecompositions add in an order that depends on the thread count; on this machine FID moved in its 14th
+    digit between 1 and 2 threads before scoring fixed it)."""
+    g = torch.Generator().manual_seed(0)
+    real = FeatureSet(torch.randn(200, 64, generator=g, dtype=torch.float64))
+    fake = FeatureSet(torch.randn(200, 64, generator=g, dtype=torch.float64) * 1.1)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(scores(real, fake, kid_subsets=5, bootstrap=3))
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    assert results[0] == results[1]

@@ -70,18 +70,27 @@ def test_bf16_mixed_trains_finite_on_cpu_with_ema_sampling(image_folder, tmp_pat
 @pytest.mark.slow
 def test_ddp_sim_trains_checkpoints_and_keeps_ema_identical(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
-    run_cli(
-        "ddpm_lab.train", *SHORT, "trainer=ddp_sim", f"dataset.root={image_folder}", PROBE, cwd=tmp_path, timeout=400
+    steps = (
+        "trainer.max_steps=4",
+        "callbacks.model_checkpoint.save_top_k=-1",
+        "model.dropout=0.1",
+        "dataset.flip=true",
     )
+    run_cli(
+        "ddpm_lab.train", *SHORT, *steps, "trainer=ddp_sim", f"dataset.root={image_folder}", PROBE, cwd=tmp_path,
+        timeout=400,
+    )  # fmt: skip
     (run,) = (tmp_path / "outputs" / "train").iterdir()
     ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert ckpt["global_step"] == 2
+    assert ckpt["global_step"] == 4
     # What one process would hold: the module built from the stored config, key for key and shape for shape.
     net, diffusion, sampler = build_stored(ckpt["ddpm_lab"]["config"])
     single = DiffusionModule(net, diffusion, sampler, optimizer=torch.optim.AdamW).state_dict()
     for state in (ckpt["state_dict"], ckpt["current_model_state"]):
         assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in single.items()}
-    assert ckpt["rng_states"]["cpu"].shape[0] == 2  # every rank's RNG state, for an exact resume
+    ranks = ckpt["resume_state"]["ranks"]["rng_cpu"]
+    assert ranks.shape[0] == 2 and not torch.equal(ranks[0], ranks[1])  # every rank's own stream, for an exact resume
+    assert len(ckpt["resume_state"]["loaders"]) == 2  # and every rank's loader position
 
     probes = [torch.load(run / f"ema_probe_rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert all(torch.equal(probes[0]["ema"][k], probes[1]["ema"][k]) for k in probes[0]["ema"])
