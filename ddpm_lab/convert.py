@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def import_diffusers(folder: str, out: str, revision: str | None = None) -> Path:
-    """Write the ddpm_lab checkpoint of a diffusers DDPM folder (or Hub id) to ``out`` (which must not exist)."""
+    """Write the ddpm_lab checkpoint of a diffusers DDPM folder (or Hub id) to ``out`` (which must not exist,
+    checked before any work and again, atomically, when the complete file takes the name)."""
     path = Path(out).expanduser()
     if path.exists():
         raise OutputExistsError(f"out={out} already exists: pass a new file name (nothing is overwritten)")
@@ -45,7 +46,7 @@ def import_diffusers(folder: str, out: str, revision: str | None = None) -> Path
     )
     net, _, _ = build_stored(config)  # what sample, evaluate and train will build: refused before writing
     net.load_state_dict(state)
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+    with atomic_write(path, new=True) as tmp, open(tmp, "wb") as f:  # never over a file made meanwhile
         torch.save(weights_checkpoint(config, state), f)
     return path
 

@@ -51,6 +51,15 @@ class RunFolderBusyError(UserError, RuntimeError):
     """A run folder is in use by another live process (its ``.lock``)."""
 
 
+class ReportError(UserError, RuntimeError):
+    """A report that cannot be rewritten without losing what it holds (e.g. a sweep's ``sweep.md``)."""
+
+
+class RunFolderError(UserError, OSError):
+    """A run folder (or a file in it) cannot be used safely: a symbolic link or hard link where a plain file must be,
+    a name too long, a full disk, no permission. The message names the path and how to fix it."""
+
+
 class WeightsMissingError(UserError, FileNotFoundError):
     """A feature extractor's weights file is not where the config says; the message says where to put it."""
 
@@ -83,6 +92,12 @@ def one_line(error: BaseException) -> str:
     """The whole message as one line (multi-line messages joined), without a traceback."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     return text or type(error).__name__
+
+
+def os_reason(error: OSError) -> str:
+    """An OS error as ``<path>: <reason>`` (``File name too long``, ``No space left on device``, ...)."""
+    reason = error.strerror or type(error).__name__
+    return f"{error.filename}: {reason}" if error.filename else reason
 
 
 def exit_with(error: BaseException) -> NoReturn:

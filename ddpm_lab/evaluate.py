@@ -29,6 +29,7 @@ from ddpm_lab.artifacts.trained_model import LoadedModel, load_model
 from ddpm_lab.config import build, check_sampler, config_dir
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.guidance import guidance_as_list, guidance_scales
+from ddpm_lab.config.hydra_callbacks import is_multirun, multirun_job
 from ddpm_lab.config.processes import start_ranks
 from ddpm_lab.config.real_images import class_names_of, compared_dataset, dataset_source, images_of
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
@@ -242,6 +243,9 @@ def evaluate_nll(s: EvaluateSettings, nll: NLLSettings, out_dir: Path) -> dict[s
 @entry_point("evaluate")  # a mistyped key: one line, exit status 2
 @hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
 def _main(cfg: DictConfig) -> float:
+    if is_multirun():  # a mistake fails its job alone, named; the sweep goes on
+        result = multirun_job(lambda: evaluate(cfg))
+        return float("nan") if result is None else result["fid"] if "fid" in result else result["bpd"]
     with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2
         result = evaluate(cfg)
         return result["fid"] if "fid" in result else result["bpd"]

@@ -31,6 +31,7 @@ from ddpm_lab.artifacts.trained_model import LoadedModel, load_model
 from ddpm_lab.config import check_sampler, config_dir
 from ddpm_lab.config.entry import entry_point
 from ddpm_lab.config.guidance import class_labels
+from ddpm_lab.config.hydra_callbacks import is_multirun, multirun_job
 from ddpm_lab.config.processes import start_ranks
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.config.settings import SampleSettings, sample_settings
@@ -120,8 +121,11 @@ def write_samples(
 @entry_point("sample")  # a mistyped key: one line, exit status 2
 @hydra.main(config_path=config_dir(), config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2
-        paths = sample(cfg)
+    if is_multirun():  # a mistake fails its job alone, named; the sweep goes on
+        paths = multirun_job(lambda: sample(cfg)) or {}
+    else:
+        with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2
+            paths = sample(cfg)
     for path in paths.values():
         print(path)
 

@@ -11,7 +11,6 @@ from typing import Any, NoReturn
 
 import hydra
 import pytorch_lightning as pl
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
@@ -22,7 +21,7 @@ from ddpm_lab.config import build, build_all, build_components, build_module, ch
 from ddpm_lab.config.checks import check_posthoc_continues
 from ddpm_lab.config.conditioning import keep_checkpoint_classes
 from ddpm_lab.config.entry import entry_point
-from ddpm_lab.config.hydra_callbacks import multirun_job_failed
+from ddpm_lab.config.hydra_callbacks import is_multirun, multirun_job
 from ddpm_lab.config.resume import (
     RecordResumeStart,
     check_resumable,
@@ -30,8 +29,8 @@ from ddpm_lab.config.resume import (
     resume_checkpoint,
     resumed_config,
 )
-from ddpm_lab.config.run_folder import discard_fresh_run_folder, lock_run_folder, unlock_run_folder
-from ddpm_lab.errors import ConfigError, UserError, user_errors
+from ddpm_lab.config.run_folder import discard_fresh_run_folder
+from ddpm_lab.errors import ConfigError, user_errors
 from ddpm_lab.training import PreemptionGuard
 from ddpm_lab.training.determinism import deterministic_trainer_options
 from ddpm_lab.training.preemption import stopped_by
@@ -50,15 +49,9 @@ def _callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return sorted(build_all(cfg.get("callbacks"), "callbacks"), key=_callback_order)
 
 
-def _is_multirun() -> bool:
-    return (
-        HydraConfig.initialized() and HydraConfig.get().mode is not None and HydraConfig.get().mode.name == "MULTIRUN"
-    )
-
-
 def _refuse_multirun_with_subprocess_ddp(trainer: pl.Trainer) -> None:
     """Lightning's DDP re-runs the command line for each extra process: under -m each would re-run the sweep."""
-    if not _is_multirun():
+    if not is_multirun():
         return
     if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise ConfigError(
@@ -123,25 +116,17 @@ def _stopped(trainer: pl.Trainer, cfg: DictConfig, signum: signal.Signals) -> No
 
 
 def _multirun_job(cfg: DictConfig) -> float | None:
-    """One job of a sweep: its own folder locked; a mistake in its config fails this job alone (the sweep goes on
-    and names it at the end, see ``RunFolders``)."""
-    run = HydraConfig.get().runtime.output_dir
-    try:
-        lock_run_folder(run)
-        metrics = train(cfg)
-    except UserError as e:
-        discard_fresh_run_folder()
-        multirun_job_failed(e)
-        return float("nan")  # what a sweeper (Optuna) takes as a failed trial
-    finally:
-        unlock_run_folder(run)
+    """One job of a sweep (see ``multirun_job``): a failed one is NaN, what a sweeper (Optuna) takes as failed."""
+    metrics = multirun_job(lambda: train(cfg))
+    if metrics is None:
+        return float("nan")
     return metrics.get(cfg.get("optimized_metric") or "", None)
 
 
 @entry_point("train")  # a mistyped key: one line, exit status 2
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    if _is_multirun():
+    if is_multirun():
         return _multirun_job(cfg)
     with user_errors(cleanup=discard_fresh_run_folder):  # one line on stderr, exit status 2, no empty run folder
         metrics = train(cfg)

@@ -34,10 +34,13 @@ def snapshot(root: Path) -> dict[str, str]:
 
     Two equal snapshots mean nothing was added, removed or changed by a byte.
     """
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
-        for p in sorted(root.rglob("*"))
-    }
+    return {str(p.relative_to(root)): _digest(p) if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
+
+
+def _digest(path: Path) -> str:
+    """sha256 of a file, read in chunks (a large file never sits in memory whole)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fake_run(output_root: Path) -> Path:

@@ -135,7 +135,8 @@ def upgraded_entry(entry: dict[str, Any], path: str | os.PathLike) -> dict[str, 
 
 def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
     """A ddpm_lab checkpoint in today's format, read with ``weights_only=True`` (tensors and plain containers
-    only, never arbitrary objects) and upgraded (:func:`upgraded_entry`). Every reader goes through here.
+    only, never arbitrary objects), upgraded (:func:`upgraded_entry`) and its fields checked (:func:`check_fields`).
+    Every reader goes through here.
 
     ``mmap=True`` maps the tensors instead of reading them (a cheap look at a large checkpoint).
     """
@@ -146,7 +147,67 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
             f"{path} is not a ddpm_lab checkpoint (no '{CHECKPOINT_KEY}' entry): train one with ddpm_lab.train"
         )
     ckpt[CHECKPOINT_KEY] = upgraded_entry(entry, path)
+    check_fields(ckpt, path)
     return ckpt
+
+
+# The type of each top-level field a checkpoint may hold (Lightning's and ours); a field may be absent.
+FIELD_TYPES: dict[str, type] = {
+    "epoch": int,
+    "global_step": int,
+    "state_dict": dict,
+    "current_model_state": dict,
+    "optimizer_states": list,
+    "lr_schedulers": list,
+    "callbacks": dict,
+    "loops": dict,
+}
+# Class names come from folder names (at most 255 bytes); ImageNet-21k has 21,841 classes.
+MAX_CLASSES = 100_000
+MAX_CLASS_NAME = 200
+
+
+def check_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse, naming the field, a checkpoint whose fields have the wrong type (a ``global_step`` that is no
+    integer, a ``state_dict`` that is no mapping) or absurd sizes (more than :data:`MAX_CLASSES` class names, or a
+    name longer than :data:`MAX_CLASS_NAME` characters): an edited or hostile file, caught before anything uses it."""
+    for key, kind in FIELD_TYPES.items():
+        value = ckpt.get(key)
+        if value is None:
+            continue
+        wrong = not isinstance(value, kind) or isinstance(value, bool)
+        if wrong or (kind is int and value < 0):
+            what = "a non-negative integer" if kind is int else f"a {kind.__name__}"
+            raise CheckpointError(f"{path}: its {key} must be {what}, got {_shown(value)}: the file was edited")
+    config = ckpt[CHECKPOINT_KEY].get("config")
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    if dataset is None:
+        return
+    if not isinstance(dataset, dict):
+        raise CheckpointError(f"{path}: its stored dataset section is a {type(dataset).__name__}, not a mapping")
+    for key in ("image_size", "channels"):
+        value = dataset.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CheckpointError(f"{path}: its stored dataset.{key} must be a positive integer, got {_shown(value)}")
+    names = dataset.get("class_names")
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise CheckpointError(f"{path}: its stored class_names must be a list of names, got {_shown(names)}")
+    if len(names) > MAX_CLASSES:
+        raise CheckpointError(f"{path} stores {len(names)} class names, over the {MAX_CLASSES} a dataset can have")
+    long = next((i for i, name in enumerate(names) if len(name) > MAX_CLASS_NAME), None)
+    if long is not None:
+        raise CheckpointError(
+            f"{path}: its class name {long} is {len(names[long])} characters long, over the {MAX_CLASS_NAME} a "
+            "class (folder) name can be"
+        )
+
+
+def _shown(value: Any) -> str:
+    """A value of an untrusted field, short enough for one line."""
+    text = repr(value) if not isinstance(value, torch.Tensor) else f"a tensor of shape {tuple(value.shape)}"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def make_stored_config(
@@ -232,9 +293,9 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str
 
 def checkpoint_step(path: str | os.PathLike) -> int:
     """The ``global_step`` stored in a checkpoint, read without loading its tensors into memory."""
-    step = read_checkpoint(path, mmap=True).get("global_step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise CheckpointError(f"{path} has no valid global_step ({step!r})")
+    step = read_checkpoint(path, mmap=True).get("global_step")  # its type checked there
+    if step is None:
+        raise CheckpointError(f"{path} has no global_step")
     return step
 
 

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ddpm_lab.artifacts.allow_list import build_model, target_name
-from ddpm_lab.artifacts.atomic import temp_path
+from ddpm_lab.artifacts.atomic import publish_new, temp_path
+from ddpm_lab.artifacts.diffusers_checks import check_scheduler_config, check_unet_config, check_weight_files, read_json
 from ddpm_lab.artifacts.diffusers_edm import (
     EDM_PIPELINE,
     EDM_SCHEDULERS,
@@ -36,7 +37,7 @@ from ddpm_lab.artifacts.diffusers_edm import (
 from ddpm_lab.diffusion import DDPMSampler, GaussianDiffusion, make_betas
 from ddpm_lab.diffusion.diffusers_sampler import PREDICTION_TYPES
 from ddpm_lab.diffusion.samplers import VARIANCES
-from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError, first_line
+from ddpm_lab.errors import CheckpointError, ConfigError, OutputExistsError, UserError, first_line
 from ddpm_lab.models import UNet
 from ddpm_lab.models.unet import AttentionBlock, Downsample, ResBlock, Upsample
 
@@ -405,16 +406,6 @@ def diffusers_scheduler_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------ import
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {first_line(e)}") from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
-    return data
-
-
 def locate_components(folder: Path, key: str = "from_diffusers") -> tuple[Path, Path]:
     """(U-Net folder, scheduler folder) of a pipeline folder (``model_index.json``) or a ``UNet2DModel`` folder.
 
@@ -425,7 +416,7 @@ def locate_components(folder: Path, key: str = "from_diffusers") -> tuple[Path, 
     if not folder.is_dir():
         raise ConfigError(f"{key}={folder} is not a folder: pass a folder saved with diffusers' save_pretrained")
     if (folder / "model_index.json").is_file():
-        index = _json(folder / "model_index.json")
+        index = read_json(folder / "model_index.json")
         components = {k: v for k, v in index.items() if isinstance(v, list) and len(v) == 2}
         unet = [k for k, v in components.items() if v[1] in ("UNet2DModel", "UNet2DConditionModel")] or ["unet"]
         kind = components.get(unet[0], [None, "no U-Net"])[1]
@@ -454,15 +445,18 @@ def locate_components(folder: Path, key: str = "from_diffusers") -> tuple[Path, 
 def read_diffusers(folder: str | os.PathLike, key: str = "from_diffusers") -> tuple[dict[str, Any], dict[str, Any]]:
     """(stored-config sections, our ``net`` state dict) of a diffusers DDPM folder.
 
-    Weights are read by diffusers itself: safetensors where the folder has them, a ``.bin`` through
+    Every JSON field is checked first, and the weights' sizes from their headers (``diffusers_checks.py``); the
+    weights are then read by diffusers itself: safetensors where the folder has them, a ``.bin`` through
     ``torch.load(weights_only=True)`` (no code runs), old attention names renamed.
     """
     require_diffusers()
     unet_dir, scheduler_dir = locate_components(Path(folder).expanduser(), key)
-    unet_config = _json(unet_dir / "config.json")
+    unet_config = read_json(unet_dir / "config.json")
+    check_unet_config(unet_config, unet_dir / "config.json")
     null_row = has_null_row(unet_config, [Path(folder).expanduser(), unet_dir.parent])
     model = {"_target_": target_name(UNet), **unet_kwargs_from_diffusers(unet_config, key, null_row)}
-    raw_scheduler = _json(scheduler_dir / "scheduler_config.json")
+    raw_scheduler = read_json(scheduler_dir / "scheduler_config.json")
+    check_scheduler_config(raw_scheduler, scheduler_dir / "scheduler_config.json")
     kind = raw_scheduler.get("_class_name", "DDPMScheduler")
     if kind not in ("DDPMScheduler", "DDIMScheduler", *EDM_SCHEDULERS):
         raise ConfigError(
@@ -480,7 +474,10 @@ def read_diffusers(folder: str | os.PathLike, key: str = "from_diffusers") -> tu
     try:
         with torch.device("meta"):
             net = build_model(sections)
+        check_weight_files(unet_dir, sum(t.numel() for t in net.state_dict().values()))  # before reading them
         unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)  # no accelerate needed
+    except UserError:
+        raise
     except (OSError, ValueError, RuntimeError) as e:  # no weights file, or weights not fitting its config
         raise CheckpointError(f"cannot load the U-Net weights in {unet_dir}: {first_line(e, 300)}") from e
     return sections, from_diffusers_state(net, unet.state_dict())
@@ -555,7 +552,8 @@ def write_diffusers(
     ``DDPMPipeline``, or for an EDM model a ``ConsistencyModelPipeline`` with its EDM scheduler.
 
     Built and saved by diffusers itself (so ``DiffusionPipeline.from_pretrained`` reads it), in a hidden sibling
-    folder renamed into place at the end. ``folder`` must not exist or be empty.
+    folder renamed into place at the end, which fails (OutputExistsError) unless ``folder`` is still missing or
+    empty then: checked before any work too.
     """
     require_diffusers()
     import diffusers
@@ -581,9 +579,7 @@ def write_diffusers(
         pipeline.save_pretrained(tmp, safe_serialization=True)
         mark_null_class(tmp / "unet", config["model"])
         (tmp / "README.md").write_text(model_card(config, global_step, scheduler_config, fid, scheduler_name))
-        if folder.exists():
-            folder.rmdir()  # empty, checked above
-        os.replace(tmp, folder)
+        publish_new(tmp, folder)  # in one step, and only onto nothing or an empty folder: never over another export
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -141,4 +141,4 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", weig
     refuse_non_finite(state, path)
     net.load_state_dict(state)
     net.to(device).eval()
-    return LoadedModel(net, diffusion.to(device), sampler, config, int(ckpt.get("global_step", 0)), Path(path))
+    return LoadedModel(net, diffusion.to(device), sampler, config, ckpt.get("global_step") or 0, Path(path))

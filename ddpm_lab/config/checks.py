@@ -178,6 +178,11 @@ def check_trainer_fits_machine(cfg: DictConfig) -> None:
     if accelerator not in accelerators:
         raise ConfigError(f"trainer.accelerator={accelerator} is unknown: use one of {', '.join(accelerators)}")
     devices = _get(cfg, "trainer.devices")
+    if accelerator not in ("auto", "gpu", "cpu") and not _accelerator_present(accelerator):
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} is not present on this machine: use trainer=cpu, trainer=gpu "
+            "(CUDA) or trainer.accelerator=auto"
+        )
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     available = torch.cuda.device_count() if gpu else (os.cpu_count() or 1)
     kind = "GPUs" if gpu else "CPU cores (Lightning starts one process per CPU device)"
@@ -203,6 +208,38 @@ def check_trainer_fits_machine(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.devices={devices} but this machine has {available} {kind}: use trainer.devices<={available} or -1"
         )
+
+
+def _accelerator_present(name: str) -> bool:
+    """Whether Lightning's accelerator ``name`` (``cuda``, ``mps``, ``tpu``, ...) can run on this machine."""
+    try:
+        return bool(AcceleratorRegistry[name]["accelerator"].is_available())
+    except Exception:  # its package is missing or broken: not present
+        return False
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """``optimizer.*`` within the ranges torch accepts, named by key (torch's own messages name none, and come
+    only once training has started): lr > 0, weight_decay >= 0, eps > 0, betas two numbers in [0, 1), momentum
+    in [0, 1]."""
+    check_number(_get(cfg, "optimizer.lr"), "optimizer.lr", float, low=0, low_open=True)
+    node = cfg.get("optimizer")
+    if not isinstance(node, DictConfig):
+        return
+    if "weight_decay" in node:
+        check_number(node.weight_decay, "optimizer.weight_decay", float, low=0)
+    if "eps" in node:
+        check_number(node.eps, "optimizer.eps", float, low=0, low_open=True)
+    if "momentum" in node:
+        check_number(node.momentum, "optimizer.momentum", float, low=0, high=1)
+    if "betas" in node:
+        betas = node.betas
+        if not OmegaConf.is_list(betas) or len(betas) != 2:
+            raise ConfigError(
+                f"optimizer.betas must be a list of two numbers, got {betas!r}: set optimizer.betas=[0.9,0.999]"
+            )
+        for i, beta in enumerate(betas):
+            check_number(beta, f"optimizer.betas[{i}]", float, low=0, high=1, high_open=True)
 
 
 def check_trainer_values(cfg: DictConfig) -> None:
@@ -323,6 +360,12 @@ def pick_device(name: str) -> torch.device:
         raise ConfigError(f"device={name} is not a device: use device=auto, cpu, cuda or cuda:N") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but no CUDA GPU is visible: use device=cpu or device=auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} GPU(s): use device=cuda:0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name} but this machine has no Apple GPU (MPS): use device=cpu or device=auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={name} is not a device to sample on: use device=auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -363,7 +406,7 @@ def check_train_config(cfg: DictConfig) -> None:
     check_sampler_fits(sampler, diffusion)
     for key, node in callback_samplers(cfg).items():
         check_sampler_fits(build(key, node), diffusion, key)
-    check_number(_get(cfg, "optimizer.lr"), "optimizer.lr", float, low=0, low_open=True)  # torch's message names no key
+    check_optimizer(cfg)  # torch's messages name no key
     build_module(cfg, net, diffusion, sampler)
     check_storable(cfg)
     check_trainer_values(cfg)

@@ -7,12 +7,16 @@ images, and an extra in ``pyproject.toml`` when its package is optional).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, open_dict
+
+from ddpm_lab.config.overrides import read_yaml
+from ddpm_lab.errors import RunFolderError
 
 
 def _purge_after(node: DictConfig, step: int) -> None:
@@ -35,10 +39,35 @@ def _only_mlflow_run(store: Path) -> str | None:
     return runs[0] if len(runs) == 1 else None
 
 
+def _local(uri: str) -> Path:
+    return Path(os.path.abspath(uri.removeprefix("file://").removeprefix("file:")))
+
+
+def check_mlflow_store(store: Path) -> None:
+    """Refuse a run folder's MLflow file store whose experiments or runs keep their artifacts elsewhere
+    (``artifact_location`` / ``artifact_uri`` in their ``meta.yaml``, untrusted): logging into them would write
+    outside the run folder (a hostile edit, or a copied run whose store still points at the original)."""
+    root = Path(os.path.realpath(store))
+    for meta in sorted([*store.glob("*/meta.yaml"), *store.glob("*/*/meta.yaml")]):
+        fields = read_yaml(meta)
+        for key in ("artifact_location", "artifact_uri"):
+            uri = fields.get(key) if isinstance(fields, dict) else None
+            if isinstance(uri, str) and uri.startswith(("file:", "/")):
+                where = Path(os.path.realpath(_local(uri)))
+                if where != root and root not in where.parents:
+                    raise RunFolderError(
+                        f"{meta}: its {key} {uri[:200]} is outside this run's MLflow store {store}, so resuming "
+                        "would log there: resume the original run, or remove mlruns/ from this copy"
+                    )
+
+
 def _same_mlflow_run(node: DictConfig, step: int) -> None:
-    """MLflow logs into the run's own MLflow run when its file store holds exactly one (else it starts one)."""
+    """MLflow logs into the run's own MLflow run when its file store holds exactly one (else it starts one); a
+    store that keeps artifacts outside itself is refused first (:func:`check_mlflow_store`)."""
     uri = str(node.get("tracking_uri") or "")
-    run_id = _only_mlflow_run(Path(uri.removeprefix("file:"))) if uri.startswith("file:") else None
+    if uri.startswith("file:"):
+        check_mlflow_store(_local(uri))
+    run_id = _only_mlflow_run(_local(uri)) if uri.startswith("file:") else None
     if run_id is not None and not node.get("run_id"):
         with open_dict(node):
             node.run_id = run_id

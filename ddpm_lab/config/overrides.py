@@ -9,7 +9,9 @@ config, so both go through here before anything is composed, resolved or instant
   ``_args_`` or other ``_x_`` keys, no group moved to a key of another name, no sweeps, no interpolations or
   resolvers (``${...}``) anywhere in the value.
 - :func:`check_known` then requires each key to exist in the config those overrides compose (group choices
-  applied), and each group choice to name an existing option.
+  applied), and each group choice to name an existing option (each one of a list: ``logger=[tensorboard,csv]``).
+- :func:`check_places` refuses a replayed key that says where the run writes (checkpoint folder and file names,
+  loggers' folders, caches, ``hydra.*``) unless the user types that key now.
 """
 
 from __future__ import annotations
@@ -29,6 +31,22 @@ from ddpm_lab.errors import UnsafeConfigError, first_line
 
 # Hydra's record of a run is a few KB; anything near this is not one.
 MAX_YAML_BYTES = 1 << 20
+# Keys that say where a run writes. A run folder's record (untrusted: a shared folder could aim them at another
+# run's checkpoints) may not move them; typed on the command line they are the user's own choice.
+# - Folders (a checkpoint callback's dirpath, loggers' save_dir, caches, ``paths.*``, ``hydra.*``, which an honest
+#   overrides.yaml never holds: Hydra records those elsewhere): never replayed.
+# - Names inside such a folder (checkpoint file names, a logger's name/version): an honest first launch may have
+#   set them (``callbacks.model_checkpoint.filename=epoch_{epoch}``), so they replay while they stay inside it (a
+#   relative name without ``..``).
+# ``paths.output_root`` (where a fresh run's folder goes; a resumed run stays in its own) and ``paths.data_dir``
+# (where data is read) are replayed.
+FOLDER_LEAVES = frozenset(
+    {"dirpath", "save_dir", "default_root_dir", "cache_dir", "tracking_uri", "log_dir", "artifact_location"}
+)
+NAME_LEAVES = frozenset({"filename"})
+LOGGER_FOLDERS = frozenset({"dir"})  # under logger.<name>.
+LOGGER_NAMES = frozenset({"name", "version", "sub_dir", "prefix", "run_id", "id"})
+READ_PATHS = frozenset({"output_root", "data_dir"})
 
 
 def read_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> Any:
@@ -112,6 +130,67 @@ def check_override_form(override: str, where: Path) -> Override:
     return parsed
 
 
+def _flat_items(key: str, value: Any) -> list[tuple[str, Any]]:
+    """The dotted keys an override sets, with their values: ``a.b={c: 1, d: {e: 2}}`` sets ``a.b.c`` and
+    ``a.b.d.e``."""
+    if isinstance(value, Mapping) and value:
+        return [kv for sub, item in value.items() for kv in _flat_items(f"{key}.{sub}", item)]
+    return [(key, value)]
+
+
+def override_items(override: str) -> list[tuple[str, Any]]:
+    """The dotted keys a (well-formed) override sets and their values; its plain key and text when it does not
+    parse."""
+    try:
+        parsed = OverridesParser.create().parse_overrides([override])[0]
+    except Exception:  # not ours to judge here: the form check or Hydra reports it
+        key, _, text = override.partition("=")
+        return [(key.lstrip("+~"), text)]
+    return _flat_items(parsed.key_or_group.replace("/", "."), parsed.value())
+
+
+def place_kind(key: str) -> str | None:
+    """``"folder"`` when the dotted ``key`` says which folder a run writes into, ``"name"`` when it names a file or
+    folder inside one, else None (see :data:`FOLDER_LEAVES`)."""
+    parts = key.split(".")
+    if parts[0] == "hydra" or (parts[0] == "paths" and len(parts) > 1 and parts[1] not in READ_PATHS):
+        return "folder"
+    logger = parts[0] == "logger" and len(parts) > 2
+    if parts[-1] in FOLDER_LEAVES or (logger and parts[-1] in LOGGER_FOLDERS):
+        return "folder"
+    if parts[-1] in NAME_LEAVES or (logger and parts[-1] in LOGGER_NAMES):
+        return "name"
+    return None
+
+
+def stays_inside(value: Any) -> bool:
+    """Whether a replayed file or folder name keeps to the folder it is named in: a number, or a relative path
+    without ``..``, ``~`` or backslashes (null keeps the default)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return True
+    if not isinstance(value, str) or not value or "\\" in value or value.startswith(("/", "~")):
+        return False
+    return ".." not in Path(value).parts
+
+
+def check_places(overrides: Sequence[str], sources: Mapping[str, Path], typed: Sequence[str] = ()) -> None:
+    """Refuse a replayed override that would move where the run writes (:func:`place_kind`: a folder, or a name
+    that leaves its folder), unless the same key is typed now (``typed``: the command line's overrides, applied
+    after the replayed ones)."""
+    chosen = {key for override in typed for key, _ in override_items(override)}
+    for override in overrides:
+        for key, value in override_items(override):
+            kind = place_kind(key)
+            if kind is None or key in chosen or (kind == "name" and stays_inside(value)):
+                continue
+            what = "says where the run writes" if kind == "folder" else "leaves the folder it names a file in"
+            raise UnsafeConfigError(
+                f"{sources[override]}: refusing to replay {override!r}: {key} {what} "
+                "(checkpoints, logs, caches), which a run folder's record may not change; "
+                f"type {key}=<value> on the command line to choose it yourself"
+            )
+
+
 def _has_key(cfg: DictConfig, dotted: str) -> bool:
     node: Any = cfg
     for part in dotted.split("."):
@@ -137,11 +216,12 @@ def check_known(overrides: Sequence[str], sources: Mapping[str, Path], config_na
             keys.append((override, name))
             continue
         value = parsed.value()
-        if value is not None and value not in options:
-            raise UnsafeConfigError(
-                f"{sources[override]}: refusing to replay {override!r}: {name} has no option {value!r} "
-                f"(options: {', '.join(options)})"
-            )
+        for choice in value if isinstance(value, list) else [value]:  # logger=[tensorboard,csv]: each an option
+            if choice is not None and choice not in options:
+                raise UnsafeConfigError(
+                    f"{sources[override]}: refusing to replay {override!r}: {name} has no option {choice!r} "
+                    f"(options: {', '.join(options)})"
+                )
         groups.append(override)
         if parsed.package is not None:  # the key it fills must exist, as for key=value
             keys.append((override, parsed.package))

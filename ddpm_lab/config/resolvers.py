@@ -13,8 +13,24 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ddpm_lab.config.checks import check_output_root
-from ddpm_lab.config.run_folder import CHECKPOINTS, RESUME_PREFIX, lock_run_folder, make_folders
-from ddpm_lab.errors import ResumeError, RunFolderBusyError, UserError, exit_with
+from ddpm_lab.config.run_folder import (
+    CHECKPOINTS,
+    RESUME_PREFIX,
+    check_plain_run_folder,
+    claim_fresh_run_folder,
+    lock_run_folder,
+    make_folders,
+    undo_setup,
+)
+from ddpm_lab.errors import (
+    OutputExistsError,
+    ResumeError,
+    RunFolderBusyError,
+    RunFolderError,
+    UserError,
+    exit_with,
+    os_reason,
+)
 from ddpm_lab.training import auto_warmup
 
 
@@ -58,6 +74,24 @@ def fresh_run_dir(output_root: str | None, below: str) -> str:
     return f"{check_output_root(output_root)}/{below}"
 
 
+@functools.cache  # claimed once per job, however often Hydra resolves it
+def fresh_job_dir(sweep_dir: str, subdir: str) -> str:
+    """Resolver for ``hydra.sweep.subdir``: a multirun job's folder ``<sweep dir>/<subdir>``, claimed (created and
+    locked, only when it holds nothing) as Hydra resolves it for the job, before Hydra writes into it. When another
+    sweep into the same ``hydra.sweep.dir`` has that name, the job gets ``<subdir>-2`` (``-3``, ...): two sweeps
+    never share, nor overwrite, a job's folder."""
+    for k in range(1, 100):
+        name = subdir if k == 1 else f"{subdir}-{k}"
+        try:
+            claim_fresh_run_folder(Path(sweep_dir) / name, job="multirun job")
+        except OutputExistsError:
+            continue
+        return name
+    raise OutputExistsError(
+        f"{Path(sweep_dir) / subdir}: 99 folders of that name exist; choose another hydra.sweep.dir"
+    )
+
+
 @functools.cache  # checked and locked once per process, however often Hydra resolves it
 def resume_run_dir(resume: str | None, fresh: str) -> str:
     """Resolver for ``hydra.run.dir``: the run folder being resumed (checked and locked for this process before
@@ -75,6 +109,7 @@ def resume_run_dir(resume: str | None, fresh: str) -> str:
         raise ResumeError(
             f"resume={resume}: no checkpoint in {run / CHECKPOINTS} (the run stopped before its first one)"
         )
+    check_plain_run_folder(run)
     try:
         lock_run_folder(run)
     except RunFolderBusyError as e:
@@ -104,7 +139,8 @@ def resume_output_subdir(resume: str | None) -> str:
 
 
 def exit_on_user_error(resolver: Callable[..., Any]) -> Callable[..., Any]:
-    """A resolver that reports a UserError as one line and exit status 2.
+    """A resolver that reports a UserError, or an OS error of the run folder it sets up (a name too long, a full
+    disk, no permission), as one line and exit status 2.
 
     Hydra resolves ``hydra.run.dir`` outside the task function and would print an exception it fails to format.
     """
@@ -114,7 +150,11 @@ def exit_on_user_error(resolver: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return resolver(*args)
         except UserError as e:
+            undo_setup()
             exit_with(e)
+        except OSError as e:
+            undo_setup()
+            exit_with(RunFolderError(f"cannot set up the run folder: {os_reason(e)}"))
 
     return wrapped
 
@@ -127,6 +167,7 @@ RESOLVERS = {
     "run_uid": run_uid,
     "auto_warmup": default_warmup,
     "fresh_run_dir": exit_on_user_error(fresh_run_dir),
+    "fresh_job_dir": exit_on_user_error(fresh_job_dir),
 }
 
 

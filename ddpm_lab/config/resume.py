@@ -9,6 +9,7 @@ training) followed by the ones typed now (``trainer.max_steps=...``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -21,7 +22,7 @@ from ddpm_lab.artifacts.atomic import remove_stale_temp_files
 from ddpm_lab.artifacts.checkpoint import is_training_checkpoint, newest_checkpoint, read_checkpoint
 from ddpm_lab.artifacts.trained_model import check_fits, net_weights
 from ddpm_lab.config.loggers import logger_row
-from ddpm_lab.config.overrides import check_known, read_overrides
+from ddpm_lab.config.overrides import check_known, check_places, read_overrides
 from ddpm_lab.config.run_folder import CHECKPOINTS, RESUME_PREFIX, STARTED_NAME
 from ddpm_lab.errors import CheckpointError, ResumeError, one_line
 from ddpm_lab.training.resume_state import check_resume_state
@@ -43,12 +44,13 @@ def merge_overrides(*lists: list[str]) -> list[str]:
     return list(merged.values())
 
 
-def run_overrides(run_dir: Path, skip: str | None = None) -> list[str]:
+def run_overrides(run_dir: Path, skip: str | None = None, typed: Sequence[str] = ()) -> list[str]:
     """The overrides a run was started with, then those of each earlier resume of it that reached training
     (a ``started`` file beside its record: a launch that failed before training changed nothing), in order.
 
     They are untrusted input (a run folder may come from anyone): only plain ``key=value`` overrides of keys the
-    composed config has (or ``group=option``) are returned; anything else stops with UnsafeConfigError.
+    composed config has (or ``group=option``) are returned, and none that moves where the run writes unless that
+    key is ``typed`` now; anything else stops with UnsafeConfigError.
     """
     hydra_dir = run_dir / ".hydra"
     files = [hydra_dir / "overrides.yaml"]
@@ -61,6 +63,7 @@ def run_overrides(run_dir: Path, skip: str | None = None) -> list[str]:
     sources = {o: f for f, lst in lists for o in lst}
     replayed = [o for o in merge_overrides(*(lst for _, lst in lists)) if _key(o) != "resume"]
     config_name = HydraConfig.get().job.config_name if HydraConfig.initialized() else "train"
+    check_places(replayed, sources, typed)
     check_known(replayed, sources, config_name or "train")
     return replayed
 
@@ -72,7 +75,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
         raise ResumeError("resume= continues one run: drop -m/--multirun and resume each run folder on its own")
     run = Path(hydra_cfg.runtime.output_dir)  # resume_run_dir made the run folder this launch's folder
     now = list(hydra_cfg.overrides.task)
-    overrides = merge_overrides(run_overrides(run, skip=Path(hydra_cfg.output_subdir or "").name), now)
+    overrides = merge_overrides(run_overrides(run, skip=Path(hydra_cfg.output_subdir or "").name, typed=now), now)
     resumed = compose(config_name=hydra_cfg.job.config_name, overrides=[o for o in overrides if _key(o) != "resume"])
     with open_dict(resumed):
         resumed.resume = cfg.resume

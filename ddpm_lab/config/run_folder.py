@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import shutil
 import socket
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 
 from ddpm_lab.config.loggers import logger_folders
-from ddpm_lab.errors import ConfigError, OutputExistsError, RunFolderBusyError
+from ddpm_lab.errors import ConfigError, OutputExistsError, RunFolderBusyError, RunFolderError, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -71,67 +74,121 @@ def _secondary_rank() -> bool:
     return any(int(os.environ.get(k) or 0) > 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+def open_lock_file(path: Path) -> int:
+    """``path`` opened (created if missing) as a lock file: never through a symbolic link (``O_NOFOLLOW``), never
+    blocking on a FIFO (``O_NONBLOCK``), and refused unless it is a plain file with no other name (a hard link), so
+    taking a lock can neither truncate nor reveal a file elsewhere. Raises :class:`RunFolderError`."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RunFolderError(
+                f"{path} is a symbolic link: a lock file never is (taking it would write where it points); "
+                "remove the link"
+            ) from None
+        raise RunFolderError(f"cannot open the lock file {os_reason(e)}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a plain file"
+        raise RunFolderError(f"{path} is {what}: a lock file never is (taking it would write into it); remove it")
+    return fd
+
+
 def lock_run_folder(folder: str | os.PathLike) -> None:
     """Take ``<folder>/.lock`` for this process (pid and host inside, an ``flock`` held until exit).
 
     A lock whose process is gone (killed, crashed, machine rebooted) holds no ``flock`` any more and is taken
-    over with a warning. Raises :class:`RunFolderBusyError` while another process works in the folder.
+    over with a warning. Raises :class:`RunFolderBusyError` while another process works in the folder, and
+    :class:`RunFolderError` for a ``.lock`` that is not a plain file of its own (see :func:`open_lock_file`).
     """
     folder = Path(folder).absolute()
     if folder in _launch.locks or _secondary_rank():
         return
     path = folder / LOCK_NAME
     for _ in range(5):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            owner = _owner(fd)
             os.close(fd)
-            raise RunFolderBusyError(f"{folder} is in use by {_lock_owner(path)} (its {LOCK_NAME})") from None
+            raise RunFolderBusyError(f"{folder} is in use by {_described(owner)} (its {LOCK_NAME})") from None
         except OSError:  # a file system without flock (some NFS mounts): trust the pid on this host
-            if _owner_alive(path):
+            owner = _owner(fd)
+            if _owner_alive(owner):
                 os.close(fd)
-                raise RunFolderBusyError(f"{folder} is in use by {_lock_owner(path)} (its {LOCK_NAME})") from None
+                raise RunFolderBusyError(f"{folder} is in use by {_described(owner)} (its {LOCK_NAME})") from None
         try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            same = os.lstat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:  # its previous holder removed it between our open and our flock
             same = False
         if not same:
             os.close(fd)
             continue
-        stale = os.read(fd, 200).decode(errors="replace").strip()
+        stale = _owner(fd)
         if stale:
-            log.warning("taking over the lock of %s left by %s, which is no longer running", folder, stale)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            log.warning("taking over the lock of %s left by %s, which is no longer running", folder, _described(stale))
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock goes again (while still flock-ed, nobody else holds it)
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            raise
         _launch.locks[folder] = fd
         return
     raise RunFolderBusyError(f"{folder}: could not take its lock {path}; try again")
 
 
-def _owner_alive(path: Path) -> bool:
-    """Whether the pid in a lock file may still run: True unless it names this host and no such process."""
+@contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Hold the lock file ``path`` (opened as :func:`open_lock_file` does), waiting while another process holds
+    it; removed again on exit. For short critical sections, e.g. rewriting a sweep folder's report."""
+    while True:
+        fd = open_lock_file(path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.lstat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:  # its previous holder removed it while we waited
+            same = False
+        if same:
+            break
+        os.close(fd)
     try:
-        pid, host = path.read_text().split()[:2]
-        if host != socket.gethostname():
-            return True  # cannot be checked from here
-        os.kill(int(pid), 0)
-    except (ValueError, FileNotFoundError):
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held: a waiter sees another inode and opens the new file
+        os.close(fd)
+
+
+def _owner(fd: int) -> tuple[str, str] | None:
+    """The ``(pid, host)`` a lock file names, read from its descriptor; None when it names none."""
+    words = os.pread(fd, 200, 0).decode(errors="replace").split()
+    if len(words) < 2 or not words[0].isdigit():
+        return None
+    return words[0], words[1][:100]
+
+
+def _described(owner: tuple[str, str] | None) -> str:
+    return "another process" if owner is None else f"process {owner[0]} on {owner[1]}"
+
+
+def _owner_alive(owner: tuple[str, str] | None) -> bool:
+    """Whether the pid in a lock file may still run: True unless it names this host and no such process."""
+    if owner is None:
         return False  # empty or garbled: nobody wrote it completely
+    pid, host = owner
+    if host != socket.gethostname():
+        return True  # cannot be checked from here
+    try:
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except OSError:  # PermissionError: alive, someone else's
         return True
     return True
-
-
-def _lock_owner(path: Path) -> str:
-    try:
-        pid, host = path.read_text().split()[:2]
-        return f"process {pid} on {host}"
-    except (OSError, ValueError):
-        return "another process"
 
 
 def unlock_run_folder(folder: str | os.PathLike) -> None:
@@ -147,9 +204,14 @@ def unlock_run_folder(folder: str | os.PathLike) -> None:
 
 
 @atexit.register
-def _unlock_all() -> None:
+def release_launch() -> None:
+    """What this process's exit does: release every lock it holds and forget what it created (a caller that runs
+    several launches in one process, e.g. a test calling ``main()`` again, starts each afresh)."""
     for folder in list(_launch.locks):
         unlock_run_folder(folder)
+    _launch.folders.clear()
+    _launch.log_sizes.clear()
+    _launch.claimed.clear()
 
 
 def claim_fresh_run_folder(path: str | os.PathLike, job: str = "train") -> None:
@@ -175,9 +237,10 @@ def claim_fresh_run_folder(path: str | os.PathLike, job: str = "train") -> None:
 
 def _exists(path: Path, job: str) -> OutputExistsError:
     resume = f"continue that run with resume={path}, or " if job == "train" else ""
+    keys = "hydra.sweep.dir" if job == "multirun job" else "hydra.run.dir / paths.output_root"
     return OutputExistsError(
         f"{path} already holds files (a run, or something else): nothing was written; "
-        f"{resume}choose another folder (hydra.run.dir / paths.output_root)"
+        f"{resume}choose another folder ({keys})"
     )
 
 
@@ -188,8 +251,13 @@ def writable_folder(path: str | os.PathLike) -> Path:
     """
     path = Path(path).expanduser().absolute()
     existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as e:  # a name too long, a loop of links, ...
+        raise ConfigError(
+            f"cannot create the output folder {path}: {e.strerror or e}; choose another paths.output_root"
+        ) from None
     if not existing.is_dir():
         raise ConfigError(
             f"cannot create the output folder {path}: {existing} is a file, not a folder; "
@@ -200,6 +268,32 @@ def writable_folder(path: str | os.PathLike) -> Path:
             f"output folder {existing} is not writable: choose another paths.output_root or fix its permissions"
         )
     return existing
+
+
+def check_plain_run_folder(run: str | os.PathLike, key: str = "resume") -> None:
+    """Refuse a run folder that would make a launch working in it write somewhere else: a symbolic link anywhere
+    in it (``checkpoints -> another run's checkpoints``), a file with a second name (a hard link: appending to
+    ``train.log`` would append to that other file) or something neither file nor folder (a FIFO blocks the log).
+    Raises :class:`RunFolderError` naming the first such path."""
+    run = Path(run)
+    for root, folders, files in os.walk(run):  # a linked folder is listed, never entered
+        for name in sorted(folders + files):
+            path = Path(root) / name
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                what = "a symbolic link"
+            elif stat.S_ISDIR(info.st_mode):
+                continue
+            elif not stat.S_ISREG(info.st_mode):
+                what = "neither a file nor a folder"
+            elif info.st_nlink > 1:
+                what = "a hard link (one file with another name elsewhere)"
+            else:
+                continue
+            raise RunFolderError(
+                f"{key}={run}: {path} is {what}, which a run folder never holds (working in it would write "
+                "elsewhere): remove it, or copy the run without links (cp -rL)"
+            )
 
 
 def remember_log_size(run: str | os.PathLike, job: str) -> None:
@@ -248,6 +342,15 @@ def discard_fresh_run_folder() -> None:
         (run / ".hydra").rmdir()
     unlock_run_folder(run)
     _launch.claimed.discard(run)
+    _remove_created_folders()
+
+
+def undo_setup() -> None:
+    """After a failure while a run folder was being set up (before Hydra wrote into it): release this launch's
+    locks and remove the folders it created, each only while empty."""
+    for folder in list(_launch.locks):
+        unlock_run_folder(folder)
+    _launch.claimed.clear()
     _remove_created_folders()
 
 

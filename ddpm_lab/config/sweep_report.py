@@ -5,7 +5,9 @@
 Each job writes its own ``results.json``; when the sweep ends, :class:`SweepReport` (``hydra.callbacks.sweep_report``
 in ``evaluate.yaml``) collects them into ``<sweep folder>/sweep.md``, ``sweep.csv`` and ``fid_vs_nfe.png``: one row
 per job with the settings that vary across the sweep, NFE (model evaluations per image), FID, KID and the wall
-time per image; in the plot, one line per setting other than the number of steps.
+time per image; in the plot, one line per setting other than the number of steps. A second sweep into the same
+folder (``hydra.sweep.dir=``) adds its rows to the report, under a lock; a report it cannot extend without dropping
+a row is left as it is (exit status 2).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +24,67 @@ from omegaconf import DictConfig
 
 from ddpm_lab.artifacts.atomic import atomic_write
 from ddpm_lab.artifacts.figures import fid_vs_nfe_figure, save_figure
+from ddpm_lab.config.overrides import MAX_YAML_BYTES, read_yaml
+from ddpm_lab.config.run_folder import waiting_lock
+from ddpm_lab.errors import ReportError, UserError, exit_with, one_line
+
+log = logging.getLogger(__name__)
 
 REPORT_FILES = ("sweep.md", "sweep.csv", "fid_vs_nfe.png")
+REPORT_LOCK = ".sweep.lock"  # held while a sweep reads the folder's jobs and rewrites its report
 # Overrides that say where things are, not how images are made: never a column.
 PLACES = ("ckpt", "paths.", "cache_dir", "device", "dataset.root", "hydra.")
 METRICS = ("nfe", "fid", "kid_mean", "seconds_per_image")
 
 
-def job_row(output_dir: Path, overrides: list[str]) -> dict[str, Any] | None:
-    """One job's settings (its overrides) and scores (its ``results.json``); ``None`` when it wrote none."""
+def job_row(output_dir: Path, overrides: list[str] | None = None) -> dict[str, Any] | None:
+    """One job's settings (its overrides: given, else its ``.hydra/overrides.yaml``) and scores (its
+    ``results.json``); ``None`` when it wrote none or they cannot be read (a damaged job is left out, with a
+    warning)."""
     path = output_dir / "results.json"
     if not path.is_file():
         return None
-    result = json.loads(path.read_text())
-    given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
-    settings = {k: v for k, v in given.items() if not k.startswith(PLACES)}
-    if "ckpt" in given:  # a column when the sweep compares checkpoints (e.g. post-hoc EMA lengths)
-        settings = {"ckpt": given["ckpt"].strip("'\""), **settings}
-    n = result.get("n_fake") or 1
+    try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ValueError(f"over {MAX_YAML_BYTES} bytes")
+        result = json.loads(path.read_text())
+        if overrides is None:
+            overrides = read_yaml(output_dir / ".hydra" / "overrides.yaml") or []
+        given = dict(str(o).lstrip("+~").split("=", 1) for o in overrides if "=" in str(o))
+        settings = {k: v for k, v in given.items() if not k.startswith(PLACES)}
+        if "ckpt" in given:  # a column when the sweep compares checkpoints (e.g. post-hoc EMA lengths)
+            settings = {"ckpt": given["ckpt"].strip("'\""), **settings}
+        n = result.get("n_fake") or 1
+        seconds = result["sampling_seconds"] / n if "sampling_seconds" in result else None
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError, UserError) as e:
+        log.warning("leaving %s out of the sweep report: %s", output_dir.name, one_line(e))
+        return None
     return {
         "job": output_dir.name,
         "settings": settings,
         "nfe": result.get("nfe"),
         "fid": result.get("fid"),
         "kid_mean": result.get("kid_mean"),
-        "seconds_per_image": result["sampling_seconds"] / n if "sampling_seconds" in result else None,
+        "seconds_per_image": seconds,
     }
+
+
+def reported_jobs(folder: Path) -> list[str]:
+    """The jobs an existing report in ``folder`` lists (its ``sweep.csv``'s last column), in order; [] when
+    there is none. A ``sweep.md``/``sweep.csv`` that is not such a report is refused (ReportError): it is not ours
+    to replace."""
+    md, csv_path = folder / REPORT_FILES[0], folder / REPORT_FILES[1]
+    if not md.exists() and not csv_path.exists():
+        return []
+    try:
+        if csv_path.stat().st_size > MAX_YAML_BYTES:
+            raise ValueError("too large for a report")
+        lines = list(csv.reader(io.StringIO(csv_path.read_text())))
+    except (OSError, ValueError, csv.Error) as e:
+        raise ReportError(f"{csv_path} cannot be read as a sweep report ({one_line(e)})") from None
+    if not lines or lines[0][-1:] != ["job"] or any(len(line) != len(lines[0]) for line in lines):
+        raise ReportError(f"{csv_path} is not a sweep report (no job column)")
+    return [line[-1] for line in lines[1:]]
 
 
 def short_names(paths: list[str]) -> dict[str, str]:
@@ -136,12 +174,35 @@ class SweepReport(Callback):
             self.jobs.append((Path(hydra_cfg.hydra.runtime.output_dir), list(job_return.overrides or [])))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        rows = [row for folder, overrides in self.jobs if (row := job_row(folder, overrides)) is not None]
-        if not rows:
-            return
         folders = {folder.parent for folder, _ in self.jobs}
         if len(folders) != 1:  # not one sweep folder: nowhere that is ours to write to
             return
-        paths = write_report(folders.pop(), rows)
-        print(markdown(table(rows)), end="", flush=True)
-        print(f"sweep report: {', '.join(str(p) for p in paths)}", flush=True)
+        folder = folders.pop()
+        try:
+            with waiting_lock(folder / REPORT_LOCK):  # another sweep into this folder may be writing its report
+                paths, rows = self.merged_report(folder)
+        except UserError as e:
+            exit_with(e)
+        if rows:
+            print(markdown(table(rows)), end="", flush=True)
+            print(f"sweep report: {', '.join(str(p) for p in paths)}", flush=True)
+
+    def merged_report(self, folder: Path) -> tuple[list[Path], list[dict[str, Any]]]:
+        """Write the report of every job in ``folder``: those an earlier sweep into it reported (first, in its
+        order), then this sweep's. Refuses (ReportError) to drop a job the existing report lists."""
+        earlier = reported_jobs(folder)
+        ours = {folder_.name: overrides for folder_, overrides in self.jobs}
+        rows = []
+        for name in dict.fromkeys([*earlier, *ours]):
+            row = job_row(folder / name, ours.get(name))
+            if row is not None:
+                rows.append(row)
+        lost = [name for name in earlier if name not in {row["job"] for row in rows}]
+        if lost:
+            raise ReportError(
+                f"{folder / REPORT_FILES[0]} lists job(s) {', '.join(lost[:3])} whose results.json is gone or "
+                "unreadable: the report was not rewritten (nothing dropped); move it away to write a new one"
+            )
+        if not rows:
+            return [], []
+        return write_report(folder, rows), rows

@@ -65,6 +65,11 @@ OWNED = {
     "sample_max_value": "sampler.dynamic_threshold",
     "timestep_spacing": "sampler.spacing",
 }
+# Ranges of the ``step`` arguments that diffusers takes whatever their value, and that outside them break sampling
+# (DDIM's eta > 1 gives NaN: black images) or blow it up (Karras' noise scale): (low, high), None = unbounded.
+STEP_OPTION_RANGES = {"eta": (0.0, 1.0), "s_churn": (0.0, None), "s_tmin": (0.0, None), "s_noise": (0.0, 2.0)}
+# With x̂_0 clipped to [-1, 1], a sound chain ends within a few percent of it (PNDM: 1.03); far beyond is broken.
+MAX_CLIPPED_SAMPLE = 4.0
 # Arguments of ``step`` that the chain itself passes.
 STEP_ARGS = {"self", "model_output", "timestep", "sample", "generator", "return_dict"}
 LEARNED_VARIANCE = ("learned", "learned_range")
@@ -136,6 +141,11 @@ class DiffusersSampler(Sampler):
                 raise ConfigError(
                     f"sampler.options.{key} is not an option of {scheduler}; its options: {', '.join(valid)}"
                 )
+        for key, (low, high) in STEP_OPTION_RANGES.items():
+            if key in options and key in step:
+                check_number(
+                    options[key], f"sampler.options.{key}", float, low=low, high=high, low_open=key == "s_noise"
+                )
         self.scheduler_options = options
         self._init = {k: v for k, v in options.items() if k in init}
         self._step_kwargs = {k: v for k, v in options.items() if k not in init}
@@ -152,11 +162,32 @@ class DiffusersSampler(Sampler):
         """Run the chain once on a 2×2 image with a zero network, so options that fail only while stepping
         (e.g. UniPC ``solver_order=3`` with ``lower_order_final=false`` on a short chain) are refused now."""
         diffusion = GaussianDiffusion(make_betas("linear", timesteps=1000, warn=False))
+        x = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(0))
         try:
-            for _ in self.steps(diffusion, lambda x, t: torch.zeros_like(x), torch.zeros(1, 1, 2, 2), None):
+            for _ in self.steps(diffusion, lambda x, t: torch.zeros_like(x), x, torch.Generator().manual_seed(1)):
                 pass
+        except ConfigError:
+            raise
         except (RuntimeError, ValueError, NotImplementedError, IndexError, TypeError) as e:
             raise ConfigError(f"sampler.options: {self.scheduler} fails with them: {_first_line(e)}") from None
+
+    def _check_sample(self, x: torch.Tensor, t: int, last: bool) -> None:
+        """Refuse a chain that went non-finite, or (x̂_0 clipped) ended far outside [-1, 1]: options diffusers
+        accepts but that break sampling must not give images written as if fine."""
+        broken = None
+        if not torch.isfinite(x).all():
+            broken = f"non-finite values (NaN or inf) at t={t}"
+        elif (
+            last
+            and (self.clip_denoised or self.dynamic_threshold is not None)
+            and float(x.abs().max()) > MAX_CLIPPED_SAMPLE
+        ):
+            broken = f"values up to {float(x.abs().max()):.3g}, far outside the data's [-1, 1]"
+        if broken:
+            raise ConfigError(
+                f"sampler.options={self.scheduler_options or {}}: {self.scheduler} gives {broken}, so the images "
+                "are refused (nothing written): change sampler.options (e.g. DDIM's eta must be in [0, 1])"
+            )
 
     @property
     def options(self) -> dict[str, object]:
@@ -229,7 +260,8 @@ class DiffusersSampler(Sampler):
         step_kwargs = dict(self._step_kwargs, **({"generator": theirs} if self._generator else {}))
         channels = x.shape[1]
         x = x * scheduler.init_noise_sigma  # σ-space schedulers (Euler, Heun, ...) start at x_T·σ_max
-        for t in scheduler.timesteps:
+        final = len(scheduler.timesteps) - 1
+        for i, t in enumerate(scheduler.timesteps):
             tt = _batch_t(_model_t(t, T), x)
             x_in = scheduler.scale_model_input(x, t)  # back to x_t = √ᾱ x_0 + √(1−ᾱ) ε
             output = model(x_in, tt).to(x.dtype)
@@ -251,7 +283,9 @@ class DiffusersSampler(Sampler):
                 raise ConfigError(
                     f"sampler.options: {self.scheduler} fails on this schedule with them: {_first_line(e)}"
                 ) from e
-            yield SampleStep(t=int(tt[0]), x=_unscaled(scheduler, x), x0_pred=x0)
+            out = _unscaled(scheduler, x)
+            self._check_sample(out, int(tt[0]), last=i == final)
+            yield SampleStep(t=int(tt[0]), x=out, x0_pred=x0)
 
 
 SAMPLERS["diffusers"] = DiffusersSampler  # make_sampler("diffusers", scheduler=..., ...)

@@ -24,7 +24,7 @@ from ddpm_lab.diffusion.core import Denoiser, ImageNoise, randn
 from ddpm_lab.diffusion.edm import DiffusionProcess
 from ddpm_lab.diffusion.guidance import check_labels, guided
 from ddpm_lab.diffusion.samplers import Sampler
-from ddpm_lab.errors import check_number
+from ddpm_lab.errors import ConfigError, check_number
 
 
 class SamplingStopped(Exception):
@@ -114,6 +114,11 @@ def generate_batches(
                     kept[step.t] = x.cpu()
                 x = step.x
                 bar.update()
+            if not torch.isfinite(x).all():  # a broken network or sampler setting: never images written as if fine
+                raise ConfigError(
+                    f"sampling with {sampler!r} gave non-finite values (NaN or inf) from image {indices[start]} on: "
+                    "the images are refused (nothing written); check the sampler settings (sampler.*) and checkpoint"
+                )
             yield Batch(start, x, kept, y)
     finally:
         bar.close()

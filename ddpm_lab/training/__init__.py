@@ -1,5 +1,6 @@
 """Training with PyTorch Lightning: the LightningModule, EMA and post-hoc EMA, callbacks (sample grids, strips,
-run summary, FID, preemption, start-up summary), learning-rate schedules, logging to any logger and atomic
+run summary, FID, preemption, start-up summary, checkpoint retention), learning-rate schedules, logging to any
+logger and atomic
 checkpoint IO. Imports neither Hydra nor OmegaConf."""
 
 from ddpm_lab.training.callbacks import DiffusionStrips, RunSummary, SampleGrid
@@ -11,6 +12,7 @@ from ddpm_lab.training.lr_schedules import ConstantLR, CosineLR, LinearLR, auto_
 from ddpm_lab.training.module import DiffusionModule, NonFiniteLossError
 from ddpm_lab.training.posthoc_ema import PosthocEMA
 from ddpm_lab.training.preemption import PreemptionGuard
+from ddpm_lab.training.retention import RunCheckpoint
 from ddpm_lab.training.summary import StartupSummary
 from ddpm_lab.training.throughput import Throughput
 
@@ -27,6 +29,7 @@ __all__ = [
     "NonFiniteLossError",
     "PosthocEMA",
     "PreemptionGuard",
+    "RunCheckpoint",
     "RunSummary",
     "SampleGrid",
     "StartupSummary",

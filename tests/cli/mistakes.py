@@ -24,6 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
+from ddpm_lab.config import run_folder
 from helpers import cli_env, fake_run, snapshot, write_image_folder
 
 MAX_SECONDS = 20  # a mistake must be found before any work: far less than a training step on a real model
@@ -76,6 +77,7 @@ def run_in_process(main: Callable[[], object], argv: Sequence[str], cwd: Path) -
         os.chdir(old_cwd)
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
+        run_folder.release_launch()  # as the process's exit would: the next call is a launch of its own
     return Outcome(status, err.getvalue(), seconds)
 
 

@@ -1,5 +1,6 @@
 """Security: a run folder from someone else whose Hydra record carries hostile entries is refused by ``resume=``
-and ``evaluate`` through the real command lines (exit 2, one line), and the payload never runs."""
+and ``evaluate`` through the real command lines (exit 2, one line), and the payload never runs; a run folder's
+links and replayed locations never make a launch write outside it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from ddpm_lab.config.real_images import compared_dataset
-from helpers import run_cli, snapshot
+from ddpm_lab.train import main as train_main
+from helpers import TINY_TRAIN, run_cli, snapshot
+from mistakes import MAX_SECONDS, run_in_process
 
 
 class Payload:
@@ -113,3 +116,61 @@ def test_evaluate_writes_decoded_caches_only_where_it_is_told_not_where_the_run_
     config.write_text(text.replace("  cache_dir: ${paths.cache_dir}\n", "  cache_dir: ${oc.env:HOME}/elsewhere\n"))
     dataset = compared_dataset(None, str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "ours"), {})
     assert dataset["cache_dir"] == str(tmp_path / "ours")
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A file outside the run folder that a hostile link aims at (another user's notes, say)."""
+    target = tmp_path / "elsewhere" / "notes.txt"
+    target.parent.mkdir()
+    target.write_text("SECRET first line\nsecond line\n")
+    return target
+
+
+def test_a_lock_that_is_a_symlink_neither_truncates_nor_reveals_its_target(hostile_run, outside: Path, tmp_path):
+    """``resume=`` through the real command line: the ``.lock`` is opened without following links."""
+    run, marker = hostile_run
+    (run / ".lock").symlink_to(outside)
+    before, target = snapshot(run), outside.read_bytes()
+    proc = run_cli("ddpm_lab.train", f"resume='{run}'", "trainer.max_steps=8", cwd=tmp_path, check=False)
+    assert_refused(proc, marker, str(run / ".lock"), "symbolic link")
+    assert "SECRET" not in proc.stderr + proc.stdout
+    assert outside.read_bytes() == target and snapshot(run) == before
+
+
+def test_a_fresh_launch_into_a_folder_whose_lock_is_a_symlink(image_folder: Path, outside: Path, tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / ".lock").symlink_to(outside)
+    target = outside.read_bytes()
+    argv = [*TINY_TRAIN, f"dataset.root={image_folder}", f"hydra.run.dir={folder}"]
+    outcome = run_in_process(train_main, argv, tmp_path)
+    lines = outcome.stderr.strip().splitlines()
+    assert outcome.status == 2 and len(lines) == 1 and f"{folder / '.lock'} is a symbolic link" in lines[0], lines
+    assert "SECRET" not in outcome.stderr and outcome.seconds < MAX_SECONDS
+    assert outside.read_bytes() == target and sorted(p.name for p in folder.iterdir()) == [".lock"]
+
+
+@pytest.mark.parametrize(
+    ("replayed", "key"),
+    [
+        ("callbacks.model_checkpoint.dirpath=OTHER/checkpoints", "callbacks.model_checkpoint.dirpath"),
+        ("callbacks.model_checkpoint.filename=../../other_run/checkpoints/last", "callbacks.model_checkpoint.filename"),
+    ],
+    ids=["dirpath", "filename"],
+)
+def test_a_replayed_checkpoint_place_never_overwrites_another_run(tiny_run: Path, tmp_path, replayed: str, key: str):
+    """A shared run's record aims its checkpoints at another run: refused in one line naming the key; neither run
+    changes by a byte. (In this process: the command line's own path is covered above.)"""
+    run, other = tmp_path / "shared" / "run", tmp_path / "other_run"
+    shutil.copytree(tiny_run, run)
+    shutil.copytree(tiny_run, other)
+    overrides = run / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + f"- {replayed.replace('OTHER', str(other))}\n")
+    before, theirs = snapshot(run), snapshot(other)
+    outcome = run_in_process(train_main, [f"resume={run}", "trainer.max_steps=8"], tmp_path)
+    lines = outcome.stderr.strip().splitlines()
+    assert outcome.status == 2 and len(lines) == 1 and "Traceback" not in outcome.stderr, outcome.stderr[-3000:]
+    assert f"{overrides}: refusing to replay" in lines[0] and f"type {key}=<value>" in lines[0], lines
+    assert outcome.seconds < MAX_SECONDS
+    assert snapshot(run) == before and snapshot(other) == theirs

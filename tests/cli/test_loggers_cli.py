@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ddpm_lab.train import main
-from helpers import TINY_TRAIN
+from helpers import TINY_TRAIN, snapshot
 from mistakes import run_in_process
 
 mlflow = pytest.importorskip("mlflow", reason="logger=mlflow needs the mlflow extra (mlflow-skinny is in [dev])")
@@ -72,3 +73,27 @@ def test_tensorboard_gets_the_same_images_beside_them(run: Path) -> None:
         assert [e.step for e in events.Images(tag)] == [3, 6], tag
     grid = events.Images("samples/grid")[-1]
     assert Image.open(io.BytesIO(grid.encoded_image_string)).size == (SIDE(2), SIDE(2))
+
+
+def test_a_run_with_a_list_of_loggers_resumes(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replayed ``logger=[...]`` list composes again and every logger goes on. A copy of the run (its MLflow
+    store still keeps artifacts in the original) is refused first, in one line, changing neither run."""
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    before, original = snapshot(copy), snapshot(run)
+    outcome = run_in_process(main, [f"resume={copy}", "trainer.max_steps=8"], tmp_path)
+    lines = outcome.stderr.strip().splitlines()
+    assert outcome.status == 2 and lines[-1].startswith("error: ") and "Traceback" not in outcome.stderr, lines
+    assert "is outside this run's MLflow store" in lines[-1] and "remove mlruns/ from this copy" in lines[-1]
+    assert snapshot(copy) == before and snapshot(run) == original
+    shutil.rmtree(copy / "mlruns")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    outcome = run_in_process(main, [f"resume={copy}", "trainer.max_steps=8"], tmp_path)
+    assert outcome.status == 0, outcome.stderr[-3000:]
+    resumed = list(csv.DictReader((copy / "csv" / "resume_1" / "metrics.csv").open()))
+    assert sorted(int(r["step"]) for r in resumed if r.get("train/loss")) == [6, 7]
+    events = EventAccumulator(str(copy / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert {6, 7} <= set(steps) and len(steps) == len(set(steps)), steps  # the curve goes on, nothing twice
+    assert any((copy / "mlruns").rglob("meta.yaml")) and snapshot(run) == original

@@ -8,6 +8,7 @@ real command line).
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ddpm_lab.convert import main
 from helpers import TINY_TRAIN, ours_checkpoint
-from mistakes import case, check_case, counts, run_in_process, write_inputs
+from mistakes import MAX_SECONDS, case, check_case, counts, run_in_process, write_inputs
 
 IMPORT = ("from_diffusers={tmp}/pipe", "out={tmp}/new.ckpt")
+HUGE = 64 << 20  # a zero-filled weights file far larger than the tiny U-Net's ~17 MB cap
 EXPORT = ("ckpt={tmp}/good.ckpt", "to_diffusers={tmp}/new_folder")
 
 CASES = [
@@ -51,6 +53,11 @@ CASES = [
     case("data", ["from_diffusers={tmp}/unet_only", "out={tmp}/n.ckpt"], "{tmp}/unet_only has no scheduler_config"),
     case("data", ["from_diffusers={tmp}/no_weights", "out={tmp}/new.ckpt"], "cannot load the U-Net weights in"),
     case("data", ["from_diffusers={tmp}/hostile_bin", "out={tmp}/new.ckpt"], "cannot load the U-Net weights in"),
+    # untrusted configs: every field type- and range-checked before anything is built
+    case("data", ["from_diffusers={tmp}/zero_size", "out={tmp}/n.ckpt"], "sample_size=0 must be an integer in [1,"),
+    case("data", ["from_diffusers={tmp}/float_width", "out={tmp}/n.ckpt"], "block_out_channels=[8.5, 16] must be"),
+    case("data", ["from_diffusers={tmp}/text_steps", "out={tmp}/n.ckpt"], "num_train_timesteps='20' must be an"),
+    case("data", ["from_diffusers={tmp}/huge_weights", "out={tmp}/n.ckpt"], "67.1 MB, more than a U-Net of 41,899"),
     # checkpoints
     case("checkpoints", ["ckpt={tmp}/missing.ckpt", "to_diffusers={tmp}/n"], "ckpt={tmp}/missing.ckpt does not exist"),
     case("checkpoints", ["ckpt={tmp}/random.ckpt", "to_diffusers={tmp}/n"], "cannot read checkpoint {tmp}/random"),
@@ -95,6 +102,19 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for file, content in files.items():
             (root / name / file).write_text(json.dumps(content))
     (root / "no_weights" / "scheduler_config.json").write_text("{}")
+    unet_config = json.loads((root / "pipe" / "unet" / "config.json").read_text())
+    for name, (file, field, value) in {
+        "zero_size": ("unet/config.json", "sample_size", 0),
+        "float_width": ("unet/config.json", "block_out_channels", [8.5, 16]),
+        "text_steps": ("scheduler/scheduler_config.json", "num_train_timesteps", "20"),
+    }.items():
+        shutil.copytree(root / "pipe", root / name)
+        config = json.loads((root / name / file).read_text())
+        (root / name / file).write_text(json.dumps({**config, field: value}))
+    shutil.copytree(root / "pipe", root / "huge_weights")
+    with open(root / "huge_weights" / "unet" / "diffusion_pytorch_model.safetensors", "wb") as f:
+        f.truncate(HUGE)  # zero-filled and sparse: no disk, and no memory unless read whole
+    assert unet_config["sample_size"] == 8
     # Ho et al.'s files are pickles (.bin): one that would run code must be refused, never unpickled freely
     shutil.copytree(root / "no_weights", root / "hostile_bin")
     shutil.copy(root / "hostile.ckpt", root / "hostile_bin" / "diffusion_pytorch_model.bin")
@@ -109,3 +129,22 @@ def test_the_table_is_varied():
 @pytest.mark.parametrize("item", CASES, ids=[c.id for c in CASES])
 def test_mistake_in_process(item, tmp: Path):
     check_case(lambda argv, cwd: run_in_process(main, argv, cwd), (), item, tmp)
+
+
+def test_a_huge_zero_filled_weights_file_is_never_read_into_memory(tmp: Path, tmp_path: Path):
+    """8 GB of zeros (sparse) where the weights belong: its size is compared with what the config's network can
+    hold (parameters x 8 bytes + overhead) from the file system alone, so this process's peak memory grows by far
+    less than the file; the file is left as it was (compared by size and time: hashing it would read it)."""
+    folder = tmp_path / "huge"
+    shutil.copytree(tmp / "pipe", folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    with open(weights, "wb") as f:
+        f.truncate(8 << 30)
+    before, stat = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, weights.stat()  # KiB
+    outcome = run_in_process(main, [f"from_diffusers={folder}", f"out={tmp_path / 'n.ckpt'}"], tmp_path)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    lines = outcome.stderr.strip().splitlines()
+    assert outcome.status == 2 and len(lines) == 1 and "8589.9 MB, more than a U-Net of 41,899" in lines[0], lines
+    assert outcome.seconds < MAX_SECONDS and peak < 500_000, f"{outcome.seconds:.1f} s, peak +{peak} KiB"
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    assert not (tmp_path / "n.ckpt").exists()

@@ -87,8 +87,19 @@ CASES = [
         ["sampler=diffusers", "sampler.spacing=quadratic"],
         "UniPCMultistepScheduler cannot take sampler.spacing=quadratic: use linspace, leading or trailing",
     ),
+    # values diffusers accepts but that break sampling (DDIM's eta > 1 samples NaN: black images, exit status 0)
+    case(
+        "ranges",
+        ["sampler=diffusers", "sampler.scheduler=DDIMScheduler", "+sampler.options.eta=1.5"],
+        "sampler.options.eta must be in [0.0, 1.0], got 1.5",
+    ),
+    case("enumerations", "device=meta", "device=meta is not a device to sample on"),
+    # checkpoints whose fields have the wrong type or absurd sizes
+    case("checkpoints", "ckpt={tmp}/text_step.ckpt", "its global_step must be a non-negative integer, got 'abc'"),
+    case("checkpoints", "ckpt={tmp}/long_names.ckpt", "its class name 1 is 100000 characters long, over the 200"),
     # output folders that cannot be created
     case("output", "paths.output_root={tmp}/a_file", "{tmp}/a_file is a file, not a folder"),
+    case("output", "hydra.run.dir={tmp}/" + "x" * 300, "File name too long"),
     # options that do not apply: refused, never ignored
     case("inapplicable", "guidance_rescale=0.5", "guidance_rescale=0.5 needs a class-conditional checkpoint"),
     case(
@@ -119,6 +130,8 @@ CASES = [
         "class=0 is not one of the model's 3 classes, which are named by numbers (1, 2, 10)",
     ),
 ]
+if not torch.backends.mps.is_available():
+    CASES.append(case("enumerations", "device=mps", "device=mps but this machine has no Apple GPU"))
 if not torch.cuda.is_available():
     CASES.append(case("enumerations", "device=cuda", "device=cuda but no CUDA GPU is visible"))
 if importlib.util.find_spec("torchsde") is None:
@@ -138,6 +151,11 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mistakes_sample")
     write_inputs(root, lambda p: ours_checkpoint(p, [*TINY_TRAIN, f"dataset.root={root / 'images'}"]))
     conditional_checkpoint(root / "cond.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'images'}"])
+    edited = torch.load(root / "good.ckpt", weights_only=True)
+    torch.save({**edited, "global_step": "abc"}, root / "text_step.ckpt")
+    edited = torch.load(root / "cond.ckpt", weights_only=True)
+    edited["ddpm_lab"]["config"]["dataset"]["class_names"] = ["a", "b" * 100_000]  # each grid row is titled
+    torch.save(edited, root / "long_names.ckpt")
     write_image_folder(root / "numbers", n_per_class=1, size=8, classes=("10", "2", "1"))
     conditional_checkpoint(root / "numbered.ckpt", [*TINY_TRAIN, f"dataset.root={root / 'numbers'}"])
     no_null = ("conditioning=class", "++model.num_classes=3", "++model.null_class=false")  # as an import

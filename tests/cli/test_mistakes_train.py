@@ -6,6 +6,7 @@ The harness is ``tests/cli/mistakes.py``; most cases run ``main()`` in this proc
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddpm_lab.config import run_folder
 from ddpm_lab.train import main
 from helpers import TINY_TRAIN, ours_checkpoint
 from mistakes import case, check_case, counts, run_in_process, run_subprocess, snapshot, write_inputs
@@ -54,6 +56,10 @@ CASES = [
     case("ranges", "schedule.beta_start=-0.1", "schedule.beta_start must be in (0, 1)"),
     case("ranges", "warmup_steps=-1", "warmup_steps must be >= 0"),
     case("ranges", "callbacks.ema.decay=1.5", "callbacks.ema.decay must be in [0, 1]"),
+    case("ranges", "optimizer.weight_decay=-1", "optimizer.weight_decay must be >= 0, got -1.0"),
+    case("ranges", "optimizer.betas=[2,0.9]", "optimizer.betas[0] must be in [0, 1), got 2.0"),
+    case("ranges", "+optimizer.eps=0", "optimizer.eps must be > 0, got 0.0"),
+    case("types", "optimizer.betas=0.9", "optimizer.betas must be a list of two numbers, got 0.9"),
     case("ranges", "dataset.augment=1.5", "dataset.augment must be in [0, 1], got 1.5"),
     case(
         "ranges",
@@ -149,9 +155,14 @@ CASES = [
         "{tmp}/a_file is a file, not a folder; choose another paths.output_root",
     ),
     case("output", "paths.output_root={tmp}/a_file/below", "{tmp}/a_file is a file, not a folder"),
+    case("output", "hydra.run.dir={tmp}/out/" + "x" * 300, "File name too long"),
+    case("output", "paths.output_root={tmp}/" + "y" * 300, "File name too long"),
 ]
+if not torch.backends.mps.is_available():
+    CASES.append(case("enumerations", "trainer.accelerator=mps", "trainer.accelerator=mps is not present on this"))
 if not torch.cuda.is_available():
     CASES.append(case("enumerations", "trainer.accelerator=gpu", "this machine has no GPU"))
+    CASES.append(case("enumerations", "trainer.accelerator=cuda", "trainer.accelerator=cuda is not present on this"))
 if (os.cpu_count() or 1) < 64:
     CASES.append(case("ranges", "trainer.devices=64", "trainer.devices=64 but this machine has"))
 
@@ -220,4 +231,16 @@ def test_a_logger_whose_extra_is_missing(module: str, tmp: Path, monkeypatch: py
     monkeypatch.setitem(sys.modules, module, None)
     culprit = f'logger.{module} needs the {module} package, which is not installed: pip install "ddpm_lab[{module}]"'
     item = case("missing", f"logger=[tensorboard,{module}]", culprit)
+    check_case(lambda argv, cwd: run_in_process(main, argv, cwd), BASE, item, tmp)
+
+
+def test_a_full_disk_at_start_is_one_line_and_leaves_nothing(tmp: Path, monkeypatch: pytest.MonkeyPatch):
+    """ENOSPC while the run folder is set up (its lock is the first byte written): exit status 2, the folders this
+    launch made are gone again."""
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_folder.os, "pwrite", full)
+    item = case("output", "hydra.run.dir={tmp}/out/new/run", "cannot set up the run folder")
     check_case(lambda argv, cwd: run_in_process(main, argv, cwd), BASE, item, tmp)

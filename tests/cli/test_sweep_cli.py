@@ -52,6 +52,29 @@ def test_sampler_sweep_writes_one_table_and_one_plot(tiny_run: Path, tmp_path: P
     assert "UniPCMultistepScheduler" in json.loads((sweep / rows[2]["job"] / "results.json").read_text())["sampler"]
     assert "| sampler | sampler.steps | nfe | fid |" in proc.stdout
     assert (sweep / "fid_vs_nfe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A second sweep into the same folder, one of whose jobs is a mistake: the good job's row joins the four
+    # (none dropped), the mistake fails its job alone and is named, and the sweep exits 2.
+    before = {p: p.read_bytes() for p in sweep.glob("*/results.json")}
+    proc = run_cli(
+        "ddpm_lab.evaluate", "-m", f"ckpt='{ckpt}'", "features=tiny", "n=8", "batch_size=8", "kid_subsets=5",
+        f"paths.cache_dir='{tmp_path / 'cache'}'", f"hydra.sweep.dir='{sweep}'", "sampler=ddim",
+        "sampler.steps=3,80", cwd=tmp_path, check=False,
+    )  # fmt: skip
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert errors[0].startswith("error: job 1 (") and "sampler.steps must be in [1, 50], got 80" in errors[0], errors
+    assert errors[-1].startswith("error: 1 multirun job(s) failed") and "job 1 (" in errors[-1], errors
+    merged = list(csv.DictReader((sweep / "sweep.csv").open()))
+    assert [(r["sampler"], r["sampler.steps"]) for r in merged] == [
+        ("ddim", "2"),
+        ("ddim", "4"),
+        ("diffusers", "2"),
+        ("diffusers", "4"),
+        ("ddim", "3"),
+    ]
+    assert [r["job"] for r in merged[:4]] == [r["job"] for r in rows]
+    assert {p: p.read_bytes() for p in before} == before  # the first sweep's jobs are untouched
+    assert len(list(sweep.glob("*/results.json"))) == 5  # the failed job left no results behind
 
 
 def test_a_sweep_over_post_hoc_ema_lengths_is_a_table_of_fid_against_length(posthoc_run, image_folder, tmp_path):

@@ -13,6 +13,8 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from omegaconf import OmegaConf
 
 import ddpm_lab
+from ddpm_lab import convert
+from ddpm_lab.artifacts import diffusers_io
 from ddpm_lab.artifacts.allow_list import build_stored
 from ddpm_lab.artifacts.checkpoint import CHECKPOINT_FORMAT, is_training_checkpoint, read_checkpoint
 from ddpm_lab.artifacts.diffusers_io import NULL_CLASS_KEY, diffusers_unet_config, read_diffusers, write_diffusers
@@ -179,6 +181,36 @@ def test_nothing_is_overwritten(tmp_path):
     ]
     with pytest.raises(CheckpointError):
         export_diffusers(str(tmp_path / "a.ckpt"), str(tmp_path / "new"))
+
+
+def test_two_converts_to_one_new_name_never_replace_each_other(tmp_path, monkeypatch):
+    """The other convert finishes while this one works (simulated at the model card / the weights' read): this one
+    is refused in one line, the other's output stays byte for byte, and no temporary file or folder is left."""
+    card = diffusers_io.model_card
+
+    def other_export_finishes_first(*args, **kwargs):
+        (tmp_path / "pipe").mkdir(exist_ok=True)
+        (tmp_path / "pipe" / "theirs.txt").write_text("the other export")
+        return card(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(diffusers_io, "model_card", other_export_finishes_first)
+        with pytest.raises(OutputExistsError, match="another process wrote it meanwhile"):
+            export_diffusers(str(LEGACY), str(tmp_path / "pipe"))
+    assert [p.name for p in (tmp_path / "pipe").iterdir()] == ["theirs.txt"] and len(list(tmp_path.iterdir())) == 1
+    (tmp_path / "pipe" / "theirs.txt").unlink()
+    export_diffusers(str(LEGACY), str(tmp_path / "pipe"))  # onto the empty folder: fine
+    read = convert.read_diffusers
+
+    def other_import_finishes_first(*args, **kwargs):
+        (tmp_path / "new.ckpt").write_bytes(b"the other convert")
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(convert, "read_diffusers", other_import_finishes_first)
+    with pytest.raises(OutputExistsError, match="another process wrote it meanwhile"):
+        import_diffusers(str(tmp_path / "pipe"), str(tmp_path / "new.ckpt"))
+    assert (tmp_path / "new.ckpt").read_bytes() == b"the other convert"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.ckpt", "pipe"]
 
 
 def test_class_conditional_model_exports_with_its_class_embedding(tmp_path):

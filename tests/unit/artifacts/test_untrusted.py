@@ -154,3 +154,38 @@ def test_sample_and_evaluate_refuse_malicious_checkpoints(command: str, clean: d
         assert message in proc.stderr and "Traceback" not in proc.stderr
         assert not marker.exists()
     assert not list(tmp_path.glob("out/**/*.png"))  # refused before any sampling
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "culprit"),
+    [
+        ("global_step", "abc", "its global_step must be a non-negative integer, got 'abc'"),
+        ("global_step", 1.5, "its global_step must be a non-negative integer, got 1.5"),
+        ("global_step", -3, "its global_step must be a non-negative integer, got -3"),
+        ("global_step", True, "its global_step must be a non-negative integer, got True"),
+        ("global_step", torch.tensor(7), "its global_step must be a non-negative integer, got a tensor"),
+        ("state_dict", [1, 2], "its state_dict must be a dict, got [1, 2]"),
+        ("current_model_state", "raw", "its current_model_state must be a dict"),
+        ("optimizer_states", {"a": 1}, "its optimizer_states must be a list"),
+        ("class_names", ["a"] * 100_001, "stores 100001 class names, over the 100000"),
+        ("class_names", ["a", "b" * 10_000], "its class name 1 is 10000 characters long, over the 200"),
+        ("class_names", ["a", 7], "its stored class_names must be a list of names"),
+        ("class_names", "ab", "its stored class_names must be a list of names, got 'ab'"),
+        ("image_size", 0, "its stored dataset.image_size must be a positive integer, got 0"),
+        ("channels", "3", "its stored dataset.channels must be a positive integer, got '3'"),
+    ],
+)
+def test_fields_of_the_wrong_type_or_absurd_size_are_refused_naming_them(
+    clean: dict, tmp_path: Path, field: str, value, culprit: str
+):
+    """Every reader (``load_model``, ``resume=``, ``ckpt_path=``, ``convert``) goes through ``read_checkpoint``."""
+    ckpt = copy.deepcopy(clean)
+    if field in ("class_names", "image_size", "channels"):
+        ckpt["ddpm_lab"]["config"]["dataset"][field] = value
+    else:
+        ckpt[field] = value
+    path = tmp_path / "edited.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as refused:
+        load_model(path)
+    assert culprit in str(refused.value) and str(path) in str(refused.value) and len(str(refused.value)) < 300

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_lab.config.overrides import MAX_YAML_BYTES, check_known, check_override_form, read_overrides, read_yaml
+from ddpm_lab.config.overrides import (
+    MAX_YAML_BYTES,
+    check_known,
+    check_override_form,
+    check_places,
+    read_overrides,
+    read_yaml,
+)
 from ddpm_lab.config.resume import run_overrides
 from ddpm_lab.errors import UnsafeConfigError
 
@@ -91,3 +98,51 @@ def test_read_yaml_refuses_huge_files_and_aliases(tmp_path: Path):
     with pytest.raises(UnsafeConfigError, match="not a list of overrides"):
         read_overrides(listless)
     assert read_yaml(tmp_path / "o2.yaml") == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("callbacks.model_checkpoint.dirpath=/other_run/checkpoints", "callbacks.model_checkpoint.dirpath"),
+        ("callbacks.model_checkpoint.filename=../../other_run/checkpoints/last", "callbacks.model_checkpoint.filename"),
+        ("callbacks.model_checkpoint.filename=/other_run/checkpoints/last", "callbacks.model_checkpoint.filename"),
+        ("callbacks.model_checkpoint.filename=~/last", "callbacks.model_checkpoint.filename"),
+        ("logger.tensorboard.name=a/../../b", "logger.tensorboard.name"),
+        ("logger.wandb.dir=/elsewhere", "logger.wandb.dir"),
+        ("callbacks.best_fid.dirpath=/elsewhere", "callbacks.best_fid.dirpath"),
+        ("callbacks.model_checkpoint={dirpath: /elsewhere, save_top_k: 1}", "callbacks.model_checkpoint.dirpath"),
+        ("logger.tensorboard.save_dir=/elsewhere", "logger.tensorboard.save_dir"),
+        ("logger.csv.name=../../other_run/csv", "logger.csv.name"),
+        ("logger.csv.version=../x", "logger.csv.version"),
+        ("logger.mlflow.tracking_uri=file:/elsewhere", "logger.mlflow.tracking_uri"),
+        ("paths.cache_dir=/elsewhere", "paths.cache_dir"),
+        ("paths.output_dir=/elsewhere", "paths.output_dir"),
+        ("paths={cache_dir: /elsewhere}", "paths.cache_dir"),
+        ("dataset.cache_dir=/elsewhere", "dataset.cache_dir"),
+        ("trainer.default_root_dir=/elsewhere", "trainer.default_root_dir"),
+        ("hydra.run.dir=/elsewhere", "hydra.run.dir"),
+        ("hydra/launcher=slurm", "hydra.launcher"),
+    ],
+)
+def test_a_replayed_override_may_not_move_where_the_run_writes(override: str, key: str):
+    with pytest.raises(UnsafeConfigError, match=f"refusing to replay .*: {key} (says where|leaves the folder)") as e:
+        check_places([override], {override: WHERE}, typed=["trainer.max_steps=20"])
+    assert str(WHERE) in str(e.value) and f"type {key}=<value> on the command line" in str(e.value)
+    if not key.startswith("hydra"):  # typed now, it is the user's own choice (and replaces the replayed value)
+        check_places([override], {override: WHERE}, typed=[f"{key}=/mine"])
+
+
+def test_what_an_honest_first_launch_records_replays():
+    honest = ["dataset=image_folder", "dataset.root=/data/x", "paths.data_dir=/data", "paths.output_root=/runs"]
+    honest += ["logger=[tensorboard,csv]", "logger.wandb.project=p", "schedule.name=cosine", "trainer.max_steps=9"]
+    honest += ["callbacks.model_checkpoint.save_top_k=2", "callbacks.model_checkpoint.every_n_train_steps=3"]
+    # names inside the run's own folders: what a first launch may choose, kept inside them
+    honest += ["callbacks.model_checkpoint.filename=epoch_{epoch:03d}", "logger.tensorboard.name=tb"]
+    honest += ["logger.csv.version=3", "logger.wandb.name=my run", "callbacks.best_fid.filename=best/fid"]
+    check_places(honest, dict.fromkeys(honest, WHERE))
+
+
+def test_a_logger_list_replays_when_each_logger_is_an_option(hydra_initialised):
+    check_known(["logger=[tensorboard,csv]"], {"logger=[tensorboard,csv]": WHERE}, "train")
+    with pytest.raises(UnsafeConfigError, match="logger has no option 'evil'"):
+        check_known(["logger=[tensorboard,evil]"], {"logger=[tensorboard,evil]": WHERE}, "train")

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from ddpm_lab.config import run_folder
 from ddpm_lab.config.run_folder import LOCK_NAME, claim_fresh_run_folder, lock_run_folder, unlock_run_folder
-from ddpm_lab.errors import OutputExistsError, RunFolderBusyError
+from ddpm_lab.errors import ConfigError, OutputExistsError, RunFolderBusyError, RunFolderError
 from helpers import cli_env
 
 HOLD_LOCK = """
@@ -116,3 +119,76 @@ def test_without_flock_the_pid_on_this_host_decides(tmp_path: Path, monkeypatch:
             lock_run_folder(run)
             assert (run / LOCK_NAME).read_text().split()[0] == str(os.getpid())
             unlock_run_folder(run)
+
+
+# ------------------------------------------------------------------ a run folder never makes us write outside it
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo", "folder"])
+def test_a_lock_that_is_not_a_plain_file_of_its_own_is_refused_and_what_it_names_is_untouched(tmp_path, kind):
+    """A ``.lock`` that is a symbolic link or a hard link would make taking the lock truncate the file it names
+    (and print its first line); a FIFO would block the launch; a folder cannot be one."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("12345 secret-first-line\nsecond\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = run / LOCK_NAME
+    {
+        "symlink": lambda: lock.symlink_to(outside),
+        "hardlink": lambda: os.link(outside, lock),
+        "fifo": lambda: os.mkfifo(lock),
+        "folder": lambda: lock.mkdir(),
+    }[kind]()
+    with pytest.raises(RunFolderError) as refused:
+        claim_fresh_run_folder(run)  # a folder holding only a .lock counts as empty: the lock itself is the check
+    message = str(refused.value)
+    assert str(lock) in message and "secret" not in message and "\n" not in message
+    assert outside.read_text() == "12345 secret-first-line\nsecond\n"
+    assert run not in run_folder._launch.locks
+
+
+@pytest.mark.parametrize(
+    ("make", "culprit", "what"),
+    [
+        (lambda run, other: (run / "checkpoints").symlink_to(other), "checkpoints", "a symbolic link"),
+        (lambda run, other: (run / "checkpoints" / "step_9.ckpt").symlink_to(other / "x"), "step_9", "a symbolic link"),
+        (lambda run, other: os.link(other / "x", run / "train.log"), "train.log", "a hard link"),
+        (lambda run, other: os.mkfifo(run / "tensorboard"), "tensorboard", "neither a file nor a folder"),
+    ],
+    ids=["linked-folder", "linked-file", "hard-link", "fifo"],
+)
+def test_resume_refuses_a_run_folder_holding_links(tmp_path: Path, make, culprit: str, what: str):
+    run, other = tmp_path / "run", tmp_path / "other_run"
+    (run / "checkpoints").mkdir(parents=True)
+    other.mkdir()
+    (other / "x").write_bytes(b"another run's file")
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    run_folder.check_plain_run_folder(run)  # a plain run folder passes
+    if culprit == "checkpoints":
+        shutil.rmtree(run / "checkpoints")
+    make(run, other)
+    with pytest.raises(RunFolderError, match=f"resume={run}: .*{culprit}.* is {what}"):
+        run_folder.check_plain_run_folder(run)
+    assert (other / "x").read_bytes() == b"another run's file"
+
+
+def test_a_name_too_long_is_one_line_not_an_os_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="File name too long; choose another paths.output_root"):
+        run_folder.writable_folder(tmp_path / ("x" * 300) / "run")
+
+
+def test_a_waiting_lock_serialises_two_writers_and_leaves_nothing(tmp_path: Path):
+    """``waiting_lock`` (a sweep's report): a second holder waits until the first is done; the file goes again."""
+    order = []
+
+    def hold(name: str) -> None:
+        with run_folder.waiting_lock(tmp_path / ".sweep.lock"):
+            order.append(f"{name} in")
+            time.sleep(0.3)
+            order.append(f"{name} out")
+
+    first = threading.Thread(target=hold, args=("a",))
+    first.start()
+    while not order:
+        time.sleep(0.01)
+    hold("b")
+    first.join()
+    assert order == ["a in", "a out", "b in", "b out"] and not list(tmp_path.iterdir())

@@ -189,3 +189,34 @@ def test_a_checkpoint_storing_it_loads(tmp_path) -> None:
     _, diffusion, sampler = load_model(ours_checkpoint(tmp_path / "a.ckpt", overrides))
     assert sampler.options == {**make_sampler("diffusers").options, "options": {"solver_order": 3}}
     assert len(sampler.timesteps(diffusion.num_timesteps)) == 20
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "options", "culprit"),
+    [
+        ("DDIMScheduler", {"eta": 1.5}, "sampler.options.eta must be in [0.0, 1.0], got 1.5"),
+        ("DDIMScheduler", {"eta": -0.5}, "sampler.options.eta must be in [0.0, 1.0], got -0.5"),
+        ("DDIMScheduler", {"eta": "big"}, "sampler.options.eta must be a number, got 'big'"),
+        ("EulerDiscreteScheduler", {"s_churn": -1}, "sampler.options.s_churn must be >= 0.0"),
+        ("EulerDiscreteScheduler", {"s_noise": 0}, "sampler.options.s_noise must be in (0.0, 2.0]"),
+    ],
+)
+def test_step_options_diffusers_takes_but_that_break_sampling_are_refused(scheduler, options, culprit):
+    """diffusers accepts DDIM's eta=1.5 and samples NaN (black images, exit status 0); refused when built."""
+    with pytest.raises(ConfigError) as refused:
+        make_sampler("diffusers", scheduler=scheduler, steps=5, options=options)
+    assert culprit in str(refused.value)
+
+
+def test_a_chain_that_goes_non_finite_is_refused_naming_its_options():
+    """Whatever the options, a NaN (or, x̂_0 clipped, an absurd) result is refused, never written as images."""
+    sampler = make_sampler("diffusers", scheduler="DDIMScheduler", steps=5, options={"eta": 0.5})
+    diffusion = GaussianDiffusion(make_betas("linear", timesteps=50, warn=False))
+    fine = generate(smooth_model, diffusion, 2, sampler=sampler, seed=0, shape=(1, 4, 4))
+    assert torch.isfinite(fine).all()
+
+    def diverging(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, float("nan")) if int(t[0]) < 20 else smooth_model(x, t)
+
+    with pytest.raises(ConfigError, match=r"sampler.options=\{'eta': 0.5\}: DDIMScheduler gives non-finite values"):
+        generate(diverging, diffusion, 2, sampler=sampler, seed=0, shape=(1, 4, 4))

@@ -151,3 +151,11 @@ def test_generate_stops_between_reverse_steps_when_asked():
     assert len(calls) == 3  # polled once per reverse step, stopped at the third of 20
     full = list(generate_batches(net, diffusion, 4, sampler=DDPMSampler(), shape=(1, 4, 4), should_stop=lambda: False))
     assert full[0].images.shape == (4, 1, 4, 4)
+
+
+def test_non_finite_samples_are_refused_never_returned_as_images():
+    """A network whose outputs go NaN (finite weights, e.g. 0 x inf inside) would give black images, exit status 0."""
+    diffusion = GaussianDiffusion(make_betas("linear", timesteps=10, warn=False))
+    broken = lambda x, t: torch.full_like(x, float("nan"))
+    with pytest.raises(ConfigError, match=r"sampling with DDPMSampler.* gave non-finite values .* from image 0 on"):
+        generate(broken, diffusion, 2, seed=0, shape=(1, 4, 4))
