@@ -34,7 +34,9 @@ def multirun_job_failed(error: UserError) -> None:
     """Report a multirun job's mistake as one line naming the job, and remember it for :class:`RunFolders`;
     the sweep goes on with its other jobs."""
     hc = HydraConfig.get()
-    job = f"job {hc.job.num} ({hc.job.override_dirname or 'no overrides'})"
+    # Every override, not override_dirname: that one leaves out the keys excluded from folder names (ckpt, paths),
+    # which may be the very ones the sweep varies (`evaluate -m ckpt=a,b,c`).
+    job = f"job {hc.job.num} ({' '.join(hc.overrides.task) or 'no overrides'})"
     print(f"error: {job}: {one_line(error)}", file=sys.stderr, flush=True)
     _failed_jobs.append(job)
 

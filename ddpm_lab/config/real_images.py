@@ -34,17 +34,26 @@ def compared_dataset(
         where = "the dataset= override"
     else:
         run_config = Path(ckpt).expanduser().resolve().parent.parent / ".hydra" / "config.yaml"
-        if not run_config.is_file():
+        recorded = _recorded_dataset(stored)
+        if run_config.is_file():
+            run = read_yaml(run_config)  # size-capped, unresolved: no resolver may run
+            where = str(run_config)
+            if not isinstance(run, dict) or not isinstance(run.get("dataset"), dict):
+                raise ConfigError(f"{run_config} has no dataset section: pass dataset=<option>")
+            node = {k: v for k, v in run["dataset"].items() if k != "cache_dir"}  # ours is set below
+            dataset = resolve_references(run, node, f"dataset (from {where})")
+        elif isinstance(recorded, dict) and isinstance(recorded.get("_target_"), str):
+            # A checkpoint outside its run folder (copied, or `ema out=DIR`): the resolved dataset section its run
+            # recorded in it. Untrusted like the file: checked below, and no resolver runs on it.
+            where = "the checkpoint's recorded run config"
+            dataset = dict(recorded)  # its cache_dir is replaced by ours below
+            if any(isinstance(v, str) and "${" in v for v in dataset.values()):
+                raise ConfigError(f"{where} has an unresolved dataset section: pass dataset=<option>")
+        else:
             raise ConfigError(
-                f"no dataset to compare with: {run_config} (the training run's config) does not exist; "
-                f"pass dataset=<option> (e.g. dataset=image_folder dataset.root=DIR)"
+                f"no dataset to compare with: {run_config} (the training run's config) does not exist and the "
+                f"checkpoint records no dataset; pass dataset=<option> (e.g. dataset=image_folder dataset.root=DIR)"
             )
-        run = read_yaml(run_config)  # size-capped, unresolved: no resolver may run
-        where = str(run_config)
-        if not isinstance(run, dict) or not isinstance(run.get("dataset"), dict):
-            raise ConfigError(f"{run_config} has no dataset section: pass dataset=<option>")
-        node = {k: v for k, v in run["dataset"].items() if k != "cache_dir"}  # ours is set below
-        dataset = resolve_references(run, node, f"dataset (from {where})")
     check_safe(dataset, f"dataset (from {where})")
     if "cache_dir" in dataset or "cache_min_files" in dataset:  # decoded caches go to our cache folder, not the run's
         dataset["cache_dir"] = cache_dir
@@ -54,6 +63,15 @@ def compared_dataset(
             log.info("dataset.%s=%s -> %s, as the checkpoint's model was trained", key, dataset.get(key), trained[key])
             dataset[key] = trained[key]
     return dataset
+
+
+def _recorded_dataset(stored: dict[str, Any]) -> Any:
+    """``stored["run"]["config"]["dataset"]``, the resolved dataset section a run records in its checkpoints; None
+    where any level is missing or not a mapping (an old, converted or hand-edited checkpoint)."""
+    node: Any = stored
+    for key in ("run", "config", "dataset"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
 
 
 def images_of(dataset: dict[str, Any]) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:

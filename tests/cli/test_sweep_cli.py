@@ -63,6 +63,7 @@ def test_sampler_sweep_writes_one_table_and_one_plot(tiny_run: Path, tmp_path: P
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert errors[0].startswith("error: job 1 (") and "sampler.steps must be in [1, 50], got 80" in errors[0], errors
+    assert str(ckpt) in errors[0] and "sampler.steps=80" in errors[0], errors  # every override, ckpt too
     assert errors[-1].startswith("error: 1 multirun job(s) failed") and "job 1 (" in errors[-1], errors
     merged = list(csv.DictReader((sweep / "sweep.csv").open()))
     assert [(r["sampler"], r["sampler.steps"]) for r in merged] == [
@@ -86,10 +87,7 @@ def test_a_sweep_over_post_hoc_ema_lengths_is_a_table_of_fid_against_length(post
         "features=tiny",
         "n=8",
         "batch_size=8",
-        "kid_subsets=5",
-        "dataset=image_folder",
-        f"dataset.root='{image_folder}'",
-        "dataset.image_size=16",
+        "kid_subsets=5",  # no dataset=: the checkpoints, outside the run folder, carry the run's dataset
         "sampler=ddim",
         "sampler.steps=2",
         f"paths.cache_dir='{tmp_path / 'cache'}'",

@@ -34,8 +34,26 @@ def test_the_training_runs_dataset_is_read_from_its_config(tmp_path: Path):
     )
     dataset = compared_dataset(None, str(run / "checkpoints" / "last.ckpt"), None, {})
     assert dataset["root"] == "/data/pets" and dataset["image_size"] == 16
-    with pytest.raises(ConfigError, match="no dataset to compare with: .*does not exist; pass dataset=<option>"):
+    with pytest.raises(ConfigError, match="no dataset to compare with: .*does not exist and the checkpoint records"):
         compared_dataset(None, str(tmp_path / "lone" / "checkpoints" / "last.ckpt"), None, {})
+
+
+def test_a_checkpoint_outside_its_run_uses_the_dataset_its_run_recorded(tmp_path: Path):
+    """`ema out=DIR` or a copied checkpoint: no `.hydra/` two levels up, so the run config stored in the checkpoint
+    says which images to compare with; the run folder's file still wins where it exists."""
+    recorded = {**FOLDER, "root": "/data/digits", "cache_dir": "/the/runs/cache"}
+    stored = {"dataset": {"image_size": 28, "channels": 1}, "run": {"config": {"dataset": recorded}}}
+    lone = str(tmp_path / "elsewhere" / "ema_0.1_step_0001350.ckpt")
+    dataset = compared_dataset(None, lone, str(tmp_path / "cache"), stored)
+    assert dataset["root"] == "/data/digits" and dataset["cache_dir"] == str(tmp_path / "cache")
+    assert (dataset["image_size"], dataset["channels"]) == (28, 1)  # the model's, as always
+    for broken in ({"run": {"config": {"dataset": "x"}}}, {"run": {"config": []}}, {"run": 3}, {"run": {"config": {}}}):
+        with pytest.raises(ConfigError, match="no dataset to compare with"):
+            compared_dataset(None, lone, None, broken)
+    with pytest.raises(ConfigError, match="unresolved dataset section"):
+        compared_dataset(None, lone, None, {"run": {"config": {"dataset": {**recorded, "root": "${oc.env:HOME}"}}}})
+    with pytest.raises(Exception, match="dataset"):  # a target outside the allow-list is refused, not built
+        compared_dataset(None, lone, None, {"run": {"config": {"dataset": {"_target_": "os.system"}}}})
 
 
 def test_a_data_module_is_built_at_once_and_read_when_asked(tmp_path: Path):

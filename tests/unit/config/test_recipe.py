@@ -84,3 +84,24 @@ def test_experiment_mnist_cpu_is_the_measured_ten_minute_recipe(cfg_train):
     net, diffusion, sampler = build_components(cfg)
     assert diffusion.prediction == "v" and not any(m.p for m in net.modules() if isinstance(m, torch.nn.Dropout))
     assert (sampler.variance, len(sampler.timesteps(diffusion.num_timesteps))) == ("fixed_small", 100)
+
+
+def test_experiment_mnist_cpu_cond_is_mnist_cpu_with_class_conditioning(cfg_train):
+    """docs/benchmarks.md measured it as `experiment=mnist_cpu conditioning=class`: the two must compose alike."""
+    cond = OmegaConf.to_container(cfg_train("experiment=mnist_cpu_cond"), resolve=False)
+    typed = OmegaConf.to_container(cfg_train("experiment=mnist_cpu", "conditioning=class"), resolve=False)
+    assert cond == typed
+    assert cond["conditioning"]["kind"] == "class" and cond["conditioning"]["p_uncond"] == 0.1
+
+
+def test_experiment_mnist_cpu_edm_changes_only_the_diffusion_of_mnist_cpu(cfg_train):
+    """The measured EDM candidate: mnist_cpu's network, data, optimizer and steps, with EDM and its Heun sampler."""
+    from ddpm_lab.config import build_components
+    from ddpm_lab.diffusion import EDMDiffusion, EDMHeunSampler
+
+    edm, base = cfg_train("experiment=mnist_cpu_edm"), cfg_train("experiment=mnist_cpu")
+    for key in ("model", "dataset", "optimizer", "lr_schedule", "warmup_steps", "trainer"):
+        assert OmegaConf.select(edm, key) == OmegaConf.select(base, key), key
+    assert edm.schedule.name == "karras"
+    _, diffusion, sampler = build_components(edm)
+    assert isinstance(diffusion, EDMDiffusion) and isinstance(sampler, EDMHeunSampler) and sampler.num_steps == 18
