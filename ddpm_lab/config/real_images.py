@@ -42,17 +42,16 @@ def compared_dataset(
                 raise ConfigError(f"{run_config} has no dataset section: pass dataset=<option>")
             node = {k: v for k, v in run["dataset"].items() if k != "cache_dir"}  # ours is set below
             dataset = resolve_references(run, node, f"dataset (from {where})")
-        elif isinstance(recorded, dict) and isinstance(recorded.get("_target_"), str):
+        elif _usable(recorded):
             # A checkpoint outside its run folder (copied, or `ema out=DIR`): the resolved dataset section its run
             # recorded in it. Untrusted like the file: checked below, and no resolver runs on it.
             where = "the checkpoint's recorded run config"
             dataset = dict(recorded)  # its cache_dir is replaced by ours below
-            if any(isinstance(v, str) and "${" in v for v in dataset.values()):
-                raise ConfigError(f"{where} has an unresolved dataset section: pass dataset=<option>")
         else:
             raise ConfigError(
                 f"no dataset to compare with: {run_config} (the training run's config) does not exist and the "
-                f"checkpoint records no dataset; pass dataset=<option> (e.g. dataset=image_folder dataset.root=DIR)"
+                "checkpoint records no usable dataset; pass dataset=<option> "
+                "(e.g. dataset=image_folder dataset.root=DIR)"
             )
     check_safe(dataset, f"dataset (from {where})")
     if "cache_dir" in dataset or "cache_min_files" in dataset:  # decoded caches go to our cache folder, not the run's
@@ -72,6 +71,15 @@ def _recorded_dataset(stored: dict[str, Any]) -> Any:
     for key in ("run", "config", "dataset"):
         node = node.get(key) if isinstance(node, dict) else None
     return node
+
+
+def _usable(recorded: Any) -> bool:
+    """Whether a recorded dataset section can be used as it is: a mapping with a target and no interpolation left."""
+    return (
+        isinstance(recorded, dict)
+        and isinstance(recorded.get("_target_"), str)
+        and not any(isinstance(v, str) and "${" in v for v in recorded.values())
+    )
 
 
 def images_of(dataset: dict[str, Any]) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:

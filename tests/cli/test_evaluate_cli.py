@@ -113,9 +113,11 @@ def test_missing_inception_weights_fail_before_sampling(run_dir, tmp_path, compo
 def test_no_dataset_anywhere_is_one_clear_error(tmp_path, run_dir, compose_eval):
     lone = tmp_path / "lone" / "checkpoints"
     lone.mkdir(parents=True)
-    (lone / "last.ckpt").write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint["ddpm_lab"]["config"]["run"]["config"] = {}  # as a converted checkpoint: no run recorded
+    torch.save(checkpoint, lone / "last.ckpt")
     cfg = compose_eval(tmp_path, f"ckpt={quoted(lone / 'last.ckpt')}", *FAST_EVAL)
-    with pytest.raises(ConfigError, match="pass dataset=<option>"):
+    with pytest.raises(ConfigError, match="does not exist and the checkpoint records no usable dataset; pass dataset="):
         evaluate(cfg)
 
 
