@@ -1,4 +1,4 @@
-"""The recipes: the DDPM-paper CIFAR-10 one (U-Net size, settings) and the measured 10-minute MNIST CPU one."""
+"""The recipes: the DDPM-paper CIFAR-10 one (U-Net size, settings) and the measured 10-minute MNIST CPU ones."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ddpm_lab.config import config_dir
+from ddpm_lab.config import build_components, check_sampler, config_dir
+from ddpm_lab.diffusion import EDMDiffusion, EDMHeunSampler
+from ddpm_lab.training.lr_schedules import CosineLR
 
 PAPER_PARAMS = 35.7e6  # Ho et al. (2020), CIFAR-10 model
 
@@ -53,7 +55,6 @@ def test_short_chains_of_the_recipe_use_the_posterior_variance(cfg_train):
 
 
 def test_a_short_fixed_large_chain_is_warned_about(caplog):
-    from ddpm_lab.config import check_sampler
 
     with caplog.at_level("WARNING"):
         check_sampler(
@@ -72,8 +73,6 @@ def test_a_short_fixed_large_chain_is_warned_about(caplog):
 
 def test_experiment_mnist_cpu_is_the_measured_ten_minute_recipe(cfg_train):
     """The settings docs/benchmarks.md measured ("Quality per hour"): change them only with a new measurement."""
-    from ddpm_lab.config import build_components
-    from ddpm_lab.training.lr_schedules import CosineLR
 
     cfg = cfg_train("experiment=mnist_cpu")
     assert (cfg.model.base_channels, cfg.model.dropout, cfg.dataset.batch_size) == (32, 0.0, 32)
@@ -96,8 +95,6 @@ def test_experiment_mnist_cpu_cond_is_mnist_cpu_with_class_conditioning(cfg_trai
 
 def test_experiment_mnist_cpu_edm_changes_only_the_diffusion_of_mnist_cpu(cfg_train):
     """The measured EDM candidate: mnist_cpu's network, data, optimizer and steps, with EDM and its Heun sampler."""
-    from ddpm_lab.config import build_components
-    from ddpm_lab.diffusion import EDMDiffusion, EDMHeunSampler
 
     edm, base = cfg_train("experiment=mnist_cpu_edm"), cfg_train("experiment=mnist_cpu")
     for key in ("model", "dataset", "optimizer", "lr_schedule", "warmup_steps", "trainer"):
