@@ -34,7 +34,7 @@ from ddpm_lab.config.processes import start_ranks
 from ddpm_lab.config.real_images import class_names_of, compared_dataset, dataset_source, images_of
 from ddpm_lab.config.run_folder import discard_fresh_run_folder
 from ddpm_lab.config.settings import EvaluateSettings, evaluate_settings
-from ddpm_lab.diffusion.guidance import has_null_class
+from ddpm_lab.diffusion.guidance import evaluations_per_step, has_null_class
 from ddpm_lab.errors import user_errors
 from ddpm_lab.metrics.cache import real_features
 from ddpm_lab.metrics.class_mix import class_counts, class_mix, relabel, to_model_labels
@@ -105,7 +105,7 @@ def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
     else:
         real, cache_path = real_features(lambda: load()[0], dataset, extractor, s.stats_dir, sc, ranks)
         source = {"real_stats": str(cache_path)}
-    rows = []
+    rows, steps = [], len(sampler.visited(loaded.diffusion))  # network evaluations per image and guidance half
     for w in scales or [None]:
         images, row = sample_and_score(
             loaded.net,
@@ -122,6 +122,7 @@ def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
             GRID,
         )
         if ranks.is_zero:
+            row["nfe"] = steps * evaluations_per_step(w, sc.guidance_rescale)  # guided: both halves count
             save_uint8_grid(images, out_dir / grid_name(w), GRID)
             say(score_line(row, extractor.name, w))
             for line in per_class_lines(row):
@@ -130,8 +131,7 @@ def evaluate_fid(s: EvaluateSettings, out_dir: Path) -> dict[str, Any]:
     result = None
     with ranks.together():  # the other ranks wait for rank 0's files, and exit with its status
         if ranks.is_zero:
-            nfe = len(sampler.visited(loaded.diffusion))  # network evaluations per image (per guidance half)
-            how = {"sampler": repr(sampler), "nfe": nfe, "features": extractor.name}
+            how = {"sampler": repr(sampler), "features": extractor.name}  # nfe: the best row's
             result = summarise(s, sc, loaded, rows, real, labels, out_dir, extractor.name)
             result.update(provenance(s, loaded, dataset, how, source, ranks.world))
             if classifier:

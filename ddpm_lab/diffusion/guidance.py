@@ -16,12 +16,26 @@ import torch
 
 from ddpm_lab.errors import ConfigError, check_number
 
-__all__ = ["ClassifierFreeGuidance", "check_labels", "guided", "has_null_class", "num_classes_of", "rescale_guidance"]
+__all__ = [
+    "ClassifierFreeGuidance",
+    "check_labels",
+    "evaluations_per_step",
+    "guided",
+    "has_null_class",
+    "num_classes_of",
+    "rescale_guidance",
+]
 
 
 def num_classes_of(net: object) -> int:
     """The classes a denoiser is conditioned on (its ``num_classes`` attribute; 0: unconditional)."""
     return int(getattr(net, "num_classes", 0) or 0)
+
+
+def evaluations_per_step(guidance: float | None, guidance_rescale: float = 0.0) -> int:
+    """Network evaluations per image per sampler step: 1 unguided (``guidance`` None or 1, no rescale), else 2
+    (the conditional and the unconditional half, batched into one call of twice the batch)."""
+    return 1 if guidance in (None, 1.0) and not guidance_rescale else 2
 
 
 def has_null_class(net: object) -> bool:
@@ -108,7 +122,7 @@ class ClassifierFreeGuidance:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         y = self.labels.to(x.device)
-        if self.guidance == 1.0 and self.guidance_rescale == 0.0:
+        if evaluations_per_step(self.guidance, self.guidance_rescale) == 1:
             return self.net(x, t, y)
         n, c = x.shape[0], x.shape[1]
         t = t.expand(n) if t.ndim == 0 else t

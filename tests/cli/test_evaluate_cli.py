@@ -166,6 +166,8 @@ def test_guidance_sweep_of_a_conditional_checkpoint(tmp_path, image_folder):
     rows = result["per_guidance"]
     assert [r["guidance"] for r in rows] == [0.0, 1.0] and all(r["n_fake"] == 8 for r in rows)
     assert result["fid"] == min(r["fid"] for r in rows) and result["guidance"] in (0.0, 1.0)
+    assert [r["nfe"] for r in rows] == [6, 3]  # 3 DDPM steps; w = 0 runs both halves, w = 1 the conditional one
+    assert result["nfe"] == (6 if result["guidance"] == 0.0 else 3)
     assert result["samples_per_class"] == {"0": 4, "1": 4}  # the dataset's 24 + 24 images, in proportion
     for r in rows:  # the same classes asked for at every scale; accuracy from the classifier's predictions
         assert {k: v["n"] for k, v in r["per_class"].items()} == {"0": 4, "1": 4}

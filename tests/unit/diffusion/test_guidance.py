@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddpm_lab.diffusion import ClassifierFreeGuidance, GaussianDiffusion, generate, generate_batches, make_betas
-from ddpm_lab.diffusion.guidance import rescale_guidance
+from ddpm_lab.diffusion.guidance import evaluations_per_step, rescale_guidance
 from ddpm_lab.errors import ConfigError
 
 
@@ -39,6 +39,20 @@ def test_one_batched_pass_combines_conditional_and_unconditional_halves():
     torch.testing.assert_close(out, uncond + 3.0 * (cond - uncond))
     torch.testing.assert_close(ClassifierFreeGuidance(net, y, guidance=0.0)(x, t), uncond)
     torch.testing.assert_close(ClassifierFreeGuidance(net, y, guidance=1.0)(x, t), cond)
+
+
+@pytest.mark.parametrize(
+    ("guidance", "rescale", "batch", "count"), [(1.0, 0.0, 2, 1), (None, 0.0, 2, 1), (3.0, 0.0, 4, 2), (1.0, 0.5, 4, 2)]
+)
+def test_evaluations_per_step_count_what_the_network_is_asked(guidance, rescale, batch, count):
+    """What ``evaluate`` reports as NFE: a guided step runs the network on both halves (twice the batch)."""
+    net, y = Conditional(), torch.tensor([0, 2])
+    if guidance is not None:
+        ClassifierFreeGuidance(net, y, guidance=guidance, guidance_rescale=rescale)(
+            torch.randn(2, 1, 4, 4), torch.tensor(5)
+        )
+        assert net.calls == [batch]
+    assert evaluations_per_step(guidance, rescale) == count
 
 
 def test_extra_output_channels_come_from_the_conditional_half():
