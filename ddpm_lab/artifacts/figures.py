@@ -151,6 +151,16 @@ def guidance_figure(rows: Sequence[Mapping[str, float]], title: str = "") -> Fig
 
 
 # ------------------------------------------------------------------------------------------- sampler sweeps
+def nfe_ticks(values: Sequence[float], gap: float = 1.15) -> list[float]:
+    """The NFE values to label on a log axis: round ones first (multiples of 10, then 5), and none within a factor
+    ``gap`` of one already kept, so Heun's 2N − 1 (19, 49, 99) beside 20, 50, 100 do not print over each other."""
+    kept: list[float] = []
+    for v in sorted(set(values), key=lambda v: (v % 10 != 0, v % 5 != 0, v)):
+        if all(max(v, k) / min(v, k) >= gap for k in kept):
+            kept.append(v)
+    return sorted(kept)
+
+
 def fid_vs_nfe_figure(series: Mapping[str, Sequence[tuple[float, float, float | None]]]) -> Figure:
     """FID against NFE (model evaluations per image, log axis), one line per named series of
     (NFE, FID, seconds per image) points; each point is labelled with its wall time per image when known."""
@@ -164,7 +174,7 @@ def fid_vs_nfe_figure(series: Mapping[str, Sequence[tuple[float, float, float | 
             if s is not None:
                 ax.annotate(f"{s * 1e3:.3g} ms/img", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
-    ax.set_xticks(sorted({p[0] for points in series.values() for p in points}))
+    ax.set_xticks(nfe_ticks([p[0] for points in series.values() for p in points]))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.ticklabel_format(axis="y", useOffset=False)
